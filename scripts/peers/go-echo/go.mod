@@ -1,0 +1,3 @@
+module edgeloop/peers/go-echo
+
+go 1.19

@@ -1,0 +1,339 @@
+//! Buffers: the read buffer a connection decodes frames from, the output
+//! queue it writes from, and the pool both draw their memory from.
+//!
+//! A connection with nothing buffered holds no buffer at all: an empty
+//! `Vec` does not allocate. A read takes a buffer from the pool; when every
+//! byte in it has been delivered, the buffer goes back. Only a connection
+//! that holds a partial frame, or output the kernel refused, keeps memory —
+//! which is why an idle connection costs only its slab entry.
+//!
+//! ```text
+//!   ReadBuf.buf:  [ delivered | unread bytes ........ | spare capacity ]
+//!                 0         start                    len              cap
+//!
+//!   OutQueue:     [chunk 0 (sent up to `offset`)] [chunk 1] ... [chunk n]
+//!                  owned Vec<u8> or shared Rc<[u8]>, written with one
+//!                  vectored send covering up to MAX_IOVECS chunks
+//! ```
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+/// Size of a pooled read buffer: one `read` asks for up to this much.
+pub const READ_BUF_SIZE: usize = 64 * 1024;
+/// Size of a pooled output chunk; small sends are coalesced into it.
+pub const OUT_CHUNK_SIZE: usize = 16 * 1024;
+/// A partial frame at most this long is moved out of the big pooled
+/// buffer into a small one of its own when the connection goes quiet, so a
+/// peer dribbling a byte at a time cannot pin 64 KiB per connection.
+const SMALL_TAIL: usize = 512;
+/// Compact the read buffer (move the unread tail to the front) only when
+/// less than this much room is left at the end.
+const MIN_READ_ROOM: usize = 4096;
+/// How many chunks one vectored send covers.
+pub const MAX_IOVECS: usize = 64;
+
+/// A free list of equally sized byte buffers.
+pub struct BufPool {
+    size: usize,
+    max_free: usize,
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    pub fn new(size: usize, max_free: usize) -> BufPool {
+        BufPool {
+            size,
+            max_free,
+            free: Vec::new(),
+        }
+    }
+
+    /// An empty buffer with at least `size` bytes of capacity.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(self.size))
+    }
+
+    /// Return a buffer. Buffers that grew (a large frame) or shrank are
+    /// dropped rather than kept, so the pool holds only standard sizes.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == self.size && self.free.len() < self.max_free {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+}
+
+/// A connection's read buffer: unread bytes are `buf[start..]`.
+#[derive(Default)]
+pub struct ReadBuf {
+    buf: Vec<u8>,
+    start: u32,
+}
+
+impl ReadBuf {
+    /// The bytes not yet delivered.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf[self.start as usize..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == self.start as usize
+    }
+
+    /// Mark `n` bytes at the front of the unread bytes as delivered.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n as u32;
+    }
+
+    /// Get ready for a read: make sure there is a buffer with room at its
+    /// end, at least enough for a frame known to need `need` bytes, and
+    /// return the buffer for [`crate::sys::read_into_spare`].
+    pub fn prepare(&mut self, pool: &mut BufPool, need: usize) -> &mut Vec<u8> {
+        if self.buf.capacity() == 0 {
+            self.buf = pool.take();
+        }
+        let unread = self.buf.len() - self.start as usize;
+        let room = self.buf.capacity() - self.buf.len();
+        if self.start > 0 && (room < MIN_READ_ROOM || self.start as usize + need > self.buf.capacity()) {
+            // Compaction: the tail moves to the front; only then is the room
+            // at the end too small to be worth reading into.
+            self.buf.drain(..self.start as usize);
+            self.start = 0;
+        }
+        let want = need.max(unread + MIN_READ_ROOM).max(READ_BUF_SIZE);
+        if self.buf.capacity() < want {
+            // Only a frame whose header was validated against max_frame, or
+            // a line still under max_frame, gets here: growth is bounded.
+            self.buf.reserve(want - self.buf.len());
+        }
+        &mut self.buf
+    }
+
+    /// After the bytes read were delivered: give the buffer back if all of
+    /// it was, or shrink a small leftover out of a big pooled buffer.
+    pub fn settle(&mut self, pool: &mut BufPool) {
+        if self.is_empty() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > 0 {
+                pool.give(std::mem::take(&mut self.buf));
+            }
+        } else if self.unread().len() <= SMALL_TAIL && self.buf.capacity() >= READ_BUF_SIZE {
+            let small = self.unread().to_vec();
+            pool.give(std::mem::replace(&mut self.buf, small));
+            self.start = 0;
+        }
+    }
+
+    /// Drop everything buffered (used when a closing connection's input is
+    /// being discarded).
+    pub fn discard(&mut self, pool: &mut BufPool) {
+        self.start = self.buf.len() as u32;
+        self.settle(pool);
+    }
+
+    /// Move the buffer out, to hand its bytes to the application while the
+    /// connection itself stays mutable; [`ReadBuf::put_back`] returns it.
+    pub fn take(&mut self) -> ReadBuf {
+        std::mem::take(self)
+    }
+
+    pub fn put_back(&mut self, buf: ReadBuf) {
+        *self = buf;
+    }
+
+    /// Bytes of heap memory held.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+/// One piece of pending output.
+enum Chunk {
+    /// Bytes copied in by `send`; small sends are appended to the last one.
+    Owned(Vec<u8>),
+    /// A message shared by many queues (a chat broadcast): one allocation,
+    /// however many recipients.
+    Shared(Rc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(r) => r,
+        }
+    }
+}
+
+/// A connection's pending output, written with vectored sends.
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    len: usize,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queue a copy of `parts` (a header and a payload, say) as one piece.
+    pub fn push_copy(&mut self, parts: &[&[u8]], pool: &mut BufPool) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return;
+        }
+        let fits = matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.capacity() - v.len() >= total);
+        if !fits {
+            let buf = if total <= OUT_CHUNK_SIZE {
+                pool.take()
+            } else {
+                Vec::with_capacity(total)
+            };
+            self.chunks.push_back(Chunk::Owned(buf));
+        }
+        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+            for part in parts {
+                v.extend_from_slice(part);
+            }
+        }
+        self.len += total;
+    }
+
+    /// Queue a shared message by reference.
+    pub fn push_shared(&mut self, msg: Rc<[u8]>) {
+        if !msg.is_empty() {
+            self.len += msg.len();
+            self.chunks.push_back(Chunk::Shared(msg));
+        }
+    }
+
+    /// Fill `out` with the pending bytes for one vectored send; returns how
+    /// many slices were filled and how many bytes they hold.
+    pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
+        let mut bytes_total = 0;
+        let mut count = 0;
+        for (slot, (i, chunk)) in out.iter_mut().zip(self.chunks.iter().enumerate()) {
+            let bytes = if i == 0 {
+                &chunk.bytes()[self.offset..]
+            } else {
+                chunk.bytes()
+            };
+            *slot = IoSlice::new(bytes);
+            bytes_total += bytes.len();
+            count += 1;
+        }
+        (count, bytes_total)
+    }
+
+    /// Forget the first `n` pending bytes (they were written), returning
+    /// finished owned chunks to the pool.
+    pub fn advance(&mut self, mut n: usize, pool: &mut BufPool) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else { break };
+            let left = front.bytes().len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                pool.give(v);
+            }
+        }
+        if self.chunks.is_empty() {
+            // Release the deque's own array too: an idle connection holds
+            // no heap memory.
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    /// Drop everything pending.
+    pub fn clear(&mut self, pool: &mut BufPool) {
+        self.advance(self.len, pool);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(q: &OutQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let (count, total) = q.io_slices(&mut slices);
+        let bytes: Vec<u8> = slices[..count].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(bytes.len(), total);
+        bytes
+    }
+
+    #[test]
+    fn small_sends_coalesce_and_shared_chunks_stay_separate() {
+        let mut pool = BufPool::new(OUT_CHUNK_SIZE, 4);
+        let mut q = OutQueue::default();
+        q.push_copy(&[b"ab"], &mut pool);
+        q.push_copy(&[b"\x00\x01", b"c"], &mut pool);
+        q.push_shared(Rc::from(&b"shared"[..]));
+        q.push_copy(&[b"z"], &mut pool);
+        assert_eq!(q.chunks.len(), 3);
+        assert_eq!(
+            pending(&q),
+            b"ab\x00\x01cshared z"
+                .iter()
+                .filter(|&&b| b != b' ')
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        q.advance(3, &mut pool);
+        assert_eq!(pending(&q), b"\x01csharedz");
+        q.advance(8, &mut pool);
+        assert_eq!(pending(&q), b"z");
+        q.clear(&mut pool);
+        assert!(q.is_empty());
+        assert_eq!(q.chunks.capacity(), 0);
+    }
+
+    #[test]
+    fn read_buffer_returns_to_the_pool_when_drained() {
+        let mut pool = BufPool::new(READ_BUF_SIZE, 4);
+        let mut rb = ReadBuf::default();
+        rb.prepare(&mut pool, 0).extend_from_slice(b"hello");
+        rb.consume(5);
+        rb.settle(&mut pool);
+        assert_eq!(rb.capacity(), 0);
+        assert_eq!(pool.free.len(), 1);
+    }
+
+    #[test]
+    fn small_leftover_leaves_the_big_buffer() {
+        let mut pool = BufPool::new(READ_BUF_SIZE, 4);
+        let mut rb = ReadBuf::default();
+        rb.prepare(&mut pool, 0).extend_from_slice(b"line one\npart");
+        rb.consume(9);
+        rb.settle(&mut pool);
+        assert_eq!(rb.unread(), b"part");
+        assert!(rb.capacity() < 64);
+        // The next read grows it back to a useful size.
+        assert!(rb.prepare(&mut pool, 0).capacity() >= READ_BUF_SIZE);
+        assert_eq!(rb.unread(), b"part");
+    }
+
+    #[test]
+    fn prepare_reserves_what_a_validated_frame_needs() {
+        let mut pool = BufPool::new(READ_BUF_SIZE, 4);
+        let mut rb = ReadBuf::default();
+        let buf = rb.prepare(&mut pool, 200_000);
+        assert!(buf.capacity() >= 200_000);
+    }
+}

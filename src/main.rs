@@ -1,0 +1,155 @@
+//! The `edgeloop` command line. Only argument parsing and wiring live
+//! here; everything else is the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use edgeloop::reactor::OutbufPolicy;
+use edgeloop::servers::chat::Chat;
+use edgeloop::servers::echo::Echo;
+use edgeloop::{AccessList, Cidr, Config, Framing, Handler, Reactor};
+
+#[derive(Parser)]
+#[command(
+    name = "edgeloop",
+    version,
+    about = "An edge-triggered epoll reactor: echo and chat servers, and a load generator"
+)]
+struct Cli {
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Echo every frame back to its sender.
+    Echo {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Framing: raw, line, 1, 2 or 4 (length-prefixed, big-endian).
+        #[arg(long, default_value = "raw")]
+        framing: Framing,
+    },
+    /// A line-based chat room server with nicknames and rooms.
+    Chat {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Drive an echo server with N connections and report throughput and latency.
+    Load(edgeloop::load::LoadArgs),
+}
+
+/// Options shared by the servers.
+#[derive(Args)]
+struct ServerArgs {
+    /// Address to listen on; port 0 picks a free port; IPv6 as [::1]:0.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Largest frame payload in bytes (for line: the line with its \n).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_frame: usize,
+    /// Connections beyond N are accepted and closed at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_conns: usize,
+    /// Per-connection output queue limit in bytes.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    max_outbuf: usize,
+    /// Close a connection whose pending output makes no progress this long.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    send_timeout: u64,
+    /// Close a connection that neither sends nor receives this long (0: off).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    idle_timeout: u64,
+    /// Serve only peers inside this network (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<Cidr>,
+    /// Refuse peers inside this network (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<Cidr>,
+    /// Print a line of counters to stderr every SECS seconds (0: off).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    stats: u64,
+}
+
+impl ServerArgs {
+    fn config(&self, framing: Framing, outbuf_policy: OutbufPolicy) -> Config {
+        Config {
+            framing,
+            max_frame: self.max_frame,
+            max_conns: self.max_conns,
+            max_outbuf: self.max_outbuf,
+            outbuf_policy,
+            send_timeout: Duration::from_millis(self.send_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            access: AccessList {
+                allow: self.allow.clone(),
+                deny: self.deny.clone(),
+            },
+            stats_interval: Duration::from_secs(self.stats),
+            handle_signals: true,
+            ..Config::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    match cli.command {
+        Command::Echo { server, framing } => serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo),
+        Command::Chat { server } => serve(
+            &server.listen,
+            server.config(Framing::Line, OutbufPolicy::Disconnect),
+            Chat::default(),
+        ),
+        Command::Load(args) => edgeloop::load::run(args),
+    }
+}
+
+/// Listen, announce the address, run until a signal has drained everything.
+fn serve<H: Handler>(addr: &SocketAddr, config: Config, handler: H) -> ExitCode {
+    if let Err(e) = edgeloop::sys::raise_nofile_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+    let mut reactor = match Reactor::new(config, handler) {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("cannot start the reactor: {e}")),
+    };
+    let local = match reactor.listen(addr) {
+        Ok(local) => local,
+        Err(e) => return fail(format_args!("cannot listen on {addr}: {}", describe(&e))),
+    };
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on {local}").and_then(|_| stdout.flush());
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format_args!("event loop failed: {e}")),
+    }
+}
+
+fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
+    eprintln!("edgeloop: {msg}");
+    ExitCode::from(1)
+}
+
+/// An OS error as a lower-case phrase ("address already in use").
+fn describe(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
+}

@@ -1,0 +1,4 @@
+//! Applications of the library: the servers `edgeloop` ships.
+
+pub mod chat;
+pub mod echo;

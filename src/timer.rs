@@ -1,0 +1,165 @@
+//! Deadlines: idle timeout, send timeout, and the linger after a graceful
+//! close, for every connection, in one min-heap with lazy deletion.
+//!
+//! Time is a `u64` count of milliseconds since the reactor started, read
+//! once per loop iteration ("now" does not move while a batch of events is
+//! handled, as in libuv). `0` means "no deadline".
+//!
+//! Each connection keeps its own deadlines and the one deadline it is
+//! currently `scheduled` under. Pushing the new deadline on every read
+//! would flood the heap, so the heap is lazy:
+//!
+//! - when a deadline moves *later* (activity), nothing is pushed; the old
+//!   entry fires early, finds the connection's real deadline still ahead,
+//!   and is pushed again at that time;
+//! - when a deadline moves *earlier* than the scheduled one, a new entry is
+//!   pushed; the old one becomes stale;
+//! - an entry whose time differs from the connection's `scheduled` value
+//!   is stale and skipped (this also covers a slab key reused by a newer
+//!   connection).
+//!
+//! So each connection has at most a couple of entries in the heap, touching
+//! the heap costs O(log n) only when a deadline is first set, and activity
+//! costs one store.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the reactor's clock started; 0 is "never".
+pub type Millis = u64;
+
+/// The reactor's clock: a monotonic origin and the "now" of this iteration.
+pub struct Clock {
+    origin: Instant,
+    now: Millis,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        // Start at 1 so that 0 can mean "no deadline".
+        Clock {
+            origin: Instant::now(),
+            now: 1,
+        }
+    }
+
+    /// Read the time once for this iteration.
+    pub fn tick(&mut self) -> Millis {
+        self.now = self.origin.elapsed().as_millis() as Millis + 1;
+        self.now
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// A deadline `after` from now (0 when `after` is zero: disabled).
+    pub fn after(&self, after: Duration) -> Millis {
+        if after.is_zero() {
+            0
+        } else {
+            self.now + after.as_millis() as Millis
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// The earlier of two deadlines, where 0 means "none".
+pub fn earliest(a: Millis, b: Millis) -> Millis {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
+}
+
+/// A min-heap of `(deadline, key)` with lazy deletion (see the module docs).
+#[derive(Default)]
+pub struct Deadlines {
+    heap: BinaryHeap<Reverse<(Millis, usize)>>,
+}
+
+impl Deadlines {
+    /// Make sure `key` will be looked at no later than `due`. `scheduled` is
+    /// the connection's record of its earliest pending entry.
+    pub fn schedule(&mut self, key: usize, due: Millis, scheduled: &mut Millis) {
+        if due != 0 && (*scheduled == 0 || due < *scheduled) {
+            self.heap.push(Reverse((due, key)));
+            *scheduled = due;
+        }
+    }
+
+    /// The earliest entry's time, if any (may be stale: waking for it is
+    /// harmless).
+    pub fn next(&self) -> Option<Millis> {
+        self.heap.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// Pop one entry that is due at `now`: `(key, the time it was pushed
+    /// for)`. The caller checks it against the connection's `scheduled`.
+    pub fn pop_due(&mut self, now: Millis) -> Option<(usize, Millis)> {
+        match self.heap.peek() {
+            Some(Reverse((due, _))) if *due <= now => self.heap.pop().map(|Reverse((due, key))| (key, due)),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
+/// The `epoll_wait` timeout for a deadline: rounded *up* to whole
+/// milliseconds by construction (deadlines are whole milliseconds and the
+/// clock truncates), so a wake-up is never early enough to find nothing due
+/// and spin with a zero timeout — mio's lesson.
+pub fn wait_timeout(now: Millis, due: Option<Millis>) -> i32 {
+    match due {
+        None => -1,
+        Some(due) => due.saturating_sub(now).min(i32::MAX as u64) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_deadline_pushes_later_one_does_not() {
+        let mut d = Deadlines::default();
+        let mut scheduled = 0;
+        d.schedule(7, 100, &mut scheduled);
+        d.schedule(7, 150, &mut scheduled);
+        assert_eq!((d.len(), scheduled), (1, 100));
+        d.schedule(7, 50, &mut scheduled);
+        assert_eq!((d.len(), scheduled), (2, 50));
+        assert_eq!(d.pop_due(49), None);
+        assert_eq!(d.pop_due(60), Some((7, 50)));
+        // The 100 entry is now stale for a connection scheduled at 50.
+        assert_eq!(d.pop_due(100), Some((7, 100)));
+    }
+
+    #[test]
+    fn earliest_ignores_zero() {
+        assert_eq!(earliest(0, 5), 5);
+        assert_eq!(earliest(5, 0), 5);
+        assert_eq!(earliest(3, 5), 3);
+        assert_eq!(earliest(0, 0), 0);
+    }
+
+    #[test]
+    fn timeout_never_negative() {
+        assert_eq!(wait_timeout(10, Some(5)), 0);
+        assert_eq!(wait_timeout(10, Some(15)), 5);
+        assert_eq!(wait_timeout(10, None), -1);
+    }
+}
