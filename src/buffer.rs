@@ -70,6 +70,9 @@ impl BufPool {
 pub struct ReadBuf {
     buf: Vec<u8>,
     start: u32,
+    /// The `line` decoder's cursor: unread bytes known to hold no `\n`
+    /// (see [`crate::framing::decode`]).
+    pub scanned: u32,
 }
 
 impl ReadBuf {
@@ -85,6 +88,7 @@ impl ReadBuf {
     /// Mark `n` bytes at the front of the unread bytes as delivered.
     pub fn consume(&mut self, n: usize) {
         self.start += n as u32;
+        self.scanned = 0;
     }
 
     /// Get ready for a read: make sure there is a buffer with room at its
@@ -130,7 +134,7 @@ impl ReadBuf {
     /// Drop everything buffered (used when a closing connection's input is
     /// being discarded).
     pub fn discard(&mut self, pool: &mut BufPool) {
-        self.start = self.buf.len() as u32;
+        self.consume(self.unread().len());
         self.settle(pool);
     }
 

@@ -65,8 +65,6 @@ pub struct Conn {
     /// Why it is closing or closed (meaningful once CLOSING or DEAD).
     pub reason: CloseReason,
     pub input: ReadBuf,
-    /// The `line` decoder's cursor: unread bytes known to hold no `\n`.
-    pub line_scanned: u32,
     pub output: OutQueue,
     /// Idle-timeout deadline, pushed back by every byte in or out.
     pub idle_deadline: Millis,
@@ -85,7 +83,6 @@ impl Conn {
             framing,
             reason: CloseReason::PeerClosed,
             input: ReadBuf::default(),
-            line_scanned: 0,
             output: OutQueue::default(),
             idle_deadline: 0,
             write_deadline: 0,
@@ -119,5 +116,15 @@ impl Conn {
     /// The next deadline of any kind (0 if none).
     pub fn next_deadline(&self) -> Millis {
         earliest(self.idle_deadline, self.write_deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The idle-memory budget (128 bytes per connection, slab tag included)
+    /// rests on this size: a field added carelessly shows up here first.
+    #[test]
+    fn a_connection_fits_in_112_bytes() {
+        assert!(std::mem::size_of::<super::Conn>() <= 112, "{}", std::mem::size_of::<super::Conn>());
     }
 }

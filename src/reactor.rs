@@ -526,17 +526,16 @@ impl<H: Handler> Reactor<H> {
             if !conn.may_deliver() {
                 break;
             }
-            let mut scanned = conn.line_scanned as usize;
+            let mut scanned = input.scanned as usize;
             match framing::decode(conn.framing, input.unread(), &mut scanned, max_frame) {
                 Ok(Decoded::Frame(frame)) => {
-                    conn.line_scanned = 0;
                     self.core.counters.frames_in += 1;
                     let (mut ctx, handler) = self.ctx_and_handler();
                     handler.on_frame(&mut ctx, ConnId(key), &input.unread()[frame.start..frame.end]);
                     input.consume(frame.end);
                 }
                 Ok(Decoded::Incomplete { need: n }) => {
-                    conn.line_scanned = scanned as u32;
+                    input.scanned = scanned as u32;
                     need = n;
                     break;
                 }
@@ -940,7 +939,9 @@ impl Ctx<'_> {
     pub fn set_framing(&mut self, id: ConnId, framing: Framing) {
         if let Some(conn) = self.core.conns.get_mut(id.0) {
             conn.framing = framing;
-            conn.line_scanned = 0;
+            // (If this is the connection being delivered, its buffer is out
+            // and its cursor is already 0: a frame was just completed.)
+            conn.input.scanned = 0;
             self.core.push_ready(id.0);
         }
     }
