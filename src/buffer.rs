@@ -191,27 +191,29 @@ impl OutQueue {
         self.len == 0
     }
 
-    /// Queue a copy of `parts` (a header and a payload, say) as one piece.
+    /// Queue a copy of `parts` (a header and a payload, say). Bytes are
+    /// appended to the last owned chunk while it has room, then to fresh
+    /// pooled chunks: many small sends share one chunk, and a large one
+    /// costs no allocation of its own.
     pub fn push_copy(&mut self, parts: &[&[u8]], pool: &mut BufPool) {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total == 0 {
-            return;
-        }
-        let fits = matches!(self.chunks.back(), Some(Chunk::Owned(v)) if v.capacity() - v.len() >= total);
-        if !fits {
-            let buf = if total <= OUT_CHUNK_SIZE {
-                pool.take()
-            } else {
-                Vec::with_capacity(total)
-            };
-            self.chunks.push_back(Chunk::Owned(buf));
-        }
-        if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
-            for part in parts {
-                v.extend_from_slice(part);
+        for mut part in parts.iter().copied() {
+            self.len += part.len();
+            while !part.is_empty() {
+                let room = match self.chunks.back() {
+                    Some(Chunk::Owned(v)) => v.capacity() - v.len(),
+                    _ => 0,
+                };
+                if room == 0 {
+                    self.chunks.push_back(Chunk::Owned(pool.take()));
+                    continue;
+                }
+                let (now, later) = part.split_at(room.min(part.len()));
+                if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+                    v.extend_from_slice(now);
+                }
+                part = later;
             }
         }
-        self.len += total;
     }
 
     /// Queue a shared message by reference.
@@ -291,6 +293,12 @@ mod tests {
         q.push_shared(Rc::from(&b"shared"[..]));
         q.push_copy(&[b"z"], &mut pool);
         assert_eq!(q.chunks.len(), 3);
+        // A copy larger than a chunk spans pooled chunks, no allocation.
+        let big = vec![7u8; OUT_CHUNK_SIZE + 10];
+        let mut q2 = OutQueue::default();
+        q2.push_copy(&[b"ab", &big], &mut pool);
+        assert_eq!((q2.chunks.len(), q2.len()), (2, OUT_CHUNK_SIZE + 12));
+        assert_eq!(&pending(&q2)[..3], b"ab\x07");
         assert_eq!(
             pending(&q),
             b"ab\x00\x01cshared z"
