@@ -814,14 +814,16 @@ impl Core {
     /// The output queue is empty: carry out a pending shutdown or close.
     fn output_drained(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if !conn.has(flag::CLOSING | flag::SHUTDOWN_WANTED) || conn.has(flag::WRITE_SHUT) {
+        if !conn.has(flag::CLOSING | flag::SHUTDOWN_WANTED) {
             return;
         }
-        if let Err(e) = sys::shutdown_write(conn.fd.as_raw_fd()) {
-            debug!("{}: shutdown: {e}", ConnId(key));
-            return self.kill(key, CloseReason::Error);
+        if !conn.has(flag::WRITE_SHUT) {
+            if let Err(e) = sys::shutdown_write(conn.fd.as_raw_fd()) {
+                debug!("{}: shutdown: {e}", ConnId(key));
+                return self.kill(key, CloseReason::Error);
+            }
+            conn.set(flag::WRITE_SHUT);
         }
-        conn.set(flag::WRITE_SHUT);
         if conn.has(flag::READ_EOF) {
             // Both directions are finished.
             let reason = if conn.has(flag::CLOSING) {
