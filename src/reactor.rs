@@ -573,7 +573,9 @@ impl<H: Handler> Reactor<H> {
     /// Serve the connections queued on the ready list before this
     /// iteration; those that re-queue themselves wait for the next one.
     fn serve_ready_list(&mut self) {
-        for key in std::mem::take(&mut self.core.ready) {
+        let queued = self.core.ready.len();
+        for i in 0..queued {
+            let key = self.core.ready[i];
             if let Some(conn) = self.core.conns.get_mut(key) {
                 conn.clear(flag::READY);
                 if !conn.has(flag::DEAD) {
@@ -581,6 +583,8 @@ impl<H: Handler> Reactor<H> {
                 }
             }
         }
+        // The lists keep their allocation from one iteration to the next.
+        self.core.ready.drain(..queued);
     }
 
     fn run_deadlines(&mut self) {
@@ -641,32 +645,40 @@ impl<H: Handler> Reactor<H> {
     /// Reap the dead and flush the dirty until neither has work: `on_close`
     /// may send (a chat "left" notice), and a flush may fail and kill.
     fn settle(&mut self) {
-        loop {
-            let dead = std::mem::take(&mut self.core.dead);
-            if dead.is_empty() && self.core.dirty.is_empty() {
-                return;
+        while !(self.core.dead.is_empty() && self.core.dirty.is_empty()) {
+            // `on_close` may kill others: the list grows while it is walked.
+            let mut i = 0;
+            while let Some(&key) = self.core.dead.get(i) {
+                i += 1;
+                self.reap(key);
             }
-            for key in dead {
-                let mut conn = self.core.conns.remove(key);
-                let core = &mut self.core;
-                conn.output.clear(&mut core.out_pool);
-                conn.input.discard(&mut core.read_pool);
-                core.counters.closed[conn.reason.index()] += 1;
-                // A descriptor was just freed: accepting may resume.
-                core.accept_paused_until = 0;
-                let reason = conn.reason;
-                drop(conn); // closes the socket, which leaves the epoll set
-                let (mut ctx, handler) = self.ctx_and_handler();
-                handler.on_close(&mut ctx, ConnId(key), reason);
-            }
-            let dirty = std::mem::take(&mut self.core.dirty);
-            for key in dirty {
+            self.core.dead.clear();
+            // A flush never dirties another connection; it may kill one.
+            for i in 0..self.core.dirty.len() {
+                let key = self.core.dirty[i];
                 if let Some(conn) = self.core.conns.get_mut(key) {
                     conn.clear(flag::DIRTY);
                     self.core.flush(key);
                 }
             }
+            self.core.dirty.clear();
         }
+    }
+
+    /// Remove a dead connection: its socket closes (leaving the epoll set),
+    /// its buffers go back to the pools, the application hears of it.
+    fn reap(&mut self, key: usize) {
+        let mut conn = self.core.conns.remove(key);
+        let core = &mut self.core;
+        conn.output.clear(&mut core.out_pool);
+        conn.input.discard(&mut core.read_pool);
+        core.counters.closed[conn.reason.index()] += 1;
+        // A descriptor was just freed: accepting may resume.
+        core.accept_paused_until = 0;
+        let reason = conn.reason;
+        drop(conn);
+        let (mut ctx, handler) = self.ctx_and_handler();
+        handler.on_close(&mut ctx, ConnId(key), reason);
     }
 
     fn read_signals(&mut self) {
@@ -843,10 +855,18 @@ impl Core {
 
     /// Queue output and apply the `max_outbuf` policy.
     fn queued(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        let len = conn.output.len();
+        let len = self.conns[key].output.len();
         self.counters.outq_high_water = self.counters.outq_high_water.max(len);
         if len > self.config.max_outbuf {
+            // "Pending" means what the kernel will not take yet. A burst
+            // queued in one iteration may pass the limit while the peer
+            // reads promptly, so offer it to the kernel before judging.
+            self.flush(key);
+            let conn = &mut self.conns[key];
+            let len = conn.output.len();
+            if conn.has(flag::DEAD) || len <= self.config.max_outbuf {
+                return;
+            }
             match self.config.outbuf_policy {
                 OutbufPolicy::Pause => {
                     if !conn.has(flag::FLOW_PAUSED) {
@@ -856,9 +876,8 @@ impl Core {
                 }
                 OutbufPolicy::Disconnect => {
                     warn!(
-                        "{}: {} bytes of output pending, over the limit; disconnecting",
-                        ConnId(key),
-                        len
+                        "{}: {len} bytes of output pending, over the limit; disconnecting",
+                        ConnId(key)
                     );
                     conn.output.clear(&mut self.out_pool);
                     return self.kill(key, CloseReason::OutbufFull);

@@ -1,12 +1,400 @@
-//! The chat server (work in progress: see issue 3).
+//! The chat server: nicknames, rooms, and a fan-out that copies nothing.
+//!
+//! # The protocol
+//!
+//! Everything is a line. Clients may end lines in `\n` or `\r\n`; the
+//! server's lines end in `\n`. A client gets the nickname `guestN` and joins
+//! the room `lobby` on connect; every member of `lobby`, the newcomer
+//! included, receives `* guestN joined`.
+//!
+//! | client sends | who receives what |
+//! |---|---|
+//! | `TEXT` (not starting with `/`) | the room, sender included: `NICK: TEXT` |
+//! | `/nick NAME` | the room: `* OLD is now NAME` |
+//! | `/join ROOM` | the old room: `* NICK left`; the new room, joiner included: `* NICK joined` |
+//! | `/who` | the sender: `* members: ` and the room's nicknames, sorted (byte order), one space apart |
+//! | `/quit` | the sender: `* bye`, then the connection is closed; the room: `* NICK left` |
+//! | (disconnects, for any reason) | the room: `* NICK left` |
+//!
+//! Names (nicknames and rooms) are 1–32 characters of `A-Z a-z 0-9 _ -`,
+//! compared case-sensitively. A room exists while it has members. `guestN`
+//! numbers are never reused in a server's life; if someone has taken the
+//! name `guestN` with `/nick`, that number is skipped.
+//!
+//! # Bad input, and what happens to it
+//!
+//! Nothing a client sends can crash or stall the server, or reach another
+//! client as anything but a well-formed line. Error lines go to the sender
+//! alone and start with `! `.
+//!
+//! | input | outcome |
+//! |---|---|
+//! | empty line (`\n` or `\r\n` alone) | ignored |
+//! | a line containing a NUL byte | `! NUL bytes are not allowed`; nothing relayed |
+//! | a line that is not valid UTF-8 | `! invalid UTF-8`; nothing relayed (others only ever receive UTF-8) |
+//! | a line longer than `--max-frame` (with its `\n`) | the reactor closes the connection (protocol error, logged); the room: `* NICK left` |
+//! | `/nick`, or `/nick A B` | `! usage: /nick NAME` |
+//! | `/join`, or `/join A B` | `! usage: /join ROOM` |
+//! | `/who x` | `! usage: /who` |
+//! | `/quit x` | `! usage: /quit` |
+//! | a name over 32 characters | `! name too long: at most 32 characters` |
+//! | a name with other characters | `! invalid name: use only A-Z a-z 0-9 _ -` |
+//! | `/nick` a name someone else has | `! nickname NAME is in use` |
+//! | `/nick` one's own name | `! you are already NAME` |
+//! | `/join` one's own room | `! you are already in ROOM` |
+//! | any other line starting with `/` (commands are case-sensitive: `/NICK` is unknown) | `! unknown command: WORD (commands: /nick /join /who /quit)` |
+//! | a final line without `\n` at end of stream | handled like any line, then the client has left |
+//!
+//! Arguments are separated by spaces or tabs; extra blanks around them are
+//! ignored. A message's text is relayed exactly as sent (minus its line
+//! end), blanks and all.
+//!
+//! # Fan-out without copies
+//!
+//! One message to a room of N members costs:
+//!
+//! - **Reading**: none per message. The sender's bytes arrive in its pooled
+//!   read buffer, one `read` for as many lines as have arrived (up to
+//!   64 KiB); each line is handed to [`Chat::on_frame`] as a slice of that
+//!   buffer.
+//! - **Encoding: one allocation.** `NICK: TEXT\n` is assembled in a scratch
+//!   buffer this server reuses (no allocation once warm), then copied once
+//!   into an `Rc<[u8]>`. That is the only copy of the message, whatever N.
+//! - **Queuing: no copy, no system call.** [`Ctx::send_shared`] pushes a
+//!   reference (a reference-count increment, and a three-word slot in the
+//!   member's queue) onto each member's output queue. The reactor frees a
+//!   drained queue's slot array so that an idle connection holds no heap
+//!   memory; the price is one small allocation (a 4-slot array, grown by
+//!   doubling under a burst) for each member whose queue was empty — none
+//!   for members with output already pending.
+//! - **Writing: at most N system calls per loop iteration.** The reactor
+//!   flushes each dirty connection once, just before `epoll_wait`, with one
+//!   `sendmsg` covering up to 64 queued chunks. A lone message costs N
+//!   `sendmsg` calls; a burst of B messages handled in the same iteration
+//!   costs N·⌈B/64⌉, so under load the cost per message falls toward N/64.
+//! - **Freeing**: the `Rc` is freed once, when the last member's queue has
+//!   written it.
+//!
+//! Measured (strace, and a counting `malloc` preloaded) with 5 members: one
+//! message costs 1 `read`, 5 `sendmsg` and 7 allocations (the `Rc`, 5 queue
+//! arrays, and the reactor's dirty list — which the reactor has since
+//! learned to reuse across iterations); a burst of 100
+//! messages in one write costs 1 `read`, 10 `sendmsg`, 106 allocations and
+//! 26 reallocations (the queue arrays doubling to 128 slots).
+//! `scripts/chat-fanout.sh` measures throughput and CPU per delivery.
+//!
+//! # Order and slow consumers
+//!
+//! The loop is single-threaded and every output queue is first-in
+//! first-out, so every member of a room receives the room's messages in the
+//! order the server handled them, the sender included.
+//!
+//! The server runs with [`crate::OutbufPolicy::Disconnect`]: a member whose
+//! pending output passes `--max-outbuf` is disconnected by the reactor
+//! (`CloseReason::OutbufFull`), its queued references are dropped, and
+//! [`Chat::on_close`] tells the room it left. Nobody waits for a slow
+//! member: a broadcast only queues, and the sender is never paused for
+//! someone else's backlog. `--send-timeout` and `--idle-timeout` close
+//! members the same way.
+//!
+//! "Pending" means what the kernel has refused: before disconnecting, the
+//! reactor offers the queue to the kernel, so a burst queued in one loop
+//! iteration does not cut off a member that reads promptly.
+//!
+//! # Leaving
+//!
+//! `/quit` is announced at once, when the command is handled: the reactor
+//! then flushes `* bye`, shuts down the write side and waits (briefly) for
+//! the client's FIN before calling `on_close`, and the room should not wait
+//! with it. The member is forgotten at that moment, so `on_close` has
+//! nothing left to announce. A client that shuts down its write side has
+//! left as well: the reactor sends what it is owed, then closes, and
+//! `on_close` announces it. At shutdown (SIGINT/SIGTERM) every connection
+//! is closing and can receive nothing more, so no notices are sent.
 
-use crate::{ConnId, Ctx, Handler};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
+use crate::{CloseReason, ConnId, Ctx, Handler};
+
+/// The room every client joins on connect.
+pub const LOBBY: &str = "lobby";
+/// The longest nickname or room name, in characters.
+pub const MAX_NAME: usize = 32;
+
+/// The chat server: see the module docs for the protocol.
 #[derive(Debug, Default)]
 pub struct Chat {
-    _rooms: Vec<String>,
+    /// Per-connection state, indexed by [`ConnId::index`] (slab keys are
+    /// dense). `None` for free slots and for members that have quit.
+    members: Vec<Option<Member>>,
+    /// Rooms with at least one member.
+    rooms: HashMap<String, Room>,
+    /// Nicknames in use.
+    nicks: HashSet<String>,
+    /// The last `guestN` number given out.
+    guests: u64,
+    /// Where outgoing lines are assembled; reused, so it allocates only
+    /// while warming up.
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Member {
+    nick: String,
+    room: String,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// In joining order. Any fixed order would do: every member's queue is
+    /// FIFO, so all see the same sequence of messages.
+    members: Vec<ConnId>,
 }
 
 impl Handler for Chat {
-    fn on_frame(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _frame: &[u8]) {}
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let nick = loop {
+            self.guests += 1;
+            let nick = format!("guest{}", self.guests);
+            if !self.nicks.contains(&nick) {
+                break nick;
+            }
+        };
+        self.nicks.insert(nick.clone());
+        if self.members.len() <= id.index() {
+            self.members.resize_with(id.index() + 1, || None);
+        }
+        self.members[id.index()] = Some(Member {
+            nick,
+            room: LOBBY.to_string(),
+        });
+        self.enter(ctx, id, LOBBY);
+    }
+
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        let line = strip_line_end(frame);
+        if line.is_empty() {
+            return;
+        }
+        if line.contains(&0) {
+            return self.reply(ctx, id, &["! NUL bytes are not allowed"]);
+        }
+        let Ok(line) = std::str::from_utf8(line) else {
+            return self.reply(ctx, id, &["! invalid UTF-8"]);
+        };
+        if line.starts_with('/') {
+            return self.command(ctx, id, line);
+        }
+        // Fields borrowed apart, so the hot path clones no strings.
+        let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
+            return;
+        };
+        assemble(&mut self.scratch, &[&member.nick, ": ", line]);
+        fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
+        // None: the member quit, and was announced then.
+        let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        self.nicks.remove(&member.nick);
+        self.remove_from_room(id, &member.room);
+        if reason != CloseReason::Shutdown {
+            self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
+        }
+    }
+}
+
+impl Chat {
+    fn member(&self, id: ConnId) -> Option<&Member> {
+        self.members.get(id.index()).and_then(Option::as_ref)
+    }
+
+    fn command(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &str) {
+        let mut words = line.split_ascii_whitespace();
+        let word = words.next().unwrap_or(line);
+        let args: Vec<&str> = words.collect();
+        match (word, args.as_slice()) {
+            ("/nick", [name]) => self.nick(ctx, id, name),
+            ("/nick", _) => self.reply(ctx, id, &["! usage: /nick NAME"]),
+            ("/join", [room]) => self.join(ctx, id, room),
+            ("/join", _) => self.reply(ctx, id, &["! usage: /join ROOM"]),
+            ("/who", []) => self.who(ctx, id),
+            ("/who", _) => self.reply(ctx, id, &["! usage: /who"]),
+            ("/quit", []) => self.quit(ctx, id),
+            ("/quit", _) => self.reply(ctx, id, &["! usage: /quit"]),
+            _ => self.reply(
+                ctx,
+                id,
+                &["! unknown command: ", word, " (commands: /nick /join /who /quit)"],
+            ),
+        }
+    }
+
+    fn nick(&mut self, ctx: &mut Ctx<'_>, id: ConnId, name: &str) {
+        if let Err(why) = check_name(name) {
+            return self.reply(ctx, id, &["! ", why]);
+        }
+        let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
+            return;
+        };
+        if member.nick == name {
+            return self.reply(ctx, id, &["! you are already ", name]);
+        }
+        if self.nicks.contains(name) {
+            return self.reply(ctx, id, &["! nickname ", name, " is in use"]);
+        }
+        let old = std::mem::replace(&mut member.nick, name.to_string());
+        let room = member.room.clone();
+        self.nicks.remove(&old);
+        self.nicks.insert(name.to_string());
+        self.broadcast(ctx, &room, &["* ", &old, " is now ", name]);
+    }
+
+    fn join(&mut self, ctx: &mut Ctx<'_>, id: ConnId, room: &str) {
+        if let Err(why) = check_name(room) {
+            return self.reply(ctx, id, &["! ", why]);
+        }
+        let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
+            return;
+        };
+        if member.room == room {
+            return self.reply(ctx, id, &["! you are already in ", room]);
+        }
+        let old = std::mem::replace(&mut member.room, room.to_string());
+        let nick = member.nick.clone();
+        self.remove_from_room(id, &old);
+        self.broadcast(ctx, &old, &["* ", &nick, " left"]);
+        self.enter(ctx, id, room);
+    }
+
+    fn who(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let Some(room) = self.member(id).and_then(|m| self.rooms.get(&m.room)) else {
+            return;
+        };
+        let mut nicks: Vec<&str> = room
+            .members
+            .iter()
+            .filter_map(|&m| self.member(m))
+            .map(|m| m.nick.as_str())
+            .collect();
+        nicks.sort_unstable();
+        let list = nicks.join(" ");
+        self.reply(ctx, id, &["* members: ", &list]);
+    }
+
+    /// `* bye`, a graceful close, and the room told now rather than when
+    /// the reactor has finished closing (see "Leaving").
+    fn quit(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        self.reply(ctx, id, &["* bye"]);
+        ctx.close(id);
+        let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
+            return;
+        };
+        self.nicks.remove(&member.nick);
+        self.remove_from_room(id, &member.room);
+        self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
+    }
+
+    /// Add `id` (whose `room` is already set) to `room` and announce it.
+    fn enter(&mut self, ctx: &mut Ctx<'_>, id: ConnId, room: &str) {
+        self.rooms.entry(room.to_string()).or_default().members.push(id);
+        let Some(member) = self.member(id) else { return };
+        let nick = member.nick.clone();
+        self.broadcast(ctx, room, &["* ", &nick, " joined"]);
+    }
+
+    /// Take `id` out of `room`; an empty room ceases to exist.
+    fn remove_from_room(&mut self, id: ConnId, room: &str) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.members.retain(|&m| m != id);
+            if r.members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// One line to one connection (an error, `* bye`): copied into its
+    /// output queue.
+    fn reply(&mut self, ctx: &mut Ctx<'_>, id: ConnId, parts: &[&str]) {
+        assemble(&mut self.scratch, parts);
+        ctx.send(id, &self.scratch);
+    }
+
+    /// One line to every member of `room`.
+    fn broadcast(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&str]) {
+        assemble(&mut self.scratch, parts);
+        fan_out(ctx, self.rooms.get(room), &self.scratch);
+    }
+}
+
+/// `line` to every member of `room`: copied once into a shared buffer,
+/// queued by reference (see "Fan-out without copies").
+fn fan_out(ctx: &mut Ctx<'_>, room: Option<&Room>, line: &[u8]) {
+    let Some(room) = room else { return };
+    let msg: Rc<[u8]> = Rc::from(line);
+    for &member in &room.members {
+        // A member that passes --max-outbuf is disconnected inside this
+        // call; later sends to it return false, and on_close announces it.
+        ctx.send_shared(member, &msg);
+    }
+}
+
+/// `parts` joined, plus `\n`, into `buf`.
+fn assemble(buf: &mut Vec<u8>, parts: &[&str]) {
+    buf.clear();
+    for part in parts {
+        buf.extend_from_slice(part.as_bytes());
+    }
+    buf.push(b'\n');
+}
+
+/// A line without its `\n` or `\r\n` (a final line at end of stream may
+/// have neither).
+fn strip_line_end(frame: &[u8]) -> &[u8] {
+    let line = frame.strip_suffix(b"\n").unwrap_or(frame);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Whether `name` may be a nickname or a room; if not, why.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.chars().count() > MAX_NAME {
+        return Err("name too long: at most 32 characters");
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("invalid name: use only A-Z a-z 0-9 _ -");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_ends_are_stripped_once() {
+        assert_eq!(strip_line_end(b"hi\n"), b"hi");
+        assert_eq!(strip_line_end(b"hi\r\n"), b"hi");
+        assert_eq!(strip_line_end(b"hi"), b"hi");
+        assert_eq!(strip_line_end(b"hi\r\r\n"), b"hi\r");
+        assert_eq!(strip_line_end(b"\r\n"), b"");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name("Az09_-").is_ok());
+        assert!(check_name(&"x".repeat(32)).is_ok());
+        assert_eq!(check_name(&"x".repeat(33)), Err("name too long: at most 32 characters"));
+        assert!(check_name("").is_err());
+        assert!(check_name("a.b").is_err());
+        assert!(check_name("é").is_err());
+        assert!(check_name("a b").is_err());
+    }
 }
