@@ -773,7 +773,13 @@ impl Core {
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let (count, wanted) = conn.output.io_slices(&mut slices);
-            match sys::send_vectored(fd, &slices[..count]) {
+            // One chunk (the common ping-pong reply) needs no msghdr.
+            let sent = if count == 1 {
+                sys::send(fd, &slices[0])
+            } else {
+                sys::send_vectored(fd, &slices[..count])
+            };
+            match sent {
                 Ok(n) => {
                     self.counters.writes += 1;
                     self.counters.bytes_out += n as u64;
