@@ -23,7 +23,7 @@ use std::rc::Rc;
 /// Size of a pooled read buffer: one `read` asks for up to this much.
 pub const READ_BUF_SIZE: usize = 64 * 1024;
 /// Size of a pooled output chunk; small sends are coalesced into it.
-pub const OUT_CHUNK_SIZE: usize = 16 * 1024;
+pub const OUT_CHUNK_SIZE: usize = 4 * 1024;
 /// A partial frame at most this long is moved out of the big pooled
 /// buffer into a small one of its own when the connection goes quiet, so a
 /// peer dribbling a byte at a time cannot pin 64 KiB per connection.
