@@ -108,11 +108,15 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Echo { server, framing } => serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo),
-        Command::Chat { server } => serve(
-            &server.listen,
-            server.config(Framing::Line, OutbufPolicy::Disconnect),
-            Chat::default(),
-        ),
+        Command::Chat { server } => {
+            // A chat line read is written N times (fan-out): one read's
+            // worth per sender per turn keeps each loop iteration short.
+            let config = Config {
+                read_budget: edgeloop::buffer::READ_BUF_SIZE,
+                ..server.config(Framing::Line, OutbufPolicy::Disconnect)
+            };
+            serve(&server.listen, config, Chat::default())
+        }
         Command::Load(args) => edgeloop::load::run(args),
     }
 }
