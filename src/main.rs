@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use edgeloop::reactor::OutbufPolicy;
 use edgeloop::servers::chat::Chat;
 use edgeloop::servers::echo::Echo;
@@ -99,7 +99,7 @@ impl ServerArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -119,6 +119,25 @@ fn main() -> ExitCode {
         }
         Command::Load(args) => edgeloop::load::run(args),
     }
+}
+
+/// Print a command-line error with the usage of the subcommand it concerns
+/// (clap omits the usage for a bad option value), then exit 2.
+fn usage_error(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit(); // --help and --version: stdout, status 0
+    }
+    let _ = e.print();
+    let text = e.to_string();
+    if !text.contains("Usage:") {
+        let mut cli = Cli::command();
+        cli.build();
+        let sub = std::env::args()
+            .nth(1)
+            .and_then(|name| cli.find_subcommand_mut(&name).map(|s| s.render_usage()));
+        eprintln!("\n{}", sub.unwrap_or_else(|| cli.render_usage()));
+    }
+    std::process::exit(2);
 }
 
 /// Listen, announce the address, run until a signal has drained everything.
