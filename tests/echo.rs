@@ -9,14 +9,13 @@ mod common;
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Server};
+use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -28,22 +27,6 @@ const DEFAULT_MAX_OUTBUF: usize = 4 * MIB;
 // ---------------------------------------------------------------------------
 // Helpers: reproducible data
 // ---------------------------------------------------------------------------
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Bytes `offset..offset + len` of the pseudo-random stream `seed`: any
-/// slice can be regenerated, so a long transfer is checked without storing
-/// it, and a byte lost, duplicated or reordered shows as a mismatch.
-fn stream_bytes(seed: u64, offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len)
-        .map(|i| splitmix64(seed ^ (i as u64 >> 3).wrapping_mul(0xA24B_AED4_963E_E407)).to_le_bytes()[i & 7])
-        .collect()
-}
 
 /// Cuts `data` into pieces of random lengths in `1..=max_piece`.
 fn random_pieces<'a>(rng: &mut StdRng, data: &'a [u8], max_piece: usize) -> Vec<&'a [u8]> {
@@ -60,43 +43,6 @@ fn random_pieces<'a>(rng: &mut StdRng, data: &'a [u8], max_piece: usize) -> Vec<
 // ---------------------------------------------------------------------------
 // Helpers: sockets
 // ---------------------------------------------------------------------------
-
-/// Writes `msg` and expects exactly `msg` back.
-fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(msg).expect("write");
-    let mut back = vec![0u8; msg.len()];
-    stream.read_exact(&mut back).expect("read echo");
-    assert_eq!(back, msg, "echo differs from what was sent");
-}
-
-/// Reads until end of stream; a reset or a timeout fails the test.
-fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    stream.read_to_end(&mut all).expect("read until end of stream");
-    all
-}
-
-/// Reads `len` bytes and checks they are bytes `offset..` of stream `seed`.
-fn expect_stream(stream: &mut TcpStream, seed: u64, offset: usize, len: usize) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0;
-    while got < len {
-        let want = buf.len().min(len - got);
-        let n = match stream.read(&mut buf[..want]) {
-            Ok(0) => panic!("end of stream after {got} of {len} bytes"),
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("read after {got} of {len} bytes: {e}"),
-        };
-        assert!(
-            buf[..n] == stream_bytes(seed, offset + got, n)[..],
-            "bytes {}..{} differ from what was sent",
-            offset + got,
-            offset + got + n
-        );
-        got += n;
-    }
-}
 
 /// Whether the server has closed this connection: reads (discarding any
 /// echo still owed) until end of stream or a reset. `false` if 10 s pass
@@ -117,58 +63,6 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 fn is_would_block(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
-
-/// Writes stream `seed` until `limit` bytes are sent or the server stops
-/// reading: two consecutive one-second windows in which the kernel takes
-/// no byte. Returns the number of bytes sent.
-fn send_until_stalled(stream: &TcpStream, seed: u64, limit: usize) -> usize {
-    let mut out = stream.try_clone().expect("clone");
-    out.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-    let (mut sent, mut idle_windows) = (0, 0);
-    while sent < limit && idle_windows < 2 {
-        let chunk = stream_bytes(seed, sent, (limit - sent).min(256 * 1024));
-        match out.write(&chunk) {
-            Ok(n) => {
-                sent += n;
-                idle_windows = 0;
-            }
-            Err(e) if is_would_block(&e) => idle_windows += 1,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("write after {sent} bytes: {e}"),
-        }
-    }
-    out.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    sent
-}
-
-/// Sets a `SOL_SOCKET` option (`SO_RCVBUF`, `SO_LINGER`, ...) to `value`.
-fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: T) {
-    // SAFETY: `value` is a valid `T` for the duration of the call and the
-    // length passed is its size; the descriptor is an open socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            &value as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-}
-
-/// Drops the connection with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    set_socket_option(
-        &stream,
-        libc::SO_LINGER,
-        libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    );
-    drop(stream);
 }
 
 /// Waits until the server's stderr mentions one of `words` (any case).

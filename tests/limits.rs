@@ -6,10 +6,9 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::thread;
 use std::time::Duration;
 
-use common::{wait_until, Server};
+use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeloop");
 
@@ -43,41 +42,6 @@ fn open_fds_below(server: &Server, below: usize) -> usize {
 /// Descriptors the server has open.
 fn open_fds(server: &Server) -> usize {
     open_fds_below(server, usize::MAX)
-}
-
-/// CPU time (user + system) the server has used, in clock ticks.
-fn cpu_ticks(server: &Server) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
-}
-
-/// Asserts that the server uses less than half a core over one second of
-/// wall time while nothing should happen. A busy loop uses a whole core,
-/// whatever the machine's speed, so this checks behaviour, not speed.
-fn assert_not_spinning(server: &Server, situation: &str) {
-    let before = cpu_ticks(server);
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(server) - before;
-    assert!(
-        used < ticks_per_second() / 2,
-        "the server used {used} of {} clock ticks in one second {situation}",
-        ticks_per_second()
-    );
-}
-
-fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(msg).expect("write");
-    let mut back = vec![0u8; msg.len()];
-    stream.read_exact(&mut back).expect("read echo");
-    assert_eq!(back, msg);
 }
 
 /// A client that sent `msg` and collects its echo without blocking.

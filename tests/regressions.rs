@@ -7,16 +7,15 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Server};
+use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeloop");
 const MIB: usize = 1 << 20;
@@ -24,120 +23,6 @@ const MIB: usize = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Bytes `offset..offset + len` of the reproducible pseudo-random stream
-/// `seed` (a lost, duplicated or reordered byte shows as a mismatch).
-fn stream_bytes(seed: u64, offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len)
-        .map(|i| splitmix64(seed ^ (i as u64 >> 3).wrapping_mul(0xA24B_AED4_963E_E407)).to_le_bytes()[i & 7])
-        .collect()
-}
-
-/// Reads `len` bytes and checks they are bytes `offset..` of stream `seed`.
-fn expect_stream(stream: &mut TcpStream, seed: u64, offset: usize, len: usize) {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0;
-    while got < len {
-        let want = buf.len().min(len - got);
-        let n = match stream.read(&mut buf[..want]) {
-            Ok(0) => panic!("end of stream after {got} of {len} bytes"),
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("read after {got} of {len} bytes: {e}"),
-        };
-        assert!(
-            buf[..n] == stream_bytes(seed, offset + got, n)[..],
-            "bytes {}.. differ from what was sent",
-            offset + got
-        );
-        got += n;
-    }
-}
-
-fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
-    stream.write_all(msg).expect("write");
-    let mut back = vec![0u8; msg.len()];
-    stream.read_exact(&mut back).expect("read echo");
-    assert_eq!(back, msg, "echo differs from what was sent");
-}
-
-fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    stream.read_to_end(&mut all).expect("read until end of stream");
-    all
-}
-
-/// Writes stream `seed` until the server stops reading (two consecutive
-/// one-second windows in which the kernel takes no byte) or `limit` bytes
-/// are sent; returns the bytes sent.
-fn send_until_stalled(stream: &TcpStream, seed: u64, limit: usize) -> usize {
-    let mut out = stream.try_clone().expect("clone");
-    out.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-    let (mut sent, mut idle_windows) = (0, 0);
-    while sent < limit && idle_windows < 2 {
-        let chunk = stream_bytes(seed, sent, (limit - sent).min(256 * 1024));
-        match out.write(&chunk) {
-            Ok(n) => {
-                sent += n;
-                idle_windows = 0;
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => idle_windows += 1,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("write after {sent} bytes: {e}"),
-        }
-    }
-    out.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    sent
-}
-
-/// Drops the connection with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid `linger` and its size, on an open socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(stream);
-}
-
-/// CPU time (user + system) the server has used, in clock ticks.
-fn cpu_ticks(server: &Server) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
-    // After the parenthesised command name: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-/// Asserts the server uses under half a core during one second in which
-/// it has nothing it can do: a busy loop takes a whole core on any machine.
-fn assert_not_spinning(server: &Server, situation: &str) {
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    let before = cpu_ticks(server);
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(server) - before;
-    assert!(
-        used < per_second / 2,
-        "the server used {used} of {per_second} clock ticks in one second {situation}"
-    );
-}
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");

@@ -2,10 +2,12 @@
 //! `127.0.0.1:0` and talk to it over real sockets.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// A running `edgeloop` process; killed when dropped.
@@ -122,4 +124,139 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---- byte streams, sockets and CPU checks shared by the echo tests
+
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Bytes `offset..offset + len` of the pseudo-random stream `seed`: any
+/// slice can be regenerated, so a long transfer is checked without storing
+/// it, and a byte lost, duplicated or reordered shows as a mismatch.
+pub fn stream_bytes(seed: u64, offset: usize, len: usize) -> Vec<u8> {
+    (offset..offset + len)
+        .map(|i| splitmix64(seed ^ (i as u64 >> 3).wrapping_mul(0xA24B_AED4_963E_E407)).to_le_bytes()[i & 7])
+        .collect()
+}
+
+/// Reads `len` bytes and checks they are bytes `offset..` of stream `seed`.
+pub fn expect_stream(stream: &mut TcpStream, seed: u64, offset: usize, len: usize) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < len {
+        let want = buf.len().min(len - got);
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => panic!("end of stream after {got} of {len} bytes"),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read after {got} of {len} bytes: {e}"),
+        };
+        assert!(
+            buf[..n] == stream_bytes(seed, offset + got, n)[..],
+            "bytes {}..{} differ from what was sent",
+            offset + got,
+            offset + got + n
+        );
+        got += n;
+    }
+}
+
+/// Writes `msg` and expects exactly `msg` back.
+pub fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
+    stream.write_all(msg).expect("write");
+    let mut back = vec![0u8; msg.len()];
+    stream.read_exact(&mut back).expect("read echo");
+    assert_eq!(back, msg, "echo differs from what was sent");
+}
+
+/// Reads until end of stream; a reset or a timeout fails the test.
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("read until end of stream");
+    all
+}
+
+/// Writes stream `seed` until the server stops reading (two consecutive
+/// one-second windows in which the kernel takes no byte) or `limit` bytes
+/// are sent; returns the bytes sent.
+pub fn send_until_stalled(stream: &TcpStream, seed: u64, limit: usize) -> usize {
+    let mut out = stream.try_clone().expect("clone");
+    out.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (mut sent, mut idle_windows) = (0, 0);
+    while sent < limit && idle_windows < 2 {
+        let chunk = stream_bytes(seed, sent, (limit - sent).min(256 * 1024));
+        match out.write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                idle_windows = 0;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => idle_windows += 1,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("write after {sent} bytes: {e}"),
+        }
+    }
+    out.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    sent
+}
+
+/// Sets a `SOL_SOCKET` option (`SO_RCVBUF`, `SO_LINGER`, ...) to `value`.
+pub fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: T) {
+    // SAFETY: `value` is a valid `T` for the duration of the call and the
+    // length passed is its size; the descriptor is an open socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            &value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
+}
+
+/// Drops the connection with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    set_socket_option(
+        &stream,
+        libc::SO_LINGER,
+        libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(stream);
+}
+
+/// CPU time (user + system) the server has used, in clock ticks.
+pub fn cpu_ticks(server: &Server) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as u64 }
+}
+
+/// Asserts that the server uses less than half a core over one second of
+/// wall time while nothing should happen. A busy loop uses a whole core,
+/// whatever the machine's speed, so this checks behaviour, not speed.
+pub fn assert_not_spinning(server: &Server, situation: &str) {
+    let before = cpu_ticks(server);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server) - before;
+    assert!(
+        used < ticks_per_second() / 2,
+        "the server used {used} of {} clock ticks in one second {situation}",
+        ticks_per_second()
+    );
 }
