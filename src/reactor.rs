@@ -754,6 +754,10 @@ impl Core {
         if conn.has(flag::DEAD | flag::CLOSING) {
             return;
         }
+        if conn.has(flag::CONNECTING) {
+            // Nothing was exchanged yet: there is nothing to flush or linger for.
+            return self.kill(key, reason);
+        }
         conn.set(flag::CLOSING);
         conn.reason = reason;
         if conn.output.is_empty() {
@@ -905,11 +909,7 @@ impl Core {
         self.drain_deadline = self.clock.after(self.config.drain_timeout);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            if self.conns[key].has(flag::CONNECTING) {
-                self.kill(key, CloseReason::Shutdown);
-            } else {
-                self.close_gracefully(key, CloseReason::Shutdown);
-            }
+            self.close_gracefully(key, CloseReason::Shutdown);
         }
     }
 }
@@ -1006,7 +1006,7 @@ impl Ctx<'_> {
 
     /// Close gracefully: flush what is queued, shut down the write side,
     /// wait briefly for the peer's FIN, close. No more frames are
-    /// delivered.
+    /// delivered. A connect still in progress is abandoned at once.
     pub fn close(&mut self, id: ConnId) {
         if self.core.conns.contains(id.0) {
             self.core.close_gracefully(id.0, CloseReason::Local);
