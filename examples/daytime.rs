@@ -28,10 +28,7 @@ impl Handler for Daytime {
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7013".into());
-    let config = Config {
-        handle_signals: true,
-        ..Config::default()
-    };
+    let config = Config { handle_signals: true, ..Config::default() };
     let mut reactor = Reactor::new(config, Daytime)?;
     let local = reactor.listen(&addr.parse().expect("an address such as 127.0.0.1:7013"))?;
     println!("listening on {local}");

@@ -26,11 +26,7 @@ impl Handler for Hello {
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7070".into());
-    let config = Config {
-        framing: Framing::Line,
-        handle_signals: true,
-        ..Config::default()
-    };
+    let config = Config { framing: Framing::Line, handle_signals: true, ..Config::default() };
     let mut reactor = Reactor::new(config, Hello)?;
     let local = reactor.listen(&addr.parse().expect("an address such as 127.0.0.1:7070"))?;
     println!("listening on {local}");

@@ -87,10 +87,7 @@ mod tests {
 
     #[test]
     fn host_bits_are_ignored_and_garbage_rejected() {
-        assert_eq!(
-            "10.1.2.3/8".parse::<Cidr>().unwrap(),
-            "10.0.0.0/8".parse::<Cidr>().unwrap()
-        );
+        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap(), "10.0.0.0/8".parse::<Cidr>().unwrap());
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
     }

@@ -43,11 +43,7 @@ pub struct BufPool {
 
 impl BufPool {
     pub fn new(size: usize, max_free: usize) -> BufPool {
-        BufPool {
-            size,
-            max_free,
-            free: Vec::new(),
-        }
+        BufPool { size, max_free, free: Vec::new() }
     }
 
     /// An empty buffer with at least `size` bytes of capacity.
@@ -230,11 +226,7 @@ impl OutQueue {
         let mut bytes_total = 0;
         let mut count = 0;
         for (slot, (i, chunk)) in out.iter_mut().zip(self.chunks.iter().enumerate()) {
-            let bytes = if i == 0 {
-                &chunk.bytes()[self.offset..]
-            } else {
-                chunk.bytes()
-            };
+            let bytes = if i == 0 { &chunk.bytes()[self.offset..] } else { chunk.bytes() };
             *slot = IoSlice::new(bytes);
             bytes_total += bytes.len();
             count += 1;
@@ -299,14 +291,7 @@ mod tests {
         q2.push_copy(&[b"ab", &big], &mut pool);
         assert_eq!((q2.chunks.len(), q2.len()), (2, OUT_CHUNK_SIZE + 12));
         assert_eq!(&pending(&q2)[..3], b"ab\x07");
-        assert_eq!(
-            pending(&q),
-            b"ab\x00\x01cshared z"
-                .iter()
-                .filter(|&&b| b != b' ')
-                .copied()
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(pending(&q), b"ab\x00\x01cshared z".iter().filter(|&&b| b != b' ').copied().collect::<Vec<_>>());
         q.advance(3, &mut pool);
         assert_eq!(pending(&q), b"\x01csharedz");
         q.advance(8, &mut pool);

@@ -125,10 +125,6 @@ mod tests {
     /// rests on this size: a field added carelessly shows up here first.
     #[test]
     fn a_connection_fits_in_112_bytes() {
-        assert!(
-            std::mem::size_of::<super::Conn>() <= 112,
-            "{}",
-            std::mem::size_of::<super::Conn>()
-        );
+        assert!(std::mem::size_of::<super::Conn>() <= 112, "{}", std::mem::size_of::<super::Conn>());
     }
 }

@@ -75,10 +75,7 @@ impl Framing {
     /// [`crate::Ctx::send`]. Returns the header buffer and its length.
     pub fn header(self, len: usize) -> Result<([u8; 4], usize), FrameError> {
         if len > self.max_payload() {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_payload(),
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_payload() });
         }
         let n = self.header_len();
         let be = (len as u32).to_be_bytes();
@@ -159,10 +156,7 @@ pub enum Decoded {
 pub fn decode(framing: Framing, buf: &[u8], scanned: &mut usize, max_frame: usize) -> Result<Decoded, FrameError> {
     match framing {
         Framing::Raw if buf.is_empty() => Ok(Decoded::Incomplete { need: 0 }),
-        Framing::Raw => Ok(Decoded::Frame(Frame {
-            start: 0,
-            end: buf.len(),
-        })),
+        Framing::Raw => Ok(Decoded::Frame(Frame { start: 0, end: buf.len() })),
         Framing::Line => {
             let from = (*scanned).min(buf.len());
             match memchr::memchr(b'\n', &buf[from..]) {
@@ -170,10 +164,7 @@ pub fn decode(framing: Framing, buf: &[u8], scanned: &mut usize, max_frame: usiz
                     let end = from + i + 1;
                     *scanned = 0;
                     if end > max_frame {
-                        return Err(FrameError::TooLarge {
-                            len: end,
-                            max: max_frame,
-                        });
+                        return Err(FrameError::TooLarge { len: end, max: max_frame });
                     }
                     Ok(Decoded::Frame(Frame { start: 0, end }))
                 }
@@ -182,10 +173,7 @@ pub fn decode(framing: Framing, buf: &[u8], scanned: &mut usize, max_frame: usiz
                     // The line will be at least one byte longer (its '\n'):
                     // reject it now rather than buffer up to the end.
                     if buf.len() >= max_frame {
-                        return Err(FrameError::TooLarge {
-                            len: buf.len() + 1,
-                            max: max_frame,
-                        });
+                        return Err(FrameError::TooLarge { len: buf.len() + 1, max: max_frame });
                     }
                     Ok(Decoded::Incomplete { need: 0 })
                 }
@@ -257,10 +245,7 @@ mod tests {
     #[test]
     fn line_limit_counts_the_newline() {
         assert!(frames(Framing::Line, b"abc\n", 4).is_ok());
-        assert_eq!(
-            frames(Framing::Line, b"abcd\n", 4),
-            Err(FrameError::TooLarge { len: 5, max: 4 })
-        );
+        assert_eq!(frames(Framing::Line, b"abcd\n", 4), Err(FrameError::TooLarge { len: 5, max: 4 }));
         // No newline yet, but already as long as the limit: rejected early.
         assert!(frames(Framing::Line, b"abcd", 4).is_err());
         assert!(frames(Framing::Line, b"abc", 4).unwrap().is_empty());
@@ -269,10 +254,7 @@ mod tests {
     #[test]
     fn line_cursor_resumes_where_it_stopped() {
         let mut scanned = 0;
-        assert_eq!(
-            decode(Framing::Line, b"abc", &mut scanned, 100),
-            Ok(Decoded::Incomplete { need: 0 })
-        );
+        assert_eq!(decode(Framing::Line, b"abc", &mut scanned, 100), Ok(Decoded::Incomplete { need: 0 }));
         assert_eq!(scanned, 3);
         let r = decode(Framing::Line, b"abcd\n", &mut scanned, 100).unwrap();
         assert_eq!(r, Decoded::Frame(Frame { start: 0, end: 5 }));
@@ -281,41 +263,23 @@ mod tests {
 
     #[test]
     fn prefixed_headers_are_big_endian() {
-        assert_eq!(
-            frames(Framing::Len1, b"\x02hi\x00", 10).unwrap(),
-            vec![b"hi".to_vec(), b"".to_vec()]
-        );
+        assert_eq!(frames(Framing::Len1, b"\x02hi\x00", 10).unwrap(), vec![b"hi".to_vec(), b"".to_vec()]);
         assert_eq!(frames(Framing::Len2, b"\x00\x02hi", 10).unwrap(), vec![b"hi".to_vec()]);
-        assert_eq!(
-            frames(Framing::Len4, b"\x00\x00\x00\x02hi\x00\x00", 10).unwrap(),
-            vec![b"hi".to_vec()]
-        );
+        assert_eq!(frames(Framing::Len4, b"\x00\x00\x00\x02hi\x00\x00", 10).unwrap(), vec![b"hi".to_vec()]);
     }
 
     #[test]
     fn oversized_header_is_rejected_before_the_payload() {
         let mut scanned = 0;
         let r = decode(Framing::Len4, &[0x7f, 0xff, 0xff, 0xff], &mut scanned, 1 << 20);
-        assert_eq!(
-            r,
-            Err(FrameError::TooLarge {
-                len: 0x7fff_ffff,
-                max: 1 << 20
-            })
-        );
+        assert_eq!(r, Err(FrameError::TooLarge { len: 0x7fff_ffff, max: 1 << 20 }));
     }
 
     #[test]
     fn incomplete_prefixed_frame_says_what_it_needs() {
         let mut scanned = 0;
-        assert_eq!(
-            decode(Framing::Len2, b"\x00", &mut scanned, 100),
-            Ok(Decoded::Incomplete { need: 2 })
-        );
-        assert_eq!(
-            decode(Framing::Len2, b"\x00\x05ab", &mut scanned, 100),
-            Ok(Decoded::Incomplete { need: 7 })
-        );
+        assert_eq!(decode(Framing::Len2, b"\x00", &mut scanned, 100), Ok(Decoded::Incomplete { need: 2 }));
+        assert_eq!(decode(Framing::Len2, b"\x00\x05ab", &mut scanned, 100), Ok(Decoded::Incomplete { need: 7 }));
     }
 
     #[test]

@@ -87,10 +87,7 @@ impl ServerArgs {
             outbuf_policy,
             send_timeout: Duration::from_millis(self.send_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
-            access: AccessList {
-                allow: self.allow.clone(),
-                deny: self.deny.clone(),
-            },
+            access: AccessList { allow: self.allow.clone(), deny: self.deny.clone() },
             stats_interval: Duration::from_secs(self.stats),
             handle_signals: true,
             ..Config::default()
@@ -132,9 +129,7 @@ fn usage_error(e: clap::Error) -> ! {
     if !text.contains("Usage:") {
         let mut cli = Cli::command();
         cli.build();
-        let sub = std::env::args()
-            .nth(1)
-            .and_then(|name| cli.find_subcommand_mut(&name).map(|s| s.render_usage()));
+        let sub = std::env::args().nth(1).and_then(|name| cli.find_subcommand_mut(&name).map(|s| s.render_usage()));
         eprintln!("\n{}", sub.unwrap_or_else(|| cli.render_usage()));
     }
     std::process::exit(2);

@@ -286,11 +286,7 @@ impl<H: Handler> Reactor<H> {
                 return Ok(());
             }
             let busy = !self.core.ready.is_empty() || (self.core.accept_pending && self.core.accept_paused_until == 0);
-            let timeout = if busy {
-                0
-            } else {
-                wait_timeout(self.core.clock.now(), self.core.next_wakeup())
-            };
+            let timeout = if busy { 0 } else { wait_timeout(self.core.clock.now(), self.core.next_wakeup()) };
             let n = match self.core.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -558,11 +554,7 @@ impl<H: Handler> Reactor<H> {
                     handler.on_frame(&mut ctx, ConnId(key), input.unread());
                 }
                 AtEof::Truncated => {
-                    warn!(
-                        "{}: stream ended inside a frame; {} bytes discarded",
-                        ConnId(key),
-                        input.unread().len()
-                    );
+                    warn!("{}: stream ended inside a frame; {} bytes discarded", ConnId(key), input.unread().len());
                 }
             }
             input.consume(input.unread().len());
@@ -607,11 +599,7 @@ impl<H: Handler> Reactor<H> {
                         let reason = conn.reason; // linger over: close as planned
                         core.kill(key, reason);
                     } else {
-                        warn!(
-                            "{}: send timeout ({} bytes pending); closing",
-                            ConnId(key),
-                            conn.output.len()
-                        );
+                        warn!("{}: send timeout ({} bytes pending); closing", ConnId(key), conn.output.len());
                         core.kill(key, CloseReason::SendTimeout);
                     }
                 } else {
@@ -628,10 +616,7 @@ impl<H: Handler> Reactor<H> {
         if core.draining && core.drain_deadline <= now {
             let left: Vec<usize> = core.conns.iter().map(|(k, _)| k).collect();
             if !left.is_empty() {
-                warn!(
-                    "shutdown: {} connections still flushing after the drain timeout; closing them",
-                    left.len()
-                );
+                warn!("shutdown: {} connections still flushing after the drain timeout; closing them", left.len());
             }
             for key in left {
                 core.kill(key, CloseReason::Shutdown);
@@ -780,11 +765,7 @@ impl Core {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let (count, wanted) = conn.output.io_slices(&mut slices);
             // One chunk (the common ping-pong reply) needs no msghdr.
-            let sent = if count == 1 {
-                sys::send(fd, &slices[0])
-            } else {
-                sys::send_vectored(fd, &slices[..count])
-            };
+            let sent = if count == 1 { sys::send(fd, &slices[0]) } else { sys::send_vectored(fd, &slices[..count]) };
             match sent {
                 Ok(n) => {
                     self.counters.writes += 1;
@@ -850,11 +831,7 @@ impl Core {
         }
         if conn.has(flag::READ_EOF) {
             // Both directions are finished.
-            let reason = if conn.has(flag::CLOSING) {
-                conn.reason
-            } else {
-                CloseReason::PeerClosed
-            };
+            let reason = if conn.has(flag::CLOSING) { conn.reason } else { CloseReason::PeerClosed };
             self.kill(key, reason);
         } else if conn.has(flag::CLOSING) {
             // Wait for the peer's FIN (see `conn` on why), but not forever.
@@ -887,10 +864,7 @@ impl Core {
                     }
                 }
                 OutbufPolicy::Disconnect => {
-                    warn!(
-                        "{}: {len} bytes of output pending, over the limit; disconnecting",
-                        ConnId(key)
-                    );
+                    warn!("{}: {len} bytes of output pending, over the limit; disconnecting", ConnId(key));
                     conn.output.clear(&mut self.out_pool);
                     return self.kill(key, CloseReason::OutbufFull);
                 }
@@ -916,9 +890,7 @@ impl Core {
 
 /// The connection, if it can still be sent to.
 fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
-    conns
-        .get_mut(id.0)
-        .filter(|c| !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
+    conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
 }
 
 impl Ctx<'_> {
@@ -933,11 +905,7 @@ impl Ctx<'_> {
             return false;
         };
         let Ok((header, n)) = conn.framing.header(payload.len()) else {
-            warn!(
-                "{id}: payload of {} bytes does not fit a {} framing header",
-                payload.len(),
-                conn.framing
-            );
+            warn!("{id}: payload of {} bytes does not fit a {} framing header", payload.len(), conn.framing);
             return false;
         };
         conn.output.push_copy(&[&header[..n], payload], &mut core.out_pool);

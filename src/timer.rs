@@ -38,10 +38,7 @@ pub struct Clock {
 impl Clock {
     pub fn new() -> Clock {
         // Start at 1 so that 0 can mean "no deadline".
-        Clock {
-            origin: Instant::now(),
-            now: 1,
-        }
+        Clock { origin: Instant::now(), now: 1 }
     }
 
     /// Read the time once for this iteration.

@@ -24,10 +24,7 @@ struct Client {
 impl Client {
     fn connect(server: &Server) -> Client {
         let stream = server.connect();
-        Client {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        }
+        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
     }
 
     /// Connect and read the client's own `* guestN joined`; returns the nick.
@@ -273,13 +270,8 @@ fn every_member_sees_the_same_order() {
     assert_eq!(seen[0], seen[2]);
     // Each sender's messages, in its own order, all there.
     for i in 0..3 {
-        let mine: Vec<&String> = seen[0]
-            .iter()
-            .filter(|l| l.starts_with(&format!("guest{}: ", i + 1)))
-            .collect();
-        let want: Vec<String> = (0..PER_SENDER)
-            .map(|n| format!("guest{}: msg {i} {n}", i + 1))
-            .collect();
+        let mine: Vec<&String> = seen[0].iter().filter(|l| l.starts_with(&format!("guest{}: ", i + 1))).collect();
+        let want: Vec<String> = (0..PER_SENDER).map(|n| format!("guest{}: msg {i} {n}", i + 1)).collect();
         assert_eq!(mine, want.iter().collect::<Vec<_>>());
     }
 }
@@ -399,10 +391,7 @@ fn a_thousand_members_receive_a_burst_intact() {
     }
     let mut nicks: Vec<String> = (1..=MEMBERS).map(|n| format!("guest{n}")).collect();
     nicks.sort();
-    clients
-        .last_mut()
-        .unwrap()
-        .expect(&format!("* members: {}", nicks.join(" ")));
+    clients.last_mut().unwrap().expect(&format!("* members: {}", nicks.join(" ")));
 }
 
 #[test]

@@ -89,11 +89,7 @@ fn assert_nothing_echoed(stream: &mut TcpStream, what: &str) {
 
 /// Checks the server process is still running.
 fn assert_alive(server: &mut Server) {
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "server exited; stderr:\n{}",
-        server.stderr_text()
-    );
+    assert!(server.child.try_wait().unwrap().is_none(), "server exited; stderr:\n{}", server.stderr_text());
 }
 
 // ---------------------------------------------------------------------------
@@ -141,10 +137,7 @@ fn random_lines(rng: &mut StdRng, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|_| {
             let len = rng.gen_range(0..200);
-            let mut line: Vec<u8> = (0..len)
-                .map(|_| rng.gen_range(0u8..=255))
-                .filter(|&b| b != b'\n')
-                .collect();
+            let mut line: Vec<u8> = (0..len).map(|_| rng.gen_range(0u8..=255)).filter(|&b| b != b'\n').collect();
             if rng.gen_bool(0.3) {
                 line.push(b'\r');
             }
@@ -180,10 +173,7 @@ fn raw_echo_returns_every_byte_exactly() {
     let seed = 1;
     let mut rng = StdRng::seed_from_u64(seed);
     let data = stream_bytes(seed, 0, total);
-    let pieces = random_pieces(&mut rng, &data, 100_000)
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
+    let pieces = random_pieces(&mut rng, &data, 100_000).into_iter().map(<[u8]>::to_vec).collect();
     let writer = send_pieces_in_background(&client, pieces);
     expect_stream(&mut client, seed, 0, total);
     writer.join().unwrap();
@@ -201,16 +191,10 @@ fn line_echo_survives_any_split_and_packing() {
     let server = Server::start(&["echo", "--framing", "line"]);
     let mut rng = StdRng::seed_from_u64(2);
     let wire: Vec<u8> = random_lines(&mut rng, 2000).concat();
-    assert!(
-        wire.windows(2).any(|w| w == b"\r\n"),
-        "the sample must hold \\r\\n lines"
-    );
+    assert!(wire.windows(2).any(|w| w == b"\r\n"), "the sample must hold \\r\\n lines");
 
     let mut split = server.connect();
-    let pieces = random_pieces(&mut rng, &wire, 300)
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
+    let pieces = random_pieces(&mut rng, &wire, 300).into_iter().map(<[u8]>::to_vec).collect();
     let writer = send_pieces_in_background(&split, pieces);
     let mut back = vec![0u8; wire.len()];
     split.read_exact(&mut back).expect("read lines");
@@ -258,17 +242,10 @@ fn oversized_line_closes_only_that_connection() {
 
     let mut bad = server.connect();
     bad.write_all(&[b'x'; 5000]).unwrap();
-    assert!(
-        closed_by_server(&mut bad),
-        "a 5000-byte line under --max-frame 1000 was not refused"
-    );
+    assert!(closed_by_server(&mut bad), "a 5000-byte line under --max-frame 1000 was not refused");
 
     round_trip(&mut good, b"still here\n");
-    wait_for_log(
-        &server,
-        "a warning about the long line",
-        &["exceeds", "too large", "limit"],
-    );
+    wait_for_log(&server, "a warning about the long line", &["exceeds", "too large", "limit"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -284,10 +261,7 @@ fn prefixed_echo_keeps_headers_across_splits_and_packing() {
         let payloads = random_payloads(&mut rng, header, 300);
         let wire: Vec<u8> = payloads.iter().flat_map(|p| encode_frame(header, p)).collect();
 
-        let split_pieces = random_pieces(&mut rng, &wire, 700)
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
+        let split_pieces = random_pieces(&mut rng, &wire, 700).into_iter().map(<[u8]>::to_vec).collect();
         for pieces in [split_pieces, vec![wire.clone()]] {
             let mut client = server.connect();
             let writer = send_pieces_in_background(&client, pieces);
@@ -324,10 +298,7 @@ fn prefixed_echo_waits_for_the_whole_frame() {
 fn prefixed_incomplete_frame_at_half_close_is_discarded() {
     for header in [1usize, 2, 4] {
         let mut server = Server::start(&["echo", "--framing", &header.to_string()]);
-        let complete: Vec<u8> = [&b"first"[..], b"", b"third"]
-            .iter()
-            .flat_map(|p| encode_frame(header, p))
-            .collect();
+        let complete: Vec<u8> = [&b"first"[..], b"", b"third"].iter().flat_map(|p| encode_frame(header, p)).collect();
         let cut_payload = encode_frame(header, b"0123456789")[..header + 3].to_vec();
         let cut_header = encode_frame(header, b"xyz")[..header - 1].to_vec();
         for cut in [cut_payload, cut_header] {
@@ -344,11 +315,7 @@ fn prefixed_incomplete_frame_at_half_close_is_discarded() {
         let mut next = server.connect();
         next.write_all(&encode_frame(header, b"again")).unwrap();
         assert_eq!(read_frame(&mut next, header), b"again");
-        wait_for_log(
-            &server,
-            "a warning about the cut-off frame",
-            &["discard", "truncat", "incomplete"],
-        );
+        wait_for_log(&server, "a warning about the cut-off frame", &["discard", "truncat", "incomplete"]);
     }
 }
 
@@ -363,26 +330,16 @@ fn oversized_length_header_is_rejected_at_once() {
     let mut bad = server.connect();
     bad.write_all(&(1u32 << 31).to_be_bytes()).unwrap();
     // Nothing more is sent: the close must come from the header alone.
-    assert!(
-        closed_by_server(&mut bad),
-        "the server waited for the payload of a 2 GiB frame"
-    );
+    assert!(closed_by_server(&mut bad), "the server waited for the payload of a 2 GiB frame");
 
     let after = memory_kib(&server);
     let announced_kib = (1u64 << 31) / 1024;
     for ((name, b), (_, a)) in before.iter().zip(&after) {
-        assert!(
-            a.saturating_sub(*b) < announced_kib / 8,
-            "{name} grew from {b} KiB to {a} KiB after a 2 GiB header"
-        );
+        assert!(a.saturating_sub(*b) < announced_kib / 8, "{name} grew from {b} KiB to {a} KiB after a 2 GiB header");
     }
     round_trip(&mut good, &encode_frame(4, b"after"));
     assert_alive(&mut server);
-    wait_for_log(
-        &server,
-        "a warning about the long frame",
-        &["exceeds", "too large", "limit"],
-    );
+    wait_for_log(&server, "a warning about the long frame", &["exceeds", "too large", "limit"]);
 }
 
 /// Resident and virtual size of the server, in KiB: a reservation shows in
@@ -412,10 +369,7 @@ fn flow_control_bounds_memory_and_loses_nothing() {
     let mut flooder = server.connect();
     let seed = 3;
     let sent = send_until_stalled(&flooder, seed, 64 * MIB);
-    assert!(
-        sent > DEFAULT_MAX_OUTBUF,
-        "only {sent} bytes were taken before the server stopped reading"
-    );
+    assert!(sent > DEFAULT_MAX_OUTBUF, "only {sent} bytes were taken before the server stopped reading");
 
     // Without flow control the server would hold nearly all of `sent`.
     let growth_kib = server.rss_kib().saturating_sub(rss_before);
@@ -643,10 +597,7 @@ fn send_timeout_disconnects_a_client_that_never_reads() {
     let start = Instant::now();
     let chunk = vec![b's'; 64 * 1024];
     let error = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "a client that never reads was not disconnected"
-        );
+        assert!(start.elapsed() < Duration::from_secs(15), "a client that never reads was not disconnected");
         match out.write(&chunk) {
             Ok(_) => {}
             Err(e) if is_would_block(&e) || e.kind() == ErrorKind::Interrupted => {
@@ -679,15 +630,8 @@ fn sigterm_flushes_pending_output_and_exits_zero() {
     let back = read_to_eof(&mut client);
     drop(client);
     assert!(back.len() <= sent);
-    assert!(
-        back.len() > DEFAULT_MAX_OUTBUF,
-        "only {} bytes were flushed on shutdown",
-        back.len()
-    );
-    assert!(
-        back == stream_bytes(seed, 0, back.len()),
-        "the flushed bytes are not a prefix of those sent"
-    );
+    assert!(back.len() > DEFAULT_MAX_OUTBUF, "only {} bytes were flushed on shutdown", back.len());
+    assert!(back == stream_bytes(seed, 0, back.len()), "the flushed bytes are not a prefix of those sent");
     let status = server.wait_exit(Duration::from_secs(7));
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
@@ -740,10 +684,7 @@ fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
         thread::sleep(Duration::from_millis(20));
     }
     let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// Asserts that `edgeloop args...` exits with status 2 and prints a usage
@@ -751,10 +692,7 @@ fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
 fn assert_usage_error(args: &[&str]) {
     let (code, stderr) = run_to_exit(args);
     assert_eq!(code, Some(2), "exit status for {args:?}; stderr:\n{stderr}");
-    assert!(
-        stderr.to_lowercase().contains("usage"),
-        "no usage message for {args:?}:\n{stderr}"
-    );
+    assert!(stderr.to_lowercase().contains("usage"), "no usage message for {args:?}:\n{stderr}");
 }
 
 /// An unknown option or subcommand exits with status 2 and a usage message on stderr.
@@ -780,10 +718,7 @@ fn address_in_use_exits_1_naming_it() {
     let (code, stderr) = run_to_exit(&["echo", "--listen", &addr]);
     assert_eq!(code, Some(1), "exit status; stderr:\n{stderr}");
     assert!(stderr.contains(&addr), "stderr does not name {addr}:\n{stderr}");
-    assert!(
-        stderr.contains("address already in use"),
-        "stderr does not say why:\n{stderr}"
-    );
+    assert!(stderr.contains("address already in use"), "stderr does not say why:\n{stderr}");
 }
 
 /// `--stats 1` prints `stats ...` lines with counters (accepted=1 after one connection) to stderr.

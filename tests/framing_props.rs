@@ -43,10 +43,7 @@ fn feed(framing: Framing, wire: &[u8], cuts: &[usize], max_frame: usize) -> Fed 
         loop {
             match decode(framing, &buf[start..], &mut scanned, max_frame) {
                 Ok(Decoded::Frame(f)) => {
-                    assert!(
-                        f.start <= f.end && start + f.end <= buf.len(),
-                        "frame {f:?} out of bounds"
-                    );
+                    assert!(f.start <= f.end && start + f.end <= buf.len(), "frame {f:?} out of bounds");
                     frames.push(buf[start + f.start..start + f.end].to_vec());
                     start += f.end;
                     scanned = 0;
@@ -59,21 +56,11 @@ fn feed(framing: Framing, wire: &[u8], cuts: &[usize], max_frame: usize) -> Fed 
                     }
                     break;
                 }
-                Err(error) => {
-                    return Fed {
-                        frames,
-                        rest: buf[start..].to_vec(),
-                        error: Some(error),
-                    }
-                }
+                Err(error) => return Fed { frames, rest: buf[start..].to_vec(), error: Some(error) },
             }
         }
     }
-    Fed {
-        frames,
-        rest: buf[start..].to_vec(),
-        error: None,
-    }
+    Fed { frames, rest: buf[start..].to_vec(), error: None }
 }
 
 /// `wire` cut at the (unsorted, possibly repeated) positions `cuts`.

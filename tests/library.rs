@@ -90,29 +90,14 @@ impl Running {
         let (tx, rx) = mpsc::channel();
         let (log2, stop2) = (Arc::clone(&log), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
-            let config = Config {
-                framing: Framing::Line,
-                tick: Duration::from_millis(50),
-                ..Config::default()
-            };
-            let handler = Scripted {
-                log: log2,
-                open: Vec::new(),
-                paused: Vec::new(),
-                stop: stop2,
-            };
+            let config = Config { framing: Framing::Line, tick: Duration::from_millis(50), ..Config::default() };
+            let handler = Scripted { log: log2, open: Vec::new(), paused: Vec::new(), stop: stop2 };
             let mut reactor = Reactor::new(config, handler).unwrap();
-            tx.send(reactor.listen(&"127.0.0.1:0".parse().unwrap()).unwrap())
-                .unwrap();
+            tx.send(reactor.listen(&"127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
             reactor.run().unwrap();
         });
         let addr = rx.recv().unwrap();
-        Running {
-            addr,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        Running { addr, log, stop, thread: Some(thread) }
     }
 
     fn connect(&self) -> TcpStream {
@@ -232,15 +217,7 @@ fn client_connect_reports_success_and_failure() {
         s.write_all(&buf).unwrap();
         let _ = s.read(&mut buf); // until the client closes
     });
-    let mut reactor = Reactor::new(
-        Config::default(),
-        Client {
-            opened: 0,
-            failed: 0,
-            got: Vec::new(),
-        },
-    )
-    .unwrap();
+    let mut reactor = Reactor::new(Config::default(), Client { opened: 0, failed: 0, got: Vec::new() }).unwrap();
     reactor.ctx().connect(&closed, None).unwrap();
     reactor.ctx().connect(&open, None).unwrap();
     reactor.run().unwrap();

@@ -21,10 +21,7 @@ fn start_with_fd_limit(limit: usize) -> Server {
     let server = Server::start_with(cmd, &[]);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
-    assert!(
-        line.split_whitespace().nth(3) == Some(&limit.to_string()),
-        "the limit did not hold: {line}"
-    );
+    assert!(line.split_whitespace().nth(3) == Some(&limit.to_string()), "the limit did not hold: {line}");
     server
 }
 
@@ -57,11 +54,7 @@ impl Waiting {
         let msg = format!("client {i}\n").into_bytes();
         stream.write_all(&msg).unwrap();
         stream.set_nonblocking(true).unwrap();
-        Waiting {
-            stream,
-            msg,
-            got: Vec::new(),
-        }
+        Waiting { stream, msg, got: Vec::new() }
     }
 
     /// Reads what has arrived; true once the whole echo is in.
@@ -91,10 +84,7 @@ fn descriptor_exhaustion_neither_spins_nor_stops_service() {
     const CLIENTS: usize = 100;
     let server = start_with_fd_limit(LIMIT);
     let capacity = LIMIT - open_fds_below(&server, LIMIT);
-    assert!(
-        capacity < CLIENTS,
-        "the test needs more clients than the server can hold"
-    );
+    assert!(capacity < CLIENTS, "the test needs more clients than the server can hold");
 
     let mut clients: Vec<Waiting> = (0..CLIENTS).map(|i| Waiting::connect(&server, i)).collect();
     wait_until(Duration::from_secs(10), "the server to run out of descriptors", || {
@@ -115,9 +105,7 @@ fn descriptor_exhaustion_neither_spins_nor_stops_service() {
 
     // Free the descriptors: every waiting client must now be served.
     drop(served);
-    wait_until(Duration::from_secs(15), "the waiting clients to be served", || {
-        waiting.iter_mut().all(|c| c.served())
-    });
+    wait_until(Duration::from_secs(15), "the waiting clients to be served", || waiting.iter_mut().all(|c| c.served()));
     for c in &mut waiting {
         c.stream.set_nonblocking(false).unwrap();
         round_trip(&mut c.stream, b"served at last");

@@ -65,11 +65,7 @@ fn load(addr: SocketAddr, args: &[&str]) -> Run {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    Run {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    Run { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
 const SHORT: [&str; 4] = ["--duration", "1", "--warmup", "0"];
@@ -140,11 +136,7 @@ fn human_summary_and_progress() {
     for word in ["msg/s", "MB/s", "p50", "p99.9", "mismatch 0"] {
         assert!(run.stdout.contains(word), "{word} missing from:\n{}", run.stdout);
     }
-    assert!(
-        run.stderr.contains(" msg/s ") && run.stderr.contains(" conns"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains(" msg/s ") && run.stderr.contains(" conns"), "{}", run.stderr);
 }
 
 #[test]

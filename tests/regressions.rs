@@ -153,9 +153,7 @@ fn emfile_does_not_busy_loop() {
     let clients: Vec<TcpStream> = (0..LIMIT + 10).map(|_| server.connect()).collect();
     wait_until(Duration::from_secs(10), "the server to run out of descriptors", || {
         let fds = std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap();
-        fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
-            .filter(|&fd| fd < LIMIT)
-            .count()
+        fds.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok()).filter(|&fd| fd < LIMIT).count()
             == LIMIT
     });
     assert_not_spinning(&server, "with no descriptor free and clients in the backlog");

@@ -295,8 +295,7 @@ impl Generator {
         self.next_ordinal = self.plan.conns as u64;
         self.connecting = 0;
         let secs = self.plan.connect_timeout.as_secs_f64();
-        self.connect_error
-            .get_or_insert_with(|| format!("not connected within {secs} s"));
+        self.connect_error.get_or_insert_with(|| format!("not connected within {secs} s"));
     }
 
     /// End the run: close the window, close every connection.
@@ -434,11 +433,7 @@ impl Handler for Generator {
         let mut bad = None;
         while !data.is_empty() {
             if flow.recvd == flow.sent {
-                bad = Some((
-                    flow.recvd,
-                    0,
-                    format!("{} bytes echoed that were never sent", data.len()),
-                ));
+                bad = Some((flow.recvd, 0, format!("{} bytes echoed that were never sent", data.len())));
                 break;
             }
             let n = (wire - flow.off).min(data.len());

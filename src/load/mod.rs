@@ -156,11 +156,8 @@ pub fn run(args: LoadArgs) -> ExitCode {
         log::warn!("cannot raise the open-file limit: {e}");
     }
     let loopback_v4 = matches!(args.connect.ip(), IpAddr::V4(ip) if ip.is_loopback());
-    let source_addrs = if loopback_v4 && args.conns > SPREAD_ABOVE {
-        args.conns.div_ceil(SPREAD_ABOVE).min(254) as u8
-    } else {
-        0
-    };
+    let source_addrs =
+        if loopback_v4 && args.conns > SPREAD_ABOVE { args.conns.div_ceil(SPREAD_ABOVE).min(254) as u8 } else { 0 };
     let plan = Plan {
         addr: args.connect,
         conns: args.conns,
@@ -194,9 +191,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let summary = Summary::new(&args, wire, &out);
     let mut stdout = std::io::stdout().lock();
     let printed = if args.json {
-        serde_json::to_writer(&mut stdout, &summary)
-            .map_err(std::io::Error::from)
-            .and_then(|_| writeln!(stdout))
+        serde_json::to_writer(&mut stdout, &summary).map_err(std::io::Error::from).and_then(|_| writeln!(stdout))
     } else {
         stdout.write_all(summary.text().as_bytes())
     };
@@ -205,16 +200,10 @@ pub fn run(args: LoadArgs) -> ExitCode {
 
     if out.opened == 0 {
         let reason = out.connect_error.unwrap_or_else(|| probe(&args.connect));
-        return fail(format_args!(
-            "all {} connections to {} failed: {reason}",
-            args.conns, args.connect
-        ));
+        return fail(format_args!("all {} connections to {} failed: {reason}", args.conns, args.connect));
     }
     if out.errors.mismatch > 0 {
-        return fail(format_args!(
-            "{} echoes differed from what was sent",
-            out.errors.mismatch
-        ));
+        return fail(format_args!("{} echoes differed from what was sent", out.errors.mismatch));
     }
     if out.interrupted {
         return ExitCode::SUCCESS;

@@ -121,11 +121,7 @@ impl Pattern {
     #[inline]
     fn parts(&self, rot: u16) -> [&[u8]; 3] {
         let r = rot as usize;
-        [
-            &self.header[..self.header_len],
-            &self.template[r..r + self.body_len],
-            self.trailer,
-        ]
+        [&self.header[..self.header_len], &self.template[r..r + self.body_len], self.trailer]
     }
 
     /// Append the message at rotation `rot` to `out`.

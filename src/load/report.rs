@@ -28,12 +28,7 @@ pub struct ErrorCounts {
 
 impl From<Errors> for ErrorCounts {
     fn from(e: Errors) -> Self {
-        ErrorCounts {
-            connect_failed: e.connect_failed,
-            reset: e.reset,
-            closed: e.closed,
-            mismatch: e.mismatch,
-        }
+        ErrorCounts { connect_failed: e.connect_failed, reset: e.reset, closed: e.closed, mismatch: e.mismatch }
     }
 }
 
@@ -83,11 +78,7 @@ pub struct Summary {
 impl Summary {
     pub fn new(args: &LoadArgs, wire_bytes: usize, out: &Outcome) -> Summary {
         let window = out.window.as_secs_f64();
-        let rate = if window > 0.0 {
-            out.messages as f64 / window
-        } else {
-            0.0
-        };
+        let rate = if window > 0.0 { out.messages as f64 / window } else { 0.0 };
         let h = &out.latency;
         let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
         let empty = h.is_empty();
@@ -123,11 +114,7 @@ impl Summary {
             client: ClientCost {
                 cpu_s: round3(cpu),
                 cpu_util: if window > 0.0 { round3(cpu / window) } else { 0.0 },
-                cpu_us_per_msg: if out.messages > 0 {
-                    round3(cpu * 1e6 / out.messages as f64)
-                } else {
-                    0.0
-                },
+                cpu_us_per_msg: if out.messages > 0 { round3(cpu * 1e6 / out.messages as f64) } else { 0.0 },
             },
             interrupted: out.interrupted,
         }

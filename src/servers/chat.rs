@@ -165,10 +165,7 @@ impl Handler for Chat {
         if self.members.len() <= id.index() {
             self.members.resize_with(id.index() + 1, || None);
         }
-        self.members[id.index()] = Some(Member {
-            nick,
-            room: LOBBY.to_string(),
-        });
+        self.members[id.index()] = Some(Member { nick, room: LOBBY.to_string() });
         self.enter(ctx, id, LOBBY);
     }
 
@@ -225,11 +222,7 @@ impl Chat {
             ("/who", _) => self.reply(ctx, id, &["! usage: /who"]),
             ("/quit", []) => self.quit(ctx, id),
             ("/quit", _) => self.reply(ctx, id, &["! usage: /quit"]),
-            _ => self.reply(
-                ctx,
-                id,
-                &["! unknown command: ", word, " (commands: /nick /join /who /quit)"],
-            ),
+            _ => self.reply(ctx, id, &["! unknown command: ", word, " (commands: /nick /join /who /quit)"]),
         }
     }
 
@@ -274,12 +267,8 @@ impl Chat {
         let Some(room) = self.member(id).and_then(|m| self.rooms.get(&m.room)) else {
             return;
         };
-        let mut nicks: Vec<&str> = room
-            .members
-            .iter()
-            .filter_map(|&m| self.member(m))
-            .map(|m| m.nick.as_str())
-            .collect();
+        let mut nicks: Vec<&str> =
+            room.members.iter().filter_map(|&m| self.member(m)).map(|m| m.nick.as_str()).collect();
         nicks.sort_unstable();
         let list = nicks.join(" ");
         self.reply(ctx, id, &["* members: ", &list]);
@@ -363,11 +352,7 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if name.chars().count() > MAX_NAME {
         return Err("name too long: at most 32 characters");
     }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err("invalid name: use only A-Z a-z 0-9 _ -");
     }
     Ok(())

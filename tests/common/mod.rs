@@ -33,17 +33,11 @@ impl Server {
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn edgeloop");
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn edgeloop");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -222,14 +216,7 @@ pub fn set_socket_option<T>(stream: &TcpStream, name: libc::c_int, value: T) {
 
 /// Drops the connection with a reset (SO_LINGER 0) instead of a FIN.
 pub fn reset(stream: TcpStream) {
-    set_socket_option(
-        &stream,
-        libc::SO_LINGER,
-        libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    );
+    set_socket_option(&stream, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 });
     drop(stream);
 }
 
