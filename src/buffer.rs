@@ -31,6 +31,9 @@ const SMALL_TAIL: usize = 512;
 /// Compact the read buffer (move the unread tail to the front) only when
 /// less than this much room is left at the end.
 const MIN_READ_ROOM: usize = 4096;
+/// The bookkeeping one queued chunk costs beyond its bytes (see
+/// [`OutQueue::footprint`]).
+const CHUNK_OVERHEAD: usize = 64;
 /// How many chunks one vectored send covers.
 pub const MAX_IOVECS: usize = 64;
 
@@ -187,6 +190,14 @@ impl OutQueue {
         self.len == 0
     }
 
+    /// What the queue costs, as judged against `max_outbuf`: its bytes plus
+    /// a fixed charge per chunk (the queue slot, an `Rc`'s header, malloc's
+    /// rounding). Without the charge a stream of tiny shared messages would
+    /// hold many times the limit in bookkeeping.
+    pub fn footprint(&self) -> usize {
+        self.len + self.chunks.len() * CHUNK_OVERHEAD
+    }
+
     /// Queue a copy of `parts` (a header and a payload, say). Bytes are
     /// appended to the last owned chunk while it has room, then to fresh
     /// pooled chunks: many small sends share one chunk, and a large one
@@ -299,6 +310,19 @@ mod tests {
         q.clear(&mut pool);
         assert!(q.is_empty());
         assert_eq!(q.chunks.capacity(), 0);
+    }
+
+    /// The limit a slow chat member is judged by must see the bookkeeping
+    /// of many tiny shared lines, not just their bytes.
+    #[test]
+    fn footprint_charges_each_chunk() {
+        let mut q = OutQueue::default();
+        let line: Rc<[u8]> = Rc::from(&b"a: x\n"[..]);
+        for _ in 0..1000 {
+            q.push_shared(Rc::clone(&line));
+        }
+        assert_eq!(q.len(), 5000);
+        assert_eq!(q.footprint(), 5000 + 1000 * CHUNK_OVERHEAD);
     }
 
     #[test]

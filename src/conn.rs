@@ -103,9 +103,12 @@ impl Conn {
     }
 
     /// Whether reading from the socket is allowed now. A closing connection
-    /// is still read (its input discarded) to see the peer's FIN.
+    /// is read (its input discarded) to see the peer's FIN, paused or not.
     pub fn may_read(&self) -> bool {
-        !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED | flag::READ_EOF | flag::DEAD | flag::CONNECTING)
+        if self.has(flag::READ_EOF | flag::DEAD | flag::CONNECTING) {
+            return false;
+        }
+        self.has(flag::CLOSING) || !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED)
     }
 
     /// Whether buffered frames may be handed to the application now.
@@ -121,6 +124,20 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    /// A paused connection that is closing is still read: only its FIN
+    /// lets the close finish without a reset.
+    #[test]
+    fn closing_reads_even_when_paused() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut conn = super::Conn::new(a.into(), super::Framing::Line);
+        conn.set(super::flag::APP_PAUSED | super::flag::FLOW_PAUSED);
+        assert!(!conn.may_read());
+        conn.set(super::flag::CLOSING);
+        assert!(conn.may_read());
+        conn.set(super::flag::READ_EOF);
+        assert!(!conn.may_read());
+    }
+
     /// The idle-memory budget (128 bytes per connection, slab tag included)
     /// rests on this size: a field added carelessly shows up here first.
     #[test]

@@ -12,7 +12,9 @@ use crate::reactor::Ctx;
 /// Names a connection from its `on_open` (or `connect`) until its
 /// `on_close` returns. Ids are slab keys: they are small, dense integers,
 /// good for indexing the application's own per-connection table, and they
-/// are reused after `on_close`.
+/// are reused after `on_close` — an application must forget an id there,
+/// or it will one day name somebody else. (A generation counter would catch
+/// that, at 4 bytes per connection; the servers here do not need it.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub(crate) usize);
 
@@ -109,8 +111,11 @@ pub trait Handler {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]);
 
     /// The connection is closed; `id` may be reused after this returns.
-    /// Called once for every id that was opened or returned by `connect`,
-    /// after every complete frame it sent was delivered.
+    /// Called once for every id that was opened or returned by `connect`.
+    /// At the end of a stream, every complete frame the peer sent (and a
+    /// final unterminated line) was delivered first; a connection closed
+    /// for an error, a timeout or by the application drops what is still
+    /// buffered.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _reason: CloseReason) {}
 
     /// Called every [`crate::Config::tick`], if set (progress lines, the

@@ -40,6 +40,10 @@ enum Command {
     Chat {
         #[command(flatten)]
         server: ServerArgs,
+        /// Chat is always line-framed; the option exists so that scripts can
+        /// pass the same options to both servers.
+        #[arg(long, default_value = "line", value_parser = ["line"])]
+        framing: String,
     },
     /// Drive an echo server with N connections and report throughput and latency.
     Load(edgeloop::load::LoadArgs),
@@ -51,9 +55,9 @@ struct ServerArgs {
     /// Address to listen on; port 0 picks a free port; IPv6 as [::1]:0.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
-    /// Largest frame payload in bytes (for line: the line with its \n).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
-    max_frame: usize,
+    /// Largest frame payload in bytes (for line: the line with its \n); at most 2 GiB.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=edgeloop::reactor::MAX_FRAME_LIMIT as u64))]
+    max_frame: u64,
     /// Connections beyond N are accepted and closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_conns: usize,
@@ -81,7 +85,7 @@ impl ServerArgs {
     fn config(&self, framing: Framing, outbuf_policy: OutbufPolicy) -> Config {
         Config {
             framing,
-            max_frame: self.max_frame,
+            max_frame: self.max_frame as usize,
             max_conns: self.max_conns,
             max_outbuf: self.max_outbuf,
             outbuf_policy,
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Echo { server, framing } => serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo),
-        Command::Chat { server } => {
+        Command::Chat { server, .. } => {
             // A chat line read is written N times (fan-out): one read's
             // worth per sender per turn keeps each loop iteration short.
             let config = Config {
@@ -146,7 +150,7 @@ fn serve<H: Handler>(addr: &SocketAddr, config: Config, handler: H) -> ExitCode 
     };
     let local = match reactor.listen(addr) {
         Ok(local) => local,
-        Err(e) => return fail(format_args!("cannot listen on {addr}: {}", describe(&e))),
+        Err(e) => return fail(format_args!("cannot listen on {addr}: {}", edgeloop::sys::describe(&e))),
     };
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "listening on {local}").and_then(|_| stdout.flush());
@@ -159,15 +163,4 @@ fn serve<H: Handler>(addr: &SocketAddr, config: Config, handler: H) -> ExitCode 
 fn fail(msg: std::fmt::Arguments<'_>) -> ExitCode {
     eprintln!("edgeloop: {msg}");
     ExitCode::from(1)
-}
-
-/// An OS error as a lower-case phrase ("address already in use").
-fn describe(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text.to_string(),
-    }
 }

@@ -28,9 +28,11 @@
 //!   waiting. The budget is what stops one flooding peer from starving the
 //!   others.
 //! - **Short reads.** A `read` that returns less than the room it was given
-//!   means the socket's receive queue was empty at that moment (TCP copies
-//!   all it has, processing its backlog first). Bytes arriving later raise
-//!   a new edge, so the extra `read` that would only return `EAGAIN` is
+//!   means the socket's receive queue was empty at that moment. Bytes that
+//!   arrive later — including segments the kernel parked on the socket's
+//!   backlog while our `read` held the socket lock, processed when it
+//!   releases it — go through `sk_data_ready`, which raises a new edge.
+//!   So the extra `read` that would only return `EAGAIN` is
 //!   skipped — one system call per message saved in ping-pong (nginx does
 //!   the same when `EPOLLRDHUP` is available). The exception: once an
 //!   event has carried `EPOLLRDHUP`/`EPOLLHUP`/`EPOLLERR`, the end of the
@@ -96,6 +98,8 @@ use crate::stats::Counters;
 use crate::sys::{self, Epoll, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP};
 use crate::timer::{earliest, wait_timeout, Clock, Deadlines, Millis};
 
+/// The largest `max_frame` a reactor accepts: 2 GiB.
+pub const MAX_FRAME_LIMIT: usize = 1 << 31;
 /// How long accepting pauses after `EMFILE`/`ENFILE`, unless a connection
 /// closes first.
 pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -122,6 +126,8 @@ pub enum OutbufPolicy {
 pub struct Config {
     /// Framing of new connections.
     pub framing: Framing,
+    /// Largest frame payload; at most [`MAX_FRAME_LIMIT`] (larger values
+    /// are clamped: read-buffer offsets are 32-bit).
     pub max_frame: usize,
     pub max_conns: usize,
     pub max_outbuf: usize,
@@ -198,8 +204,9 @@ struct Core {
 
 /// The handle through which an application acts: send, pause, close, ...
 ///
-/// Every method takes the [`ConnId`] it acts on; acting on an id that is
-/// closing or closed is a no-op (sends return `false`).
+/// Every method takes the [`ConnId`] it acts on; acting on a connection
+/// that is closing is a no-op (sends return `false`). After `on_close` the
+/// id belongs to nobody — or, once reused, to a new connection: forget it.
 pub struct Ctx<'a> {
     core: &'a mut Core,
 }
@@ -211,7 +218,8 @@ pub struct Reactor<H: Handler> {
 }
 
 impl<H: Handler> Reactor<H> {
-    pub fn new(config: Config, handler: H) -> io::Result<Reactor<H>> {
+    pub fn new(mut config: Config, handler: H) -> io::Result<Reactor<H>> {
+        config.max_frame = config.max_frame.min(MAX_FRAME_LIMIT);
         let epoll = Epoll::new()?;
         let signals = if config.handle_signals {
             sys::ignore_sigpipe()?;
@@ -286,7 +294,9 @@ impl<H: Handler> Reactor<H> {
                 return Ok(());
             }
             let busy = !self.core.ready.is_empty() || (self.core.accept_pending && self.core.accept_paused_until == 0);
-            let timeout = if busy { 0 } else { wait_timeout(self.core.clock.now(), self.core.next_wakeup()) };
+            // A fresh "now" for the timeout, or every deadline would fire late
+            // by the time the last iteration took.
+            let timeout = if busy { 0 } else { wait_timeout(self.core.clock.tick(), self.core.next_wakeup()) };
             let n = match self.core.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -507,10 +517,7 @@ impl<H: Handler> Reactor<H> {
             // Lingering after a graceful close: input is read only to see
             // the FIN, and discarded.
             conn.input.discard(&mut core.read_pool);
-            if conn.has(flag::READ_EOF) && conn.has(flag::WRITE_SHUT) {
-                let reason = conn.reason;
-                core.kill(key, reason);
-            }
+            core.close_if_finished(key);
             return 0;
         }
         // The buffer is moved out while the application runs, so that the
@@ -609,6 +616,12 @@ impl<H: Handler> Reactor<H> {
             }
         }
         let core = &mut self.core;
+        // Entries of reaped connections wait in the heap until their time;
+        // with long timeouts and much churn, sweep them out (amortised O(1)).
+        if core.deadlines.entries() > 2 * core.conns.len() + 1024 {
+            let conns = &core.conns;
+            core.deadlines.retain(|key, due| conns.get(key).is_some_and(|c| c.scheduled == due));
+        }
         if core.next_stats != 0 && core.next_stats <= now {
             eprintln!("{}", core.counters.line(core.conns.len()));
             core.next_stats = core.clock.after(core.config.stats_interval);
@@ -616,7 +629,12 @@ impl<H: Handler> Reactor<H> {
         if core.draining && core.drain_deadline <= now {
             let left: Vec<usize> = core.conns.iter().map(|(k, _)| k).collect();
             if !left.is_empty() {
-                warn!("shutdown: {} connections still flushing after the drain timeout; closing them", left.len());
+                let flushing = core.conns.iter().filter(|(_, c)| !c.output.is_empty()).count();
+                warn!(
+                    "shutdown: closing {} connections after the drain timeout ({flushing} with output still \
+                     pending, the others waiting for the peer's FIN)",
+                    left.len()
+                );
             }
             for key in left {
                 core.kill(key, CloseReason::Shutdown);
@@ -758,42 +776,37 @@ impl Core {
         }
         let fd = conn.fd.as_raw_fd();
         let mut progress = false;
-        let stuck = loop {
-            if conn.output.is_empty() {
-                break Ok(false);
-            }
+        let mut stuck = false;
+        while !conn.output.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let (count, wanted) = conn.output.io_slices(&mut slices);
             // One chunk (the common ping-pong reply) needs no msghdr.
             let sent = if count == 1 { sys::send(fd, &slices[0]) } else { sys::send_vectored(fd, &slices[..count]) };
+            self.counters.writes += 1;
             match sent {
                 Ok(n) => {
-                    self.counters.writes += 1;
                     self.counters.bytes_out += n as u64;
                     conn.output.advance(n, &mut self.out_pool);
                     progress = true;
                     // Short write: the send buffer is full; the next EPOLLOUT
                     // edge resumes (no call that would return EAGAIN).
                     if n < wanted {
-                        break Ok(true);
+                        stuck = true;
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.counters.writes += 1;
-                    break Ok(true);
+                    stuck = true;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => {
+                    // EPIPE/ECONNRESET: the peer is gone.
+                    debug!("{}: send: {e}", ConnId(key));
+                    return self.kill(key, CloseReason::Error);
+                }
             }
-        };
-        let stuck = match stuck {
-            Ok(stuck) => stuck,
-            Err(e) => {
-                // EPIPE/ECONNRESET: the peer is gone.
-                debug!("{}: send: {e}", ConnId(key));
-                return self.kill(key, CloseReason::Error);
-            }
-        };
+        }
         if progress {
             self.touch(key);
         }
@@ -805,7 +818,7 @@ impl Core {
             self.set_write_deadline(key, deadline);
         }
         let conn = &mut self.conns[key];
-        if conn.has(flag::FLOW_PAUSED) && conn.output.len() <= self.config.max_outbuf / 2 {
+        if conn.has(flag::FLOW_PAUSED) && conn.output.footprint() <= self.config.max_outbuf / 2 {
             // Reading resumes; the edges missed while paused will not come
             // again, so read now.
             conn.clear(flag::FLOW_PAUSED);
@@ -830,9 +843,7 @@ impl Core {
             conn.set(flag::WRITE_SHUT);
         }
         if conn.has(flag::READ_EOF) {
-            // Both directions are finished.
-            let reason = if conn.has(flag::CLOSING) { conn.reason } else { CloseReason::PeerClosed };
-            self.kill(key, reason);
+            self.close_if_finished(key);
         } else if conn.has(flag::CLOSING) {
             // Wait for the peer's FIN (see `conn` on why), but not forever.
             let deadline = self.clock.after(LINGER);
@@ -842,9 +853,19 @@ impl Core {
         }
     }
 
+    /// Both directions are finished (our `SHUT_WR` done, the peer's FIN
+    /// read): the connection is closed, for the reason it was closing.
+    fn close_if_finished(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        if conn.has(flag::READ_EOF) && conn.has(flag::WRITE_SHUT) {
+            let reason = if conn.has(flag::CLOSING) { conn.reason } else { CloseReason::PeerClosed };
+            self.kill(key, reason);
+        }
+    }
+
     /// Queue output and apply the `max_outbuf` policy.
     fn queued(&mut self, key: usize) {
-        let len = self.conns[key].output.len();
+        let len = self.conns[key].output.footprint();
         self.counters.outq_high_water = self.counters.outq_high_water.max(len);
         if len > self.config.max_outbuf {
             // "Pending" means what the kernel will not take yet. A burst
@@ -852,7 +873,7 @@ impl Core {
             // reads promptly, so offer it to the kernel before judging.
             self.flush(key);
             let conn = &mut self.conns[key];
-            let len = conn.output.len();
+            let len = conn.output.footprint();
             if conn.has(flag::DEAD) || len <= self.config.max_outbuf {
                 return;
             }
@@ -893,6 +914,19 @@ fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
     conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
 }
 
+/// The connection and the header its framing puts before `len` bytes, if
+/// it can be sent to and the length fits the header.
+fn framed(conns: &mut Slab<Conn>, id: ConnId, len: usize) -> Option<(&mut Conn, [u8; 4], usize)> {
+    let conn = writable(conns, id)?;
+    match conn.framing.header(len) {
+        Ok((header, n)) => Some((conn, header, n)),
+        Err(e) => {
+            warn!("{id}: cannot send: {e} for a {} framing header", conn.framing);
+            None
+        }
+    }
+}
+
 impl Ctx<'_> {
     /// Send one frame: `payload` is queued with the connection's framing
     /// (a length header for `1|2|4`; as it is for `raw` and `line`) and
@@ -901,13 +935,7 @@ impl Ctx<'_> {
     /// long for its header.
     pub fn send(&mut self, id: ConnId, payload: &[u8]) -> bool {
         let core = &mut *self.core;
-        let Some(conn) = writable(&mut core.conns, id) else {
-            return false;
-        };
-        let Ok((header, n)) = conn.framing.header(payload.len()) else {
-            warn!("{id}: payload of {} bytes does not fit a {} framing header", payload.len(), conn.framing);
-            return false;
-        };
+        let Some((conn, header, n)) = framed(&mut core.conns, id, payload.len()) else { return false };
         conn.output.push_copy(&[&header[..n], payload], &mut core.out_pool);
         core.queued(id.0);
         true
@@ -917,15 +945,8 @@ impl Ctx<'_> {
     /// recipient of a broadcast. Framed like [`Ctx::send`].
     pub fn send_shared(&mut self, id: ConnId, msg: &Rc<[u8]>) -> bool {
         let core = &mut *self.core;
-        let Some(conn) = writable(&mut core.conns, id) else {
-            return false;
-        };
-        let Ok((header, n)) = conn.framing.header(msg.len()) else {
-            return false;
-        };
-        if n > 0 {
-            conn.output.push_copy(&[&header[..n]], &mut core.out_pool);
-        }
+        let Some((conn, header, n)) = framed(&mut core.conns, id, msg.len()) else { return false };
+        conn.output.push_copy(&[&header[..n]], &mut core.out_pool);
         conn.output.push_shared(Rc::clone(msg));
         core.queued(id.0);
         true

@@ -246,11 +246,6 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
-/// Set `SO_RCVBUF` (tests use it to make a slow consumer).
-pub fn set_recv_buffer(fd: RawFd, bytes: i32) -> io::Result<()> {
-    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes)
-}
-
 /// Read and clear the socket's pending error (`SO_ERROR`): how a
 /// non-blocking connect or an `EPOLLERR` reports what went wrong.
 pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
@@ -261,11 +256,6 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
         libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut value as *mut _ as *mut libc::c_void, &mut len)
     })?;
     Ok((value != 0).then(|| io::Error::from_raw_os_error(value)))
-}
-
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-    check_size(unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) })
 }
 
 /// Read into the spare capacity of `buf`, growing its length by what was
@@ -304,6 +294,18 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     // SAFETY: no pointers are passed.
     check(unsafe { libc::shutdown(fd, libc::SHUT_WR) })?;
     Ok(())
+}
+
+/// An OS error as a lower-case phrase ("address already in use"), for
+/// messages such as "cannot listen on ADDR: REASON".
+pub fn describe(e: &io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 // ---------------------------------------------------------------- process

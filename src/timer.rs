@@ -18,9 +18,11 @@
 //!   is stale and skipped (this also covers a slab key reused by a newer
 //!   connection).
 //!
-//! So each connection has at most a couple of entries in the heap, touching
-//! the heap costs O(log n) only when a deadline is first set, and activity
-//! costs one store.
+//! So each live connection has at most a couple of entries in the heap,
+//! touching the heap costs O(log n) only when a deadline is first set, and
+//! activity costs one store. A closed connection's entries stay until they
+//! are due, or until the reactor sweeps them out when stale entries
+//! outnumber the live connections ([`Deadlines::retain`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,13 +53,15 @@ impl Clock {
         self.now
     }
 
-    /// A deadline `after` from now (0 when `after` is zero: disabled).
+    /// A deadline `after` from now (0 when `after` is zero: disabled). At
+    /// least a millisecond away, and saturating: a huge timeout means
+    /// "never", not a wrapped-around "now".
     pub fn after(&self, after: Duration) -> Millis {
         if after.is_zero() {
-            0
-        } else {
-            self.now + after.as_millis() as Millis
+            return 0;
         }
+        let ms = Millis::try_from(after.as_millis()).unwrap_or(Millis::MAX).max(1);
+        self.now.saturating_add(ms)
     }
 }
 
@@ -106,12 +110,15 @@ impl Deadlines {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Entries in the heap, live or stale.
+    pub fn entries(&self) -> usize {
         self.heap.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+    /// Keep only the entries for which `live(key, due)` holds: a sweep for
+    /// the stale entries of connections that are gone.
+    pub fn retain(&mut self, mut live: impl FnMut(usize, Millis) -> bool) {
+        self.heap.retain(|Reverse((due, key))| live(*key, *due));
     }
 }
 
@@ -136,9 +143,9 @@ mod tests {
         let mut scheduled = 0;
         d.schedule(7, 100, &mut scheduled);
         d.schedule(7, 150, &mut scheduled);
-        assert_eq!((d.len(), scheduled), (1, 100));
+        assert_eq!((d.entries(), scheduled), (1, 100));
         d.schedule(7, 50, &mut scheduled);
-        assert_eq!((d.len(), scheduled), (2, 50));
+        assert_eq!((d.entries(), scheduled), (2, 50));
         assert_eq!(d.pop_due(49), None);
         assert_eq!(d.pop_due(60), Some((7, 50)));
         // The 100 entry is now stale for a connection scheduled at 50.
@@ -151,6 +158,25 @@ mod tests {
         assert_eq!(earliest(5, 0), 5);
         assert_eq!(earliest(3, 5), 3);
         assert_eq!(earliest(0, 0), 0);
+    }
+
+    #[test]
+    fn huge_timeouts_saturate_instead_of_wrapping() {
+        let clock = Clock::new();
+        assert_eq!(clock.after(Duration::from_secs(u64::MAX)), Millis::MAX);
+        assert_eq!(clock.after(Duration::from_micros(10)), clock.now() + 1);
+        assert_eq!(clock.after(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn retain_sweeps_stale_entries() {
+        let mut d = Deadlines::default();
+        let (mut a, mut b) = (0, 0);
+        d.schedule(1, 10, &mut a);
+        d.schedule(2, 20, &mut b);
+        d.retain(|key, _| key == 2);
+        assert_eq!(d.entries(), 1);
+        assert_eq!(d.pop_due(100), Some((2, 20)));
     }
 
     #[test]

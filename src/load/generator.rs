@@ -235,7 +235,7 @@ impl Generator {
                 }
                 Err(e) => {
                     self.errors.connect_failed += 1;
-                    self.connect_error.get_or_insert_with(|| describe(&e));
+                    self.connect_error.get_or_insert_with(|| crate::sys::describe(&e));
                 }
             }
         }
@@ -519,16 +519,5 @@ impl Handler for Generator {
         if now >= self.next_progress {
             self.progress(now);
         }
-    }
-}
-
-/// An OS error as a lower-case phrase ("connection refused").
-pub fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or(&text);
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
     }
 }

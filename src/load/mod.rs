@@ -98,7 +98,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::{Config, Framing, Reactor};
-use generator::{describe, Generator, Plan};
+use generator::{Generator, Plan};
 use pattern::Pattern;
 use report::Summary;
 
@@ -225,7 +225,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
 fn probe(addr: &SocketAddr) -> String {
     match TcpStream::connect_timeout(addr, Duration::from_secs(2)) {
         Ok(_) => "connect failed (a test connection made afterwards succeeded)".to_string(),
-        Err(e) => describe(&e),
+        Err(e) => crate::sys::describe(&e),
     }
 }
 
