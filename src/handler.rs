@@ -101,6 +101,9 @@ impl fmt::Display for CloseReason {
 /// Every callback may act on any connection through `ctx`, not only the
 /// one the event is about (a chat message is sent to a whole room).
 pub trait Handler {
+    /// The loop is starting: a client starts its connections here.
+    fn on_start(&mut self, _ctx: &mut Ctx<'_>) {}
+
     /// A connection was accepted (or a `connect` completed).
     fn on_open(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
 

@@ -289,6 +289,10 @@ impl<H: Handler> Reactor<H> {
     /// connection.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = vec![sys::empty_event(); EVENTS_PER_WAIT];
+        self.core.clock.tick();
+        let (mut ctx, handler) = self.ctx_and_handler();
+        handler.on_start(&mut ctx);
+        self.settle();
         loop {
             if self.core.draining && self.core.conns.is_empty() {
                 return Ok(());

@@ -54,8 +54,6 @@ pub struct Errors {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Before the first tick: nothing started yet.
-    Starting,
     Connecting,
     Warmup,
     Measuring,
@@ -157,7 +155,7 @@ impl Generator {
             plan,
             pattern,
             start: now,
-            phase: Phase::Starting,
+            phase: Phase::Connecting,
             measuring: false,
             next_ordinal: 0,
             connecting: 0,
@@ -245,7 +243,7 @@ impl Generator {
     fn advance(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
         loop {
             match self.phase {
-                Phase::Starting | Phase::Done => return,
+                Phase::Done => return,
                 Phase::Connecting => {
                     let resolved = self.connecting == 0 && self.next_ordinal == self.plan.conns as u64;
                     if !resolved {
@@ -325,7 +323,7 @@ impl Generator {
         let rate = msgs as f64 / dt;
         let mb = rate * self.pattern.wire_len() as f64 / 1e6;
         let tag = match self.phase {
-            Phase::Starting | Phase::Connecting => "  (connecting)",
+            Phase::Connecting => "  (connecting)",
             Phase::Warmup => "  (warm-up)",
             Phase::Measuring | Phase::Done => "",
         };
@@ -508,13 +506,13 @@ impl Handler for Generator {
         self.advance(ctx, Instant::now());
     }
 
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.connect_deadline = Instant::now() + self.plan.connect_timeout;
+        self.start_connects(ctx);
+    }
+
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         let now = Instant::now();
-        if self.phase == Phase::Starting {
-            self.phase = Phase::Connecting;
-            self.connect_deadline = now + self.plan.connect_timeout;
-            self.start_connects(ctx);
-        }
         self.advance(ctx, now);
         if now >= self.next_progress {
             self.progress(now);
