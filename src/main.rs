@@ -108,7 +108,9 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
-        Command::Echo { server, framing } => serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo),
+        Command::Echo { server, framing } => {
+            serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo::new(framing))
+        }
         Command::Chat { server, .. } => {
             // A chat line read is written N times (fan-out): one read's
             // worth per sender per turn keeps each loop iteration short.

@@ -484,6 +484,11 @@ impl<H: Handler> Reactor<H> {
                     core.counters.bytes_in += n as u64;
                     core.touch(key);
                     need = self.deliver(key);
+                    // Write the replies to this read now, while they are in
+                    // cache, rather than at the end of the iteration: one
+                    // output chunk is in use at a time, not one per ready
+                    // connection.
+                    self.core.flush_if_dirty(key);
                     budget = budget.saturating_sub(n);
                     let hup = self.core.conns.get(key).is_some_and(|c| c.has(flag::HUP_SEEN));
                     if n < room && !hup {
@@ -772,6 +777,15 @@ impl Core {
         }
     }
 
+    fn flush_if_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key).filter(|c| c.has(flag::DIRTY)) {
+            // Its entry on the dirty list stays; flushing an empty queue
+            // there costs nothing.
+            conn.clear(flag::DIRTY);
+            self.flush(key);
+        }
+    }
+
     /// Write as much of the output queue as the kernel takes.
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
@@ -943,6 +957,32 @@ impl Ctx<'_> {
         conn.output.push_copy(&[&header[..n], payload], &mut core.out_pool);
         core.queued(id.0);
         true
+    }
+
+    /// Send `payload` at once, without copying it, if nothing is queued
+    /// ahead of it; only what the kernel refuses is queued. One system call
+    /// per call: for one reply per read (echo in `raw` mode) it saves the
+    /// copy; for many replies per read, [`Ctx::send`] coalesces them into
+    /// one write instead. Framed like [`Ctx::send`].
+    pub fn send_now(&mut self, id: ConnId, payload: &[u8]) -> bool {
+        let core = &mut *self.core;
+        let Some((conn, _, n)) = framed(&mut core.conns, id, payload.len()) else { return false };
+        if n > 0 || !conn.output.is_empty() || conn.has(flag::CONNECTING) {
+            return self.send(id, payload);
+        }
+        let sent = match sys::send(conn.fd.as_raw_fd(), payload) {
+            Ok(sent) => sent,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(e) => {
+                debug!("{id}: send: {e}");
+                core.kill(id.0, CloseReason::Error);
+                return false;
+            }
+        };
+        core.counters.writes += 1;
+        core.counters.bytes_out += sent as u64;
+        core.touch(id.0);
+        sent == payload.len() || self.send(id, &payload[sent..])
     }
 
     /// Send a shared message by reference: one allocation serves every

@@ -1,21 +1,37 @@
 //! The echo server: every frame back, unchanged, in order.
 //!
-//! The whole application is one line, because the reactor does the rest:
-//! the frame arrives as a slice of the read buffer; [`Ctx::send`] queues it
-//! with the connection's framing (a prefixed frame gets its header back, a
-//! line keeps its `\n`); the queue is flushed before the loop sleeps.
+//! The whole application is a line or two, because the reactor does the
+//! rest: the frame arrives as a slice of the read buffer; [`Ctx::send`]
+//! queues it with the connection's framing (a prefixed frame gets its
+//! header back, a line keeps its `\n`), and the queue is written once all
+//! the frames of a read were handled — many lines, one `sendmsg`. In `raw`
+//! mode a read is one frame, so [`Ctx::send_now`] writes it straight from
+//! the read buffer, saving the copy.
 //! Flow control (`--max-outbuf`: stop reading a client that does not read
 //! its echoes), half-close (flush, then `SHUT_WR`, then close) and the
 //! timeouts are the reactor's, configured by [`crate::Config`].
 
-use crate::{ConnId, Ctx, Handler};
+use crate::{ConnId, Ctx, Framing, Handler};
 
 /// Echoes every frame to the connection it came from.
-#[derive(Debug, Default)]
-pub struct Echo;
+#[derive(Debug)]
+pub struct Echo {
+    framing: Framing,
+}
+
+impl Echo {
+    /// An echo server for connections of this framing.
+    pub fn new(framing: Framing) -> Echo {
+        Echo { framing }
+    }
+}
 
 impl Handler for Echo {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
-        ctx.send(id, frame);
+        if self.framing == Framing::Raw {
+            ctx.send_now(id, frame);
+        } else {
+            ctx.send(id, frame);
+        }
     }
 }
