@@ -22,7 +22,8 @@
 //!                  │  ctx.send(id, bytes): header + copy into the OutQueue,
 //!                  │  or ctx.send_shared(id, Rc<[u8]>): by reference
 //!                  ▼
-//!   dirty list — flushed once per loop iteration, just before epoll_wait:
+//!   flush — after the frames of a read (the sender's replies), or from the
+//!                  │  dirty list before epoll_wait (everyone else's):
 //!                  │  one sendmsg(2) over every queued chunk (vectored)
 //!                  ▼
 //!   kernel send queue ──TCP──▶ peer

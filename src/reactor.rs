@@ -62,11 +62,18 @@
 //!
 //! # Writes
 //!
-//! Output is queued by `send` and flushed once per iteration, just before
-//! `epoll_wait` (Redis's `handleClientsWithPendingWrites`): all the replies
-//! one iteration produced for a connection leave in one vectored
-//! `sendmsg`. Only what the kernel refuses stays queued; the `EPOLLOUT`
-//! edge that comes when the send buffer drains resumes it.
+//! Output is queued by `send` and the connection marked dirty. A
+//! connection's own replies are written right after the frames of each
+//! read were handled — all of them in one vectored `sendmsg`, while they
+//! are still in cache, and with one output chunk in use at a time. Output
+//! queued for *other* connections (a chat broadcast) is flushed once per
+//! iteration, just before `epoll_wait`, from the dirty list (Redis's
+//! `handleClientsWithPendingWrites`), so many sends in one turn become one
+//! write per recipient. Only what the kernel refuses stays queued; the
+//! `EPOLLOUT` edge that comes when the send buffer drains resumes it.
+//! [`Ctx::send_now`] skips the queue (and the copy into it) when nothing is
+//! queued: the echo server's `raw` mode writes straight from the read
+//! buffer.
 //!
 //! # Running out of descriptors
 //!
