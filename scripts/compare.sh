@@ -73,19 +73,10 @@ for s in $SERVERS; do
     [[ $s == edgeloop || -x $PEERS_BIN/$s ]] || { echo "error: no server $s" >&2; exit 2; }
 done
 
-scenario_args() { # NAME -> "conns depth size"
-    case $1 in
-    pingpong) echo "50 1 64" ;;
-    pipelined) echo "50 32 64" ;;
-    bulk) echo "1 1 65536" ;;
-    conns2k) echo "2000 1 64" ;;
-    *) return 1 ;;
-    esac
-}
 load_scenarios=()
 for sc in $SCENARIOS; do
     if [[ $sc == idle ]]; then continue; fi
-    scenario_args "$sc" >/dev/null || { echo "error: unknown scenario $sc" >&2; exit 2; }
+    scenario_args "$sc" >/dev/null || exit 2
     load_scenarios+=("$sc")
 done
 

@@ -74,15 +74,6 @@ if [[ -z ${SERVERS:-} ]]; then
     for s in c-epoll-echo tokio-echo; do [[ -x $PEERS_BIN/$s ]] && SERVERS+=" $s"; done
 fi
 
-scenario_args() {
-    case $1 in
-    pingpong) echo "50 1 64" ;;
-    pipelined) echo "50 32 64" ;;
-    bulk) echo "1 1 65536" ;;
-    conns2k) echo "2000 1 64" ;;
-    *) echo "error: unknown scenario $1" >&2; return 1 ;;
-    esac
-}
 
 tsv=$BENCH_OUT/syscalls-runs.tsv
 python3 scripts/lib/bench.py perf-row header >"$tsv"

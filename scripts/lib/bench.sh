@@ -237,3 +237,15 @@ load_wait() {
     wait "$LOAD_PID" || LOAD_RC=$?
     bench_untrack "$LOAD_PID"
 }
+
+# Scenario NAME -> "conns depth size" (the load scenarios of compare.sh and
+# syscalls.sh); unknown names fail.
+scenario_args() {
+    case $1 in
+    pingpong) echo "50 1 64" ;;
+    pipelined) echo "50 32 64" ;;
+    bulk) echo "1 1 65536" ;;
+    conns2k) echo "2000 1 64" ;;
+    *) echo "error: unknown scenario $1" >&2; return 1 ;;
+    esac
+}
