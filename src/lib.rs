@@ -33,8 +33,8 @@
 //!
 //! ## The modules, in reading order
 //!
-//! - [`sys`] — the only `unsafe`: thin wrappers over epoll, accept4, read,
-//!   sendmsg, shutdown, signalfd, rlimit.
+//! - [`sys`] — the system-call layer, the one module that calls libc: thin
+//!   wrappers over epoll, accept4, read, sendmsg, shutdown, signalfd, rlimit.
 //! - [`reactor`] — the loop: dispatch, draining, the ready and dirty lists,
 //!   safe closing, accept with `EMFILE` handling, shutdown. Its docs are
 //!   the place to learn edge-triggered epoll.
