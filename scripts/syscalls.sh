@@ -86,34 +86,24 @@ for sc in $SCENARIOS; do
             continue
         fi
         note=""
+        # Attach the counter (perf or strace) to the server, run the load,
+        # then stop the counter so that it writes its totals.
+        out="$BENCH_OUT/$tag.$METHOD"
         if [[ $METHOD == perf ]]; then
-            perf stat -x, -o "$BENCH_OUT/$tag.perf" \
-                -e raw_syscalls:sys_enter -e "$perf_events" -p "$SERVER_PID" &
-            perf_pid=$!
-            bench_track "$perf_pid"
-            sleep 0.5 # let perf open its events before the load starts
-            load_start "$conns" "$depth" "$size" "$DURATION" 0 "$BENCH_OUT/$tag"
-            load_wait
-            kill -INT "$perf_pid" 2>/dev/null || true
-            wait "$perf_pid" 2>/dev/null || true
-            bench_untrack "$perf_pid"
-            kill -0 "$SERVER_PID" 2>/dev/null || note="server died during the run"
-            row=$(python3 scripts/lib/bench.py perf-row "$sc" "$srv" "$BENCH_OUT/$tag.json" \
-                "$BENCH_OUT/$tag.perf" "$LOAD_RC" "$note")
+            perf stat -x, -o "$out" -e raw_syscalls:sys_enter -e "$perf_events" -p "$SERVER_PID" &
         else
-            strace -f -c -o "$BENCH_OUT/$tag.strace" -p "$SERVER_PID" 2>/dev/null &
-            st_pid=$!
-            bench_track "$st_pid"
-            sleep 0.5
-            load_start "$conns" "$depth" "$size" "$DURATION" 0 "$BENCH_OUT/$tag"
-            load_wait
-            kill -INT "$st_pid" 2>/dev/null || true
-            wait "$st_pid" 2>/dev/null || true
-            bench_untrack "$st_pid"
-            kill -0 "$SERVER_PID" 2>/dev/null || note="server died during the run"
-            row=$(python3 scripts/lib/bench.py strace-row "$sc" "$srv" "$BENCH_OUT/$tag.json" \
-                "$BENCH_OUT/$tag.strace" "$LOAD_RC" "$note")
+            strace -f -c -o "$out" -p "$SERVER_PID" 2>/dev/null &
         fi
+        counter_pid=$!
+        bench_track "$counter_pid"
+        sleep 0.5 # let the counter attach before the load starts
+        load_start "$conns" "$depth" "$size" "$DURATION" 0 "$BENCH_OUT/$tag"
+        load_wait
+        kill -INT "$counter_pid" 2>/dev/null || true
+        wait "$counter_pid" 2>/dev/null || true
+        bench_untrack "$counter_pid"
+        kill -0 "$SERVER_PID" 2>/dev/null || note="server died during the run"
+        row=$(python3 scripts/lib/bench.py "$METHOD-row" "$sc" "$srv" "$BENCH_OUT/$tag.json" "$out" "$LOAD_RC" "$note")
         server_stop
         echo "$row" >>"$tsv"
         IFS=$'\t' read -r -a f <<<"$row"
