@@ -227,7 +227,8 @@ impl Generator {
             let ordinal = self.next_ordinal;
             self.next_ordinal += 1;
             let source = self.source_for(ordinal);
-            match ctx.connect(&self.plan.addr, source.as_ref()) {
+            let options = crate::ConnectOptions { local: source, ..Default::default() };
+            match ctx.connect(&self.plan.addr, &options) {
                 Ok(id) => {
                     *self.slot_mut(id) = Slot::Connecting { ordinal };
                     self.connecting += 1;
@@ -365,7 +366,7 @@ fn send_messages(
     for _ in 0..count {
         match pattern.prebuilt(flow.send_rot) {
             Some(msg) if by_reference => {
-                ctx.send_shared(id, msg);
+                let _ = ctx.send_shared(id, msg);
             }
             _ => pattern.write(flow.send_rot, scratch),
         }
@@ -378,7 +379,7 @@ fn send_messages(
     }
     flow.sent += count;
     if !scratch.is_empty() {
-        ctx.send(id, scratch);
+        let _ = ctx.send(id, scratch);
     }
 }
 
@@ -496,7 +497,7 @@ impl Handler for Generator {
                 self.live -= 1;
                 if running {
                     match reason {
-                        CloseReason::Error => self.errors.reset += 1,
+                        CloseReason::Error(_) => self.errors.reset += 1,
                         // Local: closed after a mismatch, already counted.
                         CloseReason::Local | CloseReason::Shutdown => {}
                         _ => self.errors.closed += 1,

@@ -169,10 +169,9 @@ pub fn run(args: LoadArgs) -> ExitCode {
         progress: true,
     };
     let config = Config {
-        framing: Framing::Raw,
         max_conns: args.conns as usize,
         // In flight per connection is bounded by depth; never pause.
-        max_outbuf: usize::MAX,
+        output: crate::OutputPolicy::new(usize::MAX, crate::OverLimit::Pause),
         send_timeout: Duration::ZERO,
         idle_timeout: Duration::ZERO,
         tick: Duration::from_millis(10),
@@ -180,14 +179,17 @@ pub fn run(args: LoadArgs) -> ExitCode {
         drain_timeout: Duration::from_secs(2),
         ..Config::default()
     };
-    let mut reactor = match Reactor::new(config, Generator::new(plan, pattern)) {
+    let mut reactor = match Reactor::new(config) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("cannot start the reactor: {e}")),
     };
+    let generator = reactor.add_handler(Generator::new(plan, pattern));
     if let Err(e) = reactor.run() {
         return fail(format_args!("event loop failed: {e}"));
     }
-    let out = reactor.handler().outcome();
+    let Some(out) = reactor.handler::<Generator>(generator).map(Generator::outcome) else {
+        return fail(format_args!("the generator is missing after the run"));
+    };
     let summary = Summary::new(&args, wire, &out);
     let mut stdout = std::io::stdout().lock();
     let printed = if args.json {
