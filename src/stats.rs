@@ -19,6 +19,8 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
+    /// Chat: times a client was paused for exceeding `--chat-rate`.
+    pub throttled: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub frames_in: u64,
@@ -43,7 +45,7 @@ impl Counters {
         let mut s = format!(
             "stats live={live} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={}",
+             panics={} throttled={}",
             self.accepted,
             self.refused_full,
             self.refused_denied,
@@ -57,6 +59,7 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
+            self.throttled,
         );
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");
