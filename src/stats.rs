@@ -5,6 +5,8 @@ use std::fmt::Write;
 use crate::handler::CloseReason;
 
 #[derive(Clone, Debug, Default)]
+/// What one reactor counts: plain integers, touched only by its own
+/// thread, read by `--stats` (and summed over workers).
 pub struct Counters {
     /// Connections accepted by `accept4` (including those refused after).
     pub accepted: u64,
@@ -21,12 +23,17 @@ pub struct Counters {
     pub panics: u64,
     /// Chat: times a client was paused for exceeding `--chat-rate`.
     pub throttled: u64,
+    /// Payload bytes read.
     pub bytes_in: u64,
+    /// Payload bytes written.
     pub bytes_out: u64,
+    /// Frames delivered to handlers.
     pub frames_in: u64,
     /// System calls of the data path.
     pub reads: u64,
+    /// `send`/`sendmsg` calls.
     pub writes: u64,
+    /// `epoll_wait` calls.
     pub waits: u64,
     /// Times a connection was paused because its output passed the limit.
     pub flow_pauses: u64,

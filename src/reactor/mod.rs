@@ -89,11 +89,11 @@
 //! timers ([`Ctx::set_timer`]) can pace work below a millisecond. All
 //! deadlines share one lazy min-heap (see [`crate::timer`]).
 
-mod accept;
-mod ctx;
-mod input;
-mod output;
-mod waker;
+pub mod accept;
+pub mod ctx;
+pub mod input;
+pub mod output;
+pub mod waker;
 
 use std::io;
 use std::net::SocketAddr;
