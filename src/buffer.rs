@@ -222,7 +222,7 @@ impl OutQueue {
         self.0.is_none()
     }
 
-    /// What the queue costs, as judged against `max_outbuf`: its bytes plus
+    /// What the queue costs, as judged against its output limit: its bytes plus
     /// a fixed charge per chunk (the queue slot, an `Rc`'s header, malloc's
     /// rounding). Without the charge a stream of tiny shared messages would
     /// hold many times the limit in bookkeeping.

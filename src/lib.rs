@@ -104,7 +104,7 @@
 //!                  ▼
 //!   kernel send queue ──TCP──▶ peer
 //!      (what the kernel refuses stays queued; the next EPOLLOUT edge
-//!       resumes it; past max_outbuf the connection stops being read)
+//!       resumes it; past its output limit the connection stops being read)
 //! ```
 //!
 //! ## The modules, in reading order
