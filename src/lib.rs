@@ -181,4 +181,4 @@ pub use options::{
     AcceptFilter, Active, Config, ConnectOptions, Keepalive, ListenOptions, OutputPolicy, OverLimit, SocketOptions,
 };
 pub use reactor::{Ctx, Handle, Reactor};
-pub use stats::Counters;
+pub use stats::{ChatCounters, Counters};

@@ -4,9 +4,24 @@ use std::fmt::Write;
 
 use crate::handler::CloseReason;
 
+/// The chat server's figures, kept on its reactor's [`Counters`].
 #[derive(Clone, Debug, Default)]
+pub struct ChatCounters {
+    /// Rooms with a member on this reactor (a gauge).
+    pub rooms: u64,
+    /// Members connected to this reactor (a gauge).
+    pub members: u64,
+    /// Message lines handled (sent to a room) from this reactor's members.
+    pub messages: u64,
+    /// Times a client was paused for exceeding `--chat-rate`.
+    pub throttled: u64,
+    /// With `--redis`: Redis is reachable now (always true without it).
+    pub backend_up: bool,
+}
+
 /// What one reactor counts: plain integers, touched only by its own
 /// thread, read by `--stats` (and summed over workers).
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     /// Connections accepted by `accept4` (including those refused after).
     pub accepted: u64,
@@ -21,8 +36,8 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
-    /// Chat: times a client was paused for exceeding `--chat-rate`.
-    pub throttled: u64,
+    /// The chat server's own figures (`None` for other applications).
+    pub chat: Option<ChatCounters>,
     /// Payload bytes read.
     pub bytes_in: u64,
     /// Payload bytes written.
@@ -52,7 +67,7 @@ impl Counters {
         let mut s = format!(
             "stats live={live} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={} throttled={}",
+             panics={}",
             self.accepted,
             self.refused_full,
             self.refused_denied,
@@ -66,8 +81,14 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
-            self.throttled,
         );
+        if let Some(chat) = &self.chat {
+            let _ = write!(
+                s,
+                " rooms={} members={} messages={} throttled={} backend_up={}",
+                chat.rooms, chat.members, chat.messages, chat.throttled, chat.backend_up as u8
+            );
+        }
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");
         }

@@ -50,7 +50,7 @@ impl Reactor {
     }
 
     /// Accept until `EAGAIN`, the budget, or descriptor exhaustion.
-    fn accept(&mut self, index: usize) {
+    pub(super) fn accept(&mut self, index: usize) {
         self.core.accept_paused_until = 0;
         for _ in 0..self.core.config.accept_budget {
             let Some(listener) = self.core.listeners.get(index) else { return };

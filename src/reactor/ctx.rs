@@ -295,10 +295,11 @@ impl Ctx<'_> {
         Ok(ConnId(key))
     }
 
-    /// Begin the shutdown a SIGTERM begins: stop accepting, close every
+    /// Begin the shutdown a SIGTERM begins, once this callback returns:
+    /// every handler's `on_stop`, then stop accepting and close every
     /// connection gracefully; `run` returns when all are closed.
     pub fn stop(&mut self) {
-        self.core.begin_shutdown();
+        self.core.stop_requested = true;
     }
 
     /// Bytes queued for `id` and not yet written.

@@ -184,6 +184,9 @@ struct Core {
     /// none): re-arming it needs no trip through the ready list.
     delivering: usize,
     accept_paused_until: Micros,
+    /// A shutdown was asked for (signal, `Ctx::stop`, `Handle::stop`); the
+    /// loop carries it out when no callback is running.
+    stop_requested: bool,
     /// Shutdown in progress: no accepting, connections closing gracefully.
     draining: bool,
     drain_deadline: Micros,
@@ -236,6 +239,7 @@ impl Reactor {
                 notices: Vec::new(),
                 delivering: usize::MAX,
                 accept_paused_until: 0,
+                stop_requested: false,
                 draining: false,
                 drain_deadline: 0,
                 next_stats,
@@ -500,6 +504,9 @@ impl Reactor {
     /// none has work: `on_close` may send (a chat "left" notice), and a
     /// flush may fail and kill.
     fn settle(&mut self) {
+        if self.core.stop_requested && !self.core.draining {
+            self.shut_down();
+        }
         while !(self.core.notices.is_empty() && self.core.dead.is_empty() && self.core.dirty.is_empty()) {
             // Callbacks may queue more notices: the list grows while walked.
             let mut i = 0;
@@ -561,6 +568,35 @@ impl Reactor {
         self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, ConnId(key), reason));
     }
 
+    /// Stop accepting and close every connection gracefully.
+    ///
+    /// Each listener is accepted from until `EAGAIN` before it is closed:
+    /// when a listening socket closes, the kernel resets the connections
+    /// still in its accept queue (with `SO_REUSEPORT` they are not moved to
+    /// a sibling unless `net.ipv4.tcp_migrate_req` is 1), so taking them
+    /// first lets them be served their graceful close like everyone else.
+    /// The window that remains is the microseconds between that last
+    /// `accept4` and the `close`: a handshake completing then is reset.
+    /// Handlers hear `on_stop` before their connections start closing, so
+    /// that what they queue then (a chat's "left" notices to Redis) is
+    /// flushed by the graceful close.
+    fn shut_down(&mut self) {
+        for i in 0..self.core.listeners.len() {
+            self.core.listeners[i].pending = true;
+            while self.core.listeners[i].pending {
+                let before = self.core.counters.accepted;
+                self.accept(i);
+                if self.core.counters.accepted == before {
+                    break; // EAGAIN, or out of descriptors
+                }
+            }
+        }
+        for h in 0..self.handlers.len() {
+            self.call(h as u8, None, "on_stop", |h, ctx| h.on_stop(ctx));
+        }
+        self.core.begin_shutdown();
+    }
+
     fn read_signals(&mut self) {
         let Some(fd) = self.core.signals.as_ref() else { return };
         let mut stop = false;
@@ -569,7 +605,7 @@ impl Reactor {
             stop = true;
         }
         if stop {
-            self.core.begin_shutdown();
+            self.core.stop_requested = true;
         }
     }
 
@@ -580,7 +616,7 @@ impl Reactor {
             self.call(0, None, "a job", |_, ctx| job(ctx));
         }
         if stop {
-            self.core.begin_shutdown();
+            self.core.stop_requested = true;
         }
     }
 }
