@@ -80,6 +80,11 @@ pub mod flag {
     pub const EOF_TOLD: u32 = 1 << 14;
     /// The queue is above the high watermark (`on_busy` was called).
     pub const BUSY: u32 = 1 << 15;
+    /// Counts towards `max_conns` (accepted on a counted listener).
+    pub const COUNTED_CONN: u32 = 1 << 16;
+    /// Accepted on an uncounted listener (metrics): left out of the
+    /// counters, which describe the service.
+    pub const QUIET: u32 = 1 << 17;
 }
 
 /// How a graceful close will be reported once it completes.

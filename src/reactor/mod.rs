@@ -190,7 +190,9 @@ struct Core {
     /// Shutdown in progress: no accepting, connections closing gracefully.
     draining: bool,
     drain_deadline: Micros,
-    next_stats: Micros,
+    /// Counted connections open (see `ListenOptions::counted`).
+    counted: usize,
+    next_publish: Micros,
     next_tick: Micros,
     counters: Counters,
 }
@@ -217,7 +219,7 @@ impl Reactor {
         let waker = Arc::new(waker::Shared::new()?);
         epoll.add(waker.fd(), WAKER_TOKEN, sys::EPOLLIN | sys::EPOLLET)?;
         let clock = Clock::new();
-        let next_stats = clock.after(config.stats_interval);
+        let next_publish = clock.after(config.publish.as_ref().map_or(Duration::ZERO, |p| p.every));
         let next_tick = clock.after(config.tick);
         Ok(Reactor {
             core: Core {
@@ -242,7 +244,8 @@ impl Reactor {
                 stop_requested: false,
                 draining: false,
                 drain_deadline: 0,
-                next_stats,
+                counted: 0,
+                next_publish,
                 next_tick,
                 counters: Counters::default(),
                 config,
@@ -327,8 +330,10 @@ impl Reactor {
             self.call(h as u8, None, "on_start", |h, ctx| h.on_start(ctx));
         }
         self.settle();
+        self.core.publish();
         loop {
             if self.core.draining && self.core.conns.is_empty() {
+                self.core.publish();
                 return Ok(());
             }
             let accept_due = self.core.listeners.iter().any(|l| l.pending) && self.core.accept_paused_until == 0;
@@ -485,9 +490,8 @@ impl Reactor {
             let conns = &core.conns;
             core.deadlines.retain(|key, due| conns.get(key).is_some_and(|c| c.scheduled == due));
         }
-        if core.next_stats != 0 && core.next_stats <= now {
-            eprintln!("{}", core.counters.line(core.conns.len()));
-            core.next_stats = core.clock.after(core.config.stats_interval);
+        if core.next_publish != 0 && core.next_publish <= now {
+            core.publish();
         }
         if core.draining && core.drain_deadline <= now {
             core.drain_expired();
@@ -558,7 +562,12 @@ impl Reactor {
         let core = &mut self.core;
         conn.output.clear(&mut core.out_pool);
         conn.input.discard(&mut core.read_pool);
-        core.counters.closed[reason.index()] += 1;
+        if !conn.has(flag::QUIET) {
+            core.counters.closed[reason.index()] += 1;
+        }
+        if conn.has(flag::COUNTED_CONN) {
+            core.release_place();
+        }
         // A descriptor was just freed: accepting may resume.
         core.accept_paused_until = 0;
         // Notices for this key must not reach a connection that reuses it.
@@ -624,7 +633,7 @@ impl Reactor {
 impl Core {
     /// The earliest moment the loop must wake for, if any.
     fn next_wakeup(&self) -> Option<Micros> {
-        let mut due = earliest(self.next_stats, self.next_tick);
+        let mut due = earliest(self.next_publish, self.next_tick);
         if self.draining {
             due = earliest(due, self.drain_deadline);
         }
@@ -678,6 +687,34 @@ impl Core {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close_gracefully(key, crate::conn::Closing::Shutdown);
+        }
+    }
+
+    /// Copy the counters, with the gauges brought up to date, to the slot
+    /// other threads read (`--stats`, `/metrics`).
+    fn publish(&mut self) {
+        let Some(publish) = &self.config.publish else { return };
+        self.counters.connections = self.counted;
+        self.counters.output_queued = self.conns.iter().map(|(_, c)| c.output.len()).sum();
+        publish.to.lock().unwrap_or_else(|e| e.into_inner()).clone_from(&self.counters);
+        self.next_publish = self.clock.after(publish.every);
+    }
+
+    /// Take a place for a counted connection, if `max_conns` allows.
+    fn take_place(&mut self) -> bool {
+        let max = self.config.max_conns;
+        let taken = match &self.config.conn_count {
+            Some(shared) => shared.take(max),
+            None => self.counted < max,
+        };
+        self.counted += taken as usize;
+        taken
+    }
+
+    fn release_place(&mut self) {
+        self.counted -= 1;
+        if let Some(shared) = &self.config.conn_count {
+            shared.release();
         }
     }
 
