@@ -236,6 +236,7 @@ impl Ctx<'_> {
         if (to.0 as usize) < self.core.handlers {
             if let Some(conn) = self.core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
                 conn.handler = to.0;
+                conn.set(flag::HANDING_OVER);
                 self.core.notice(id.0, Notice::Open);
             }
         }

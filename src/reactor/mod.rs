@@ -531,6 +531,7 @@ impl Reactor {
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
             Notice::Shutdown => self.call_conn(key, "on_shutdown", |h, ctx| h.on_shutdown(ctx, id)),
             Notice::Open => {
+                self.core.conns[key].clear(flag::HANDING_OVER);
                 self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
                 // Frames held back while the connection changed hands.
                 self.core.push_ready(key);
