@@ -729,7 +729,7 @@ fn disconnect_policy_closes_only_its_connection_while_pause_pauses() {
     write_until(&a, 2, || server.count(&closed) > 0);
     server.wait_ev(closed);
 
-    let sent = write_until_pushed_back(&b, 3, 256 << 20);
+    let sent = write_until_pushed_back(&b, 3, 64 << 20);
     assert!(server.counters().flow_pauses >= 1);
     assert!(!server.events(idb).iter().any(|e| matches!(e, Ev::Close(..))), "the paused connection was closed");
     expect_stream(&mut b, 3, 0, sent);
@@ -1209,6 +1209,33 @@ fn hand_over_moves_a_connection_with_its_buffered_frames() {
     assert_eq!(by(1), [Ev::Open(id), f("b\n"), f("c\n"), f("d\n"), Ev::Close(id, CloseReason::PeerClosed)]);
 }
 
+/// The same when the peer's end of stream is read together with the
+/// frames: the new handler still hears `on_open` first, then the frames,
+/// then the close — nothing reaches it before it owns the connection.
+#[test]
+fn hand_over_at_end_of_stream_opens_before_the_frames() {
+    let server = setup()
+        .handler(|ctx, ev, handlers| match ev {
+            // Paused, so that the frames and the FIN are read in one go.
+            Ev::Open(id) => ctx.set_active(*id, Active::Off),
+            Ev::Frame(id, f) if f == b"move\n" => ctx.hand_over(*id, handlers[1]),
+            _ => {}
+        })
+        .handler(quiet())
+        .listen(0, Framing::Line)
+        .start();
+    let (mut c, id) = server.client(0);
+    c.write_all(b"a\nmove\nb\nc").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    thread::sleep(SETTLE);
+    server.act(move |ctx| ctx.set_active(id, Active::On));
+    server.wait_for("a close", |log| log.iter().any(|e| matches!(e.ev, Ev::Close(i, _) if i == id)));
+    let by = |h: usize| -> Vec<Ev> { server.log().into_iter().filter(|e| e.handler == h).map(|e| e.ev).collect() };
+    let f = |s: &str| Ev::Frame(id, s.as_bytes().to_vec());
+    assert_eq!(by(0), [Ev::Open(id), f("a\n"), f("move\n")]);
+    assert_eq!(by(1), [Ev::Open(id), f("b\n"), f("c"), Ev::Close(id, CloseReason::PeerClosed)]);
+}
+
 // ---------------------------------------------------- 11. socket options
 
 /// Options set on accept are read back on the connection; a second
@@ -1331,9 +1358,17 @@ fn handle_submit_runs_a_job_on_the_reactor_thread() {
 #[test]
 fn handle_stop_closes_gracefully_and_run_returns() {
     const BIG: usize = 1 << 20;
-    let server = setup().handler(quiet()).listen(0, Framing::Line).start();
+    let options = ListenOptions {
+        socket: SocketOptions { send_buffer: Some(16 << 10), ..SocketOptions::default() },
+        ..ListenOptions::default()
+    };
+    let server = setup().handler(quiet()).listen_with(0, "127.0.0.1:0", options).start();
     let (mut c, id) = server.client(0);
-    server.act(move |ctx| ctx.send(id, &stream_bytes(12, 0, BIG))).unwrap();
+    let pending = server.act(move |ctx| {
+        ctx.send(id, &stream_bytes(12, 0, BIG)).unwrap();
+        ctx.pending_output(id)
+    });
+    assert!(pending > 0, "nothing left queued for the shutdown to flush");
     let handle = server.handle.clone();
     thread::spawn(move || handle.stop().unwrap()).join().unwrap();
     let (got, end) = read_until_end(&mut c);
