@@ -522,7 +522,13 @@ impl Reactor {
     }
 
     fn notify(&mut self, key: usize, notice: Notice) {
-        if self.core.conns.get(key).is_none_or(|c| c.has(flag::DEAD)) {
+        // A connection closed during this iteration is reaped only after the
+        // notices: a new owner still hears `on_open` before its `on_close`,
+        // and a completed `shutdown_write` is still told (the close may be
+        // its consequence); busy and ready no longer matter.
+        let Some(conn) = self.core.conns.get(key) else { return };
+        let dead = conn.has(flag::DEAD);
+        if dead && matches!(notice, Notice::Busy | Notice::Ready) {
             return;
         }
         let id = ConnId(key);
@@ -534,7 +540,9 @@ impl Reactor {
                 self.core.conns[key].clear(flag::HANDING_OVER);
                 self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
                 // Frames held back while the connection changed hands.
-                self.core.push_ready(key);
+                if !dead {
+                    self.core.push_ready(key);
+                }
             }
         }
     }
