@@ -869,6 +869,34 @@ fn exit_on_close_off_reports_eof_and_keeps_the_write_side() {
     assert_eq!(server.count(&Ev::Eof(id)), 1);
 }
 
+/// `shutdown_write` on a connection whose peer already ended its stream
+/// (`exit_on_close` off): `on_shutdown` is told, then the connection
+/// closes — both directions are done.
+#[test]
+fn shutdown_write_after_eof_reports_on_shutdown_then_closes() {
+    let server = setup()
+        .handler(|ctx, ev, _| match ev {
+            Ev::Open(id) => ctx.set_exit_on_close(*id, false),
+            Ev::Eof(id) => {
+                ctx.send(*id, b"bye\n").unwrap();
+                ctx.shutdown_write(*id);
+            }
+            _ => {}
+        })
+        .listen(0, Framing::Line)
+        .start();
+    let (mut c, id) = server.client(0);
+    c.write_all(b"x\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let (got, end) = read_until_end(&mut c);
+    end.unwrap();
+    assert_eq!(got, b"bye\n");
+    server.wait_for("a close", |log| log.iter().any(|e| matches!(e.ev, Ev::Close(i, _) if i == id)));
+    let frame = Ev::Frame(id, b"x\n".to_vec());
+    let closed = Ev::Close(id, CloseReason::PeerClosed);
+    assert_eq!(server.events(id), [Ev::Open(id), frame, Ev::Eof(id), Ev::Shutdown(id), closed]);
+}
+
 // ---------------------------------------------------- 6. close reasons
 
 /// A peer that resets (`SO_LINGER` 0): `Error(ECONNRESET)`.
@@ -1234,6 +1262,31 @@ fn hand_over_at_end_of_stream_opens_before_the_frames() {
     let f = |s: &str| Ev::Frame(id, s.as_bytes().to_vec());
     assert_eq!(by(0), [Ev::Open(id), f("a\n"), f("move\n")]);
     assert_eq!(by(1), [Ev::Open(id), f("b\n"), f("c"), Ev::Close(id, CloseReason::PeerClosed)]);
+}
+
+/// A connection handed over and closed in the same callback: its new
+/// handler still hears `on_open` before `on_close` (`on_close` comes only
+/// for an id that was opened).
+#[test]
+fn hand_over_then_abort_opens_before_it_closes() {
+    let server = setup()
+        .handler(|ctx, ev, handlers| {
+            if let Ev::Frame(id, f) = ev {
+                if f == b"move and abort\n" {
+                    ctx.hand_over(*id, handlers[1]);
+                    ctx.abort(*id);
+                }
+            }
+        })
+        .handler(quiet())
+        .listen(0, Framing::Line)
+        .start();
+    let (mut c, id) = server.client(0);
+    c.write_all(b"move and abort\n").unwrap();
+    server.wait_for("a close", |log| log.iter().any(|e| matches!(e.ev, Ev::Close(i, _) if i == id)));
+    let by = |h: usize| -> Vec<Ev> { server.log().into_iter().filter(|e| e.handler == h).map(|e| e.ev).collect() };
+    assert_eq!(by(0), [Ev::Open(id), Ev::Frame(id, b"move and abort\n".to_vec())]);
+    assert_eq!(by(1), [Ev::Open(id), Ev::Close(id, CloseReason::Aborted)]);
 }
 
 // ---------------------------------------------------- 11. socket options
