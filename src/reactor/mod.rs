@@ -146,6 +146,8 @@ enum Notice {
     Shutdown,
     /// The connection was handed over: its new handler's `on_open`.
     Open,
+    /// `Active::N` brought the count to 0 at once: `on_passive`.
+    Passive,
 }
 
 struct Listener {
@@ -528,7 +530,7 @@ impl Reactor {
         // its consequence); busy and ready no longer matter.
         let Some(conn) = self.core.conns.get(key) else { return };
         let dead = conn.has(flag::DEAD);
-        if dead && matches!(notice, Notice::Busy | Notice::Ready) {
+        if dead && matches!(notice, Notice::Busy | Notice::Ready | Notice::Passive) {
             return;
         }
         let id = ConnId(key);
@@ -536,6 +538,11 @@ impl Reactor {
             Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
             Notice::Shutdown => self.call_conn(key, "on_shutdown", |h, ctx| h.on_shutdown(ctx, id)),
+            // Unless re-armed meanwhile, as after a frame (see `deliver_frame`).
+            Notice::Passive if conn_paused(&self.core, key) => {
+                self.call_conn(key, "on_passive", |h, ctx| h.on_passive(ctx, id));
+            }
+            Notice::Passive => {}
             Notice::Open => {
                 self.core.conns[key].clear(flag::HANDING_OVER);
                 self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
@@ -666,6 +673,12 @@ impl Core {
             self.kill(key, CloseReason::Shutdown);
         }
     }
+}
+
+/// Whether the application has paused connection `key` (`Active::Off`, or
+/// a count run out).
+fn conn_paused(core: &Core, key: usize) -> bool {
+    core.conns.get(key).is_some_and(|c| c.has(flag::APP_PAUSED))
 }
 
 /// The errno of an OS error (EIO if it carries none).
