@@ -563,6 +563,34 @@ fn active_n_delivers_n_then_calls_on_passive_once() {
     assert_eq!(server.count(&Ev::Passive(id)), 2);
 }
 
+/// `Active::N(0)` with no count left goes passive at once, with
+/// `on_passive` (gen_tcp's `{active, 0}`); with a count left it adds
+/// nothing.
+#[test]
+fn active_n_zero_goes_passive_at_once() {
+    let server = setup()
+        .handler(|ctx, ev, _| {
+            if let Ev::Open(id) = ev {
+                ctx.set_active(*id, Active::N(0));
+            }
+        })
+        .listen(0, Framing::Line)
+        .start();
+    let (mut c, id) = server.client(0);
+    c.write_all(b"x\ny\n").unwrap();
+    server.wait_ev(Ev::Passive(id));
+    thread::sleep(SETTLE);
+    assert_eq!(server.events(id), [Ev::Open(id), Ev::Passive(id)]);
+    server.act(move |ctx| {
+        ctx.set_active(id, Active::N(2));
+        ctx.set_active(id, Active::N(0));
+    });
+    server.wait_for("a second on_passive", |log| log.iter().filter(|e| e.ev == Ev::Passive(id)).count() == 2);
+    thread::sleep(SETTLE);
+    let f = |s: &str| Ev::Frame(id, s.as_bytes().to_vec());
+    assert_eq!(server.events(id), [Ev::Open(id), Ev::Passive(id), f("x\n"), f("y\n"), Ev::Passive(id)]);
+}
+
 /// `Active::Off` stops reading, so TCP pushes back on a peer that keeps
 /// writing; `Active::On` resumes and every byte arrives, in order.
 #[test]
