@@ -531,6 +531,7 @@ fn active_once_delivers_one_frame_per_arming() {
     assert_eq!(server.frames(id).len(), 3);
     server.act(move |ctx| ctx.set_active(id, Active::Once));
     delivered(&["a\n", "b\n", "c\n", "d\n"]);
+    assert_eq!(server.count(&Ev::Passive(id)), 0, "on_passive is for Active::N only");
 }
 
 /// `Active::N`: N frames, then `on_passive` exactly once; a new N adds to
