@@ -160,7 +160,8 @@ pub enum Active {
     Once,
     /// Deliver this many more frames (added to what is left, as gen_tcp
     /// does), then pause and call [`crate::Handler::on_passive`]
-    /// (`{active, N}`).
+    /// (`{active, N}`). `N(0)` with nothing left pauses and calls
+    /// `on_passive` at once (`{active, 0}`).
     N(u32),
     /// Deliver nothing and stop reading: TCP pushes back on the peer
     /// (`{active, false}`).

@@ -149,6 +149,8 @@ enum Notice {
     Shutdown,
     /// The connection was handed over: its new handler's `on_open`.
     Open,
+    /// `Active::N` brought the count to 0 at once: `on_passive`.
+    Passive,
 }
 
 struct Listener {
@@ -539,7 +541,13 @@ impl Reactor {
     }
 
     fn notify(&mut self, key: usize, notice: Notice) {
-        if self.core.conns.get(key).is_none_or(|c| c.has(flag::DEAD)) {
+        // A connection closed during this iteration is reaped only after the
+        // notices: a new owner still hears `on_open` before its `on_close`,
+        // and a completed `shutdown_write` is still told (the close may be
+        // its consequence); busy and ready no longer matter.
+        let Some(conn) = self.core.conns.get(key) else { return };
+        let dead = conn.has(flag::DEAD);
+        if dead && matches!(notice, Notice::Busy | Notice::Ready | Notice::Passive) {
             return;
         }
         let id = ConnId(key);
@@ -547,10 +555,18 @@ impl Reactor {
             Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
             Notice::Shutdown => self.call_conn(key, "on_shutdown", |h, ctx| h.on_shutdown(ctx, id)),
+            // Unless re-armed meanwhile, as after a frame (see `deliver_frame`).
+            Notice::Passive if conn_paused(&self.core, key) => {
+                self.call_conn(key, "on_passive", |h, ctx| h.on_passive(ctx, id));
+            }
+            Notice::Passive => {}
             Notice::Open => {
+                self.core.conns[key].clear(flag::HANDING_OVER);
                 self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
                 // Frames held back while the connection changed hands.
-                self.core.push_ready(key);
+                if !dead {
+                    self.core.push_ready(key);
+                }
             }
         }
     }
@@ -732,6 +748,12 @@ impl Core {
             self.kill(key, CloseReason::Shutdown);
         }
     }
+}
+
+/// Whether the application has paused connection `key` (`Active::Off`, or
+/// a count run out).
+fn conn_paused(core: &Core, key: usize) -> bool {
+    core.conns.get(key).is_some_and(|c| c.has(flag::APP_PAUSED))
 }
 
 /// The errno of an OS error (EIO if it carries none).
