@@ -1318,6 +1318,37 @@ fn hand_over_then_abort_opens_before_it_closes() {
     assert_eq!(by(1), [Ev::Open(id), Ev::Close(id, CloseReason::Aborted)]);
 }
 
+/// Events that fall due in the turn of a hand-over — the queue passing its
+/// high watermark and draining, a timer — reach the new handler only after
+/// its `on_open`.
+#[test]
+fn hand_over_opens_before_busy_ready_and_timer() {
+    let server = setup()
+        .handler(|ctx, ev, handlers| {
+            if let Ev::Frame(id, f) = ev {
+                if f == b"move\n" {
+                    let policy = OutputPolicy { high_watermark: 4, low_watermark: 0, ..OutputPolicy::default() };
+                    ctx.set_output_policy(*id, policy);
+                    ctx.send(*id, b"more than four bytes\n").unwrap();
+                    ctx.set_timer(*id, Duration::ZERO);
+                    ctx.hand_over(*id, handlers[1]);
+                }
+            }
+        })
+        .handler(quiet())
+        .listen(0, Framing::Line)
+        .start();
+    let (mut c, id) = server.client(0);
+    c.write_all(b"move\n").unwrap();
+    server.wait_for("busy, ready and the timer", |log| {
+        [Ev::Busy(id), Ev::Ready(id), Ev::Timer(id)].iter().all(|want| log.iter().any(|e| e.ev == *want))
+    });
+    let by = |h: usize| -> Vec<Ev> { server.log().into_iter().filter(|e| e.handler == h).map(|e| e.ev).collect() };
+    assert_eq!(by(0), [Ev::Open(id), Ev::Frame(id, b"move\n".to_vec())]);
+    let new_owner = by(1);
+    assert_eq!(new_owner.first(), Some(&Ev::Open(id)), "{new_owner:?}");
+}
+
 // ---------------------------------------------------- 11. socket options
 
 /// Options set on accept are read back on the connection; a second

@@ -476,9 +476,13 @@ impl Reactor {
                 continue;
             }
             let timer = conn.timer();
-            let fired = timer != 0 && timer <= now;
+            let fired = timer != 0 && timer <= now && !conn.has(flag::HANDING_OVER);
             if fired {
                 conn.extra().timer = 0;
+            } else if timer != 0 && timer <= now {
+                // Handed over in this turn: fire once the new owner's
+                // on_open has run (next iteration).
+                conn.extra().timer = now + 1;
             }
             core.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
             if fired {
@@ -549,6 +553,11 @@ impl Reactor {
         let dead = conn.has(flag::DEAD);
         if dead && matches!(notice, Notice::Busy | Notice::Ready | Notice::Passive) {
             return;
+        }
+        // Handed over in this turn: the new owner hears `on_open` first (its
+        // notice is further down this list), then this.
+        if conn.has(flag::HANDING_OVER) && notice != Notice::Open {
+            return self.core.notice(key, notice);
         }
         let id = ConnId(key);
         match notice {
