@@ -77,32 +77,15 @@ impl Handler for Metrics {
 
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &[u8]) {
         let Some(head) = self.heads.get_mut(id.index()).and_then(Option::as_mut) else { return };
-        let answer: (&str, String) = if head.len() + line.len() > MAX_HEAD {
-            ("400 Bad Request", "request head too large\n".into())
-        } else {
-            head.extend_from_slice(line);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut request = httparse::Request::new(&mut headers);
-            match request.parse(head) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let path = request.path.unwrap_or("").split('?').next().unwrap_or("");
-                    match (request.method, path) {
-                        (Some("GET"), "/metrics") => ("200 OK", render(&sum(&self.workers), &self.workers)),
-                        (Some("GET"), _) => ("404 Not Found", "not found; try /metrics\n".into()),
-                        _ => ("405 Method Not Allowed", "only GET\n".into()),
-                    }
-                }
-                // The empty line that ends a head, and the head still
-                // incomplete: not HTTP either.
-                Ok(httparse::Status::Partial) if line == b"\r\n" || line == b"\n" => {
-                    ("400 Bad Request", "not an HTTP request\n".into())
-                }
-                Ok(httparse::Status::Partial) => return,
-                Err(e) => ("400 Bad Request", format!("not an HTTP request: {e}\n")),
-            }
+        let (status, body) = match take_line(head, line) {
+            Request::Incomplete => return,
+            Request::Metrics => ("200 OK", render(&sum(&self.workers), &self.workers)),
+            Request::NotFound => ("404 Not Found", "not found; try /metrics\n".into()),
+            Request::NotAllowed => ("405 Method Not Allowed", "only GET\n".into()),
+            Request::Bad(why) => ("400 Bad Request", format!("{why}\n")),
         };
         ctx.cancel_timer(id);
-        self.answer(ctx, id, answer.0, &answer.1);
+        self.answer(ctx, id, status, &body);
     }
 
     /// Too slow: cut it, at no one else's cost.
@@ -114,6 +97,47 @@ impl Handler for Metrics {
         if let Some(head) = self.heads.get_mut(id.index()) {
             *head = None;
         }
+    }
+}
+
+/// What a request calls for, once its head is whole.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The head is not whole yet.
+    Incomplete,
+    /// `GET /metrics` (a query string is ignored).
+    Metrics,
+    /// `GET` of another path.
+    NotFound,
+    /// Another method.
+    NotAllowed,
+    /// Not HTTP, or a head over [`MAX_HEAD`]; why.
+    Bad(String),
+}
+
+/// Add one line (as `line` framing delivers it) to the request head
+/// gathered so far, and judge the head with `httparse`.
+pub fn take_line(head: &mut Vec<u8>, line: &[u8]) -> Request {
+    if head.len() + line.len() > MAX_HEAD {
+        return Request::Bad("request head too large".into());
+    }
+    head.extend_from_slice(line);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {
+            let path = request.path.unwrap_or("").split('?').next().unwrap_or("");
+            match (request.method, path) {
+                (Some("GET"), "/metrics") => Request::Metrics,
+                (Some("GET"), _) => Request::NotFound,
+                _ => Request::NotAllowed,
+            }
+        }
+        // The empty line that ends a head, and the head still incomplete:
+        // not HTTP either.
+        Ok(httparse::Status::Partial) if line == b"\r\n" || line == b"\n" => Request::Bad("not an HTTP request".into()),
+        Ok(httparse::Status::Partial) => Request::Incomplete,
+        Err(e) => Request::Bad(format!("not an HTTP request: {e}")),
     }
 }
 
