@@ -89,24 +89,36 @@
 //!   loop gets to a read), the same for every server.
 
 mod generator;
+mod hgrm;
+mod latency;
 pub mod pattern;
+mod plot;
+mod progress;
 mod report;
+pub mod schedule;
+mod verdict;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{Config, Framing, Reactor};
-use generator::{Generator, Plan};
+use generator::{Generator, Open, Outcome, Plan};
 use pattern::Pattern;
-use report::Summary;
+use progress::Shared;
+use report::{Merged, Summary};
+use schedule::Arrival;
 
 /// Connections beyond this many to a loopback address use several source
 /// addresses.
 const SPREAD_ABOVE: u32 = 20_000;
 /// Connections not up after this long count as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The phase clock and the pacing of the open loop.
+const TICK: Duration = Duration::from_millis(1);
 
 /// `edgeloop load` options.
 #[derive(Debug, clap::Args)]
@@ -117,7 +129,7 @@ pub struct LoadArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub conns: u32,
-    /// Messages kept in flight on each connection.
+    /// Closed loop: messages kept in flight on each connection.
     #[arg(long, default_value_t = 1, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub depth: u32,
     /// Bytes per message (line: including the \n; 1|2|4: the payload, without the header).
@@ -132,14 +144,36 @@ pub struct LoadArgs {
     /// Load before the measured window, not counted, in seconds.
     #[arg(long, default_value = "1", value_name = "SECS", value_parser = parse_secs)]
     pub warmup: Duration,
+    /// Open loop: R messages per second in total, sent on schedule whether or not replies came back.
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Open loop: how messages are spaced in time.
+    #[arg(long, value_enum, default_value_t = Arrival::Fixed, value_name = "KIND", requires = "rate")]
+    pub arrival: Arrival,
+    /// Generator threads (each its own reactor), sharing the connections.
+    #[arg(long, default_value_t = 1, value_name = "T", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: u32,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Write the latency distribution in HdrHistogram's percentile format (microseconds).
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// Draw latency by percentile, and msg/s and p99 per second, as one SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is not a valid number of seconds"))
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        _ => Err(format!("'{s}' is not a rate in messages per second (more than 0, at most 1e9)")),
+    }
 }
 
 /// Run the generator as the command line asks; prints the summary.
@@ -152,6 +186,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
         return usage("--duration must be more than 0");
     }
     let wire = pattern.wire_len();
+    drop(pattern);
     if let Err(e) = crate::sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
@@ -161,34 +196,22 @@ pub fn run(args: LoadArgs) -> ExitCode {
     let plan = Plan {
         addr: args.connect,
         conns: args.conns,
+        first: 0,
+        stride: args.threads,
         depth: args.depth,
+        open: args.rate.map(|r| Open { rate_per_conn: r / args.conns as f64, arrival: args.arrival }),
         warmup: args.warmup,
         duration: args.duration,
         connect_timeout: CONNECT_TIMEOUT,
         source_addrs,
-        progress: true,
     };
-    let config = Config {
-        framing: Framing::Raw,
-        max_conns: args.conns as usize,
-        // In flight per connection is bounded by depth; never pause.
-        max_outbuf: usize::MAX,
-        send_timeout: Duration::ZERO,
-        idle_timeout: Duration::ZERO,
-        tick: Duration::from_millis(10),
-        handle_signals: true,
-        drain_timeout: Duration::from_secs(2),
-        ..Config::default()
+    let shared = Arc::new(Shared::new(args.threads, true, args.rate, wire));
+    let outcomes = match run_threads(&args, &plan, &shared) {
+        Ok(o) => o,
+        Err(e) => return fail(format_args!("{e}")),
     };
-    let mut reactor = match Reactor::new(config, Generator::new(plan, pattern)) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("cannot start the reactor: {e}")),
-    };
-    if let Err(e) = reactor.run() {
-        return fail(format_args!("event loop failed: {e}"));
-    }
-    let out = reactor.handler().outcome();
-    let summary = Summary::new(&args, wire, &out);
+    let out = Merged::new(&outcomes);
+    let summary = Summary::new(&args, wire, &out, shared.origin.elapsed());
     let mut stdout = std::io::stdout().lock();
     let printed = if args.json {
         serde_json::to_writer(&mut stdout, &summary).map_err(std::io::Error::from).and_then(|_| writeln!(stdout))
@@ -197,6 +220,9 @@ pub fn run(args: LoadArgs) -> ExitCode {
     };
     let _ = printed.and_then(|_| stdout.flush());
     drop(stdout);
+    if let Err(code) = write_files(&args, &out, &shared) {
+        return code;
+    }
 
     if out.opened == 0 {
         let reason = out.connect_error.unwrap_or_else(|| probe(&args.connect));
@@ -205,20 +231,136 @@ pub fn run(args: LoadArgs) -> ExitCode {
     if out.errors.mismatch > 0 {
         return fail(format_args!("{} echoes differed from what was sent", out.errors.mismatch));
     }
-    if out.interrupted {
-        return ExitCode::SUCCESS;
+    if !out.interrupted {
+        if out.survived == 0 {
+            let e = out.errors;
+            return fail(format_args!(
+                "all {} connections failed before the end of the run ({} reset, {} closed by the server, {} did not connect)",
+                args.conns, e.reset, e.closed, e.connect_failed
+            ));
+        }
+        if out.messages == 0 {
+            return fail(format_args!("no message was echoed in the measured window"));
+        }
     }
-    if out.survived == 0 {
-        let e = out.errors;
-        return fail(format_args!(
-            "all {} connections failed before the end of the run ({} reset, {} closed by the server, {} did not connect)",
-            args.conns, e.reset, e.closed, e.connect_failed
-        ));
+    match summary.verdict {
+        Some(v) if v != verdict::Verdict::Ok => {
+            eprintln!("edgeloop load: verdict {}: {}", v.name(), summary.verdict_reasons.join("; "));
+            ExitCode::from(3)
+        }
+        _ => ExitCode::SUCCESS,
     }
-    if out.messages == 0 {
-        return fail(format_args!("no message was echoed in the measured window"));
+}
+
+/// T reactors on T threads: this thread runs the first (and takes the
+/// signals), the others run on their own threads. The first reactor is
+/// built before the others start: building it blocks SIGINT/SIGTERM in
+/// this thread, the others inherit that mask, and so a signal always
+/// reaches the first reactor's `signalfd` (which tells the others).
+fn run_threads(args: &LoadArgs, plan: &Plan, shared: &Arc<Shared>) -> Result<Vec<Outcome>, String> {
+    let mut first = build(Plan { first: 0, ..plan.clone() }, args, shared, true)?;
+    let workers: Vec<_> = (1..args.threads)
+        .map(|t| {
+            let plan = Plan { first: t, ..plan.clone() };
+            let (framing, size, shared) = (args.framing, args.size, Arc::clone(shared));
+            std::thread::Builder::new().name(format!("load-{t}")).spawn(move || {
+                let mut reactor = build_with(plan, framing, size, &shared, false)?;
+                finish(&mut reactor)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut error = None;
+    match finish(&mut first) {
+        Ok(o) => outcomes.push(o),
+        Err(e) => error = Some(e),
     }
-    ExitCode::SUCCESS
+    for w in workers {
+        let joined = w
+            .map_err(|e| format!("cannot start a thread: {e}"))
+            .and_then(|h| h.join().unwrap_or_else(|_| Err("a generator thread panicked".to_string())));
+        match joined {
+            Ok(o) => outcomes.push(o),
+            Err(e) => error = error.or(Some(e)),
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(outcomes),
+    }
+}
+
+fn build(plan: Plan, args: &LoadArgs, shared: &Arc<Shared>, signals: bool) -> Result<Reactor<Generator>, String> {
+    build_with(plan, args.framing, args.size, shared, signals)
+}
+
+/// One thread's reactor and generator.
+fn build_with(
+    plan: Plan,
+    framing: Framing,
+    size: usize,
+    shared: &Arc<Shared>,
+    signals: bool,
+) -> Result<Reactor<Generator>, String> {
+    let pattern = Pattern::new(framing, size)?;
+    let config = Config {
+        framing: Framing::Raw,
+        max_conns: (plan.conns.div_ceil(plan.stride) as usize).max(1),
+        // The closed loop bounds what is in flight by depth; the open loop
+        // queues what the kernel does not take yet and counts it (never
+        // pause, never drop).
+        max_outbuf: usize::MAX,
+        send_timeout: Duration::ZERO,
+        idle_timeout: Duration::ZERO,
+        tick: TICK,
+        handle_signals: signals,
+        drain_timeout: Duration::from_secs(2),
+        ..Config::default()
+    };
+    Reactor::new(config, Generator::new(plan, pattern, Arc::clone(shared)))
+        .map_err(|e| format!("cannot start the reactor: {e}"))
+}
+
+/// Run one thread's reactor to the end; its outcome.
+fn finish(reactor: &mut Reactor<Generator>) -> Result<Outcome, String> {
+    reactor.run().map_err(|e| format!("event loop failed: {e}"))?;
+    Ok(reactor.handler().outcome())
+}
+
+/// `--hgrm` and `--plot`.
+fn write_files(args: &LoadArgs, out: &Merged, shared: &Shared) -> Result<(), ExitCode> {
+    if let Some(path) = &args.hgrm {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            hgrm::write(&mut w, &out.hist.response)?;
+            w.flush()
+        });
+        if let Err(e) = written {
+            return Err(fail(format_args!("cannot write {}: {}", path.display(), crate::sys::describe(&e))));
+        }
+    }
+    if let Some(path) = &args.plot {
+        let seconds = shared.timeline();
+        let mode = match args.rate {
+            Some(r) => format!("open loop, {} arrivals at {r} msg/s", args.arrival),
+            None => format!("closed loop, depth {}", args.depth),
+        };
+        let title = format!("edgeloop load → {}: {}, {} conns, {} B", args.connect, mode, args.conns, args.size);
+        let curves = if args.rate.is_some() {
+            vec![
+                ("response time (from due)", &out.hist.response),
+                ("service time (from send)", &out.hist.service),
+                ("send lag", &out.hist.lag),
+            ]
+        } else {
+            vec![("latency (from send; hides stalls)", &out.hist.response)]
+        };
+        let p = plot::Plot { title, curves, seconds: &seconds, target: args.rate };
+        if let Err(e) = plot::write(path, &p) {
+            return Err(fail(format_args!("cannot write {}: {e}", path.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Why connecting fails, when the reactor did not say: one blocking try.
