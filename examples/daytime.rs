@@ -17,7 +17,7 @@ struct Daytime;
 
 impl Handler for Daytime {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        ctx.send(id, format!("{}\r\n", jiff::Timestamp::now()).as_bytes());
+        let _ = ctx.send(id, format!("{}\r\n", jiff::Timestamp::now()).as_bytes());
         ctx.close(id);
     }
 
@@ -29,8 +29,13 @@ impl Handler for Daytime {
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7013".into());
     let config = Config { handle_signals: true, ..Config::default() };
-    let mut reactor = Reactor::new(config, Daytime)?;
-    let local = reactor.listen(&addr.parse().expect("an address such as 127.0.0.1:7013"))?;
+    let mut reactor = Reactor::new(config)?;
+    let daytime = reactor.add_handler(Daytime);
+    let local = reactor.listen(
+        &addr.parse().expect("an address such as 127.0.0.1:7013"),
+        daytime,
+        edgeloop::ListenOptions::default(),
+    )?;
     println!("listening on {local}");
     reactor.run()
 }

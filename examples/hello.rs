@@ -18,17 +18,19 @@ impl Handler for Hello {
         let name = line.strip_suffix(b"\n").unwrap_or(line);
         let name = name.strip_suffix(b"\r").unwrap_or(name);
         // Three pieces, one frame: they leave in the same sendmsg.
-        ctx.send(id, b"hello, ");
-        ctx.send(id, name);
-        ctx.send(id, b"\n");
+        let _ = ctx.send(id, b"hello, ");
+        let _ = ctx.send(id, name);
+        let _ = ctx.send(id, b"\n");
     }
 }
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:7070".into());
-    let config = Config { framing: Framing::Line, handle_signals: true, ..Config::default() };
-    let mut reactor = Reactor::new(config, Hello)?;
-    let local = reactor.listen(&addr.parse().expect("an address such as 127.0.0.1:7070"))?;
+    let config = Config { handle_signals: true, ..Config::default() };
+    let mut reactor = Reactor::new(config)?;
+    let hello = reactor.add_handler(Hello);
+    let options = edgeloop::ListenOptions { framing: Framing::Line, ..Default::default() };
+    let local = reactor.listen(&addr.parse().expect("an address such as 127.0.0.1:7070"), hello, options)?;
     println!("listening on {local}");
     reactor.run()
 }

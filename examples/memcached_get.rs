@@ -49,7 +49,7 @@ impl Client {
     fn ask(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         match self.keys.get(self.next) {
             Some(key) => {
-                ctx.send(id, format!("get {key}\r\n").as_bytes());
+                let _ = ctx.send(id, format!("get {key}\r\n").as_bytes());
             }
             None => ctx.stop(),
         }
@@ -129,11 +129,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let client = Client { keys, next: 0, state: State::Header, value: Vec::new(), failed: false };
-    let config = Config { framing: Framing::Line, ..Config::default() };
-    let result = Reactor::new(config, client).and_then(|mut reactor| {
-        reactor.ctx().connect(&addr, None)?;
+    let result = Reactor::new(Config::default()).and_then(|mut reactor| {
+        let client = reactor.add_handler(client);
+        reactor.ctx().connect(&addr, &edgeloop::ConnectOptions { framing: Framing::Line, ..Default::default() })?;
         reactor.run()?;
-        Ok(reactor.handler().failed)
+        Ok(reactor.handler::<Client>(client).is_none_or(|c| c.failed))
     });
     match result {
         Ok(false) => std::process::ExitCode::SUCCESS,

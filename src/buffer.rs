@@ -172,8 +172,17 @@ impl Chunk {
 }
 
 /// A connection's pending output, written with vectored sends.
+///
+/// An empty queue is a null pointer: the queue itself (its chunk list,
+/// offsets and lengths) lives in a box taken from [`OutPool`] when the
+/// first byte is queued and given back when the last is written. So an
+/// idle connection pays 8 bytes for its output, and a busy one no
+/// allocation per message (the pool keeps warm queues).
 #[derive(Default)]
-pub struct OutQueue {
+pub struct OutQueue(Option<Box<Queue>>);
+
+#[derive(Default)]
+struct Queue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     offset: usize,
@@ -181,13 +190,33 @@ pub struct OutQueue {
     len: usize,
 }
 
+/// Where output queues and their chunks come from and go back to.
+pub struct OutPool {
+    chunks: BufPool,
+    // Boxes, not queues: they move into `OutQueue`s whole, so taking one
+    // from the pool allocates nothing.
+    #[allow(clippy::vec_box)]
+    queues: Vec<Box<Queue>>,
+    max_queues: usize,
+}
+
+impl OutPool {
+    /// Keep up to `max_free` free chunks of [`OUT_CHUNK_SIZE`] bytes and as
+    /// many free queues.
+    pub fn new(max_free: usize) -> OutPool {
+        OutPool { chunks: BufPool::new(OUT_CHUNK_SIZE, max_free), queues: Vec::new(), max_queues: max_free }
+    }
+}
+
 impl OutQueue {
+    /// Bytes queued and not yet written.
     pub fn len(&self) -> usize {
-        self.len
+        self.0.as_ref().map_or(0, |q| q.len)
     }
 
+    /// Nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.0.is_none()
     }
 
     /// What the queue costs, as judged against `max_outbuf`: its bytes plus
@@ -195,27 +224,35 @@ impl OutQueue {
     /// rounding). Without the charge a stream of tiny shared messages would
     /// hold many times the limit in bookkeeping.
     pub fn footprint(&self) -> usize {
-        self.len + self.chunks.len() * CHUNK_OVERHEAD
+        self.0.as_ref().map_or(0, |q| q.len + q.chunks.len() * CHUNK_OVERHEAD)
+    }
+
+    fn queue(&mut self, pool: &mut OutPool) -> &mut Queue {
+        self.0.get_or_insert_with(|| pool.queues.pop().unwrap_or_default())
     }
 
     /// Queue a copy of `parts` (a header and a payload, say). Bytes are
     /// appended to the last owned chunk while it has room, then to fresh
     /// pooled chunks: many small sends share one chunk, and a large one
     /// costs no allocation of its own.
-    pub fn push_copy(&mut self, parts: &[&[u8]], pool: &mut BufPool) {
+    pub fn push_copy(&mut self, parts: &[&[u8]], pool: &mut OutPool) {
+        if parts.iter().all(|p| p.is_empty()) {
+            return;
+        }
+        let q = self.queue(pool);
         for mut part in parts.iter().copied() {
-            self.len += part.len();
+            q.len += part.len();
             while !part.is_empty() {
-                let room = match self.chunks.back() {
+                let room = match q.chunks.back() {
                     Some(Chunk::Owned(v)) => v.capacity() - v.len(),
                     _ => 0,
                 };
                 if room == 0 {
-                    self.chunks.push_back(Chunk::Owned(pool.take()));
+                    q.chunks.push_back(Chunk::Owned(pool.chunks.take()));
                     continue;
                 }
                 let (now, later) = part.split_at(room.min(part.len()));
-                if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
+                if let Some(Chunk::Owned(v)) = q.chunks.back_mut() {
                     v.extend_from_slice(now);
                 }
                 part = later;
@@ -224,20 +261,22 @@ impl OutQueue {
     }
 
     /// Queue a shared message by reference.
-    pub fn push_shared(&mut self, msg: Rc<[u8]>) {
+    pub fn push_shared(&mut self, msg: Rc<[u8]>, pool: &mut OutPool) {
         if !msg.is_empty() {
-            self.len += msg.len();
-            self.chunks.push_back(Chunk::Shared(msg));
+            let q = self.queue(pool);
+            q.len += msg.len();
+            q.chunks.push_back(Chunk::Shared(msg));
         }
     }
 
     /// Fill `out` with the pending bytes for one vectored send; returns how
     /// many slices were filled and how many bytes they hold.
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
+        let Some(q) = &self.0 else { return (0, 0) };
         let mut bytes_total = 0;
         let mut count = 0;
-        for (slot, (i, chunk)) in out.iter_mut().zip(self.chunks.iter().enumerate()) {
-            let bytes = if i == 0 { &chunk.bytes()[self.offset..] } else { chunk.bytes() };
+        for (slot, (i, chunk)) in out.iter_mut().zip(q.chunks.iter().enumerate()) {
+            let bytes = if i == 0 { &chunk.bytes()[q.offset..] } else { chunk.bytes() };
             *slot = IoSlice::new(bytes);
             bytes_total += bytes.len();
             count += 1;
@@ -246,32 +285,38 @@ impl OutQueue {
     }
 
     /// Forget the first `n` pending bytes (they were written), returning
-    /// finished owned chunks to the pool.
-    pub fn advance(&mut self, mut n: usize, pool: &mut BufPool) {
-        self.len -= n;
+    /// finished owned chunks, and an emptied queue, to the pool.
+    pub fn advance(&mut self, mut n: usize, pool: &mut OutPool) {
+        let Some(q) = &mut self.0 else { return };
+        q.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
-            let left = front.bytes().len() - self.offset;
+            let Some(front) = q.chunks.front() else { break };
+            let left = front.bytes().len() - q.offset;
             if n < left {
-                self.offset += n;
+                q.offset += n;
                 return;
             }
             n -= left;
-            self.offset = 0;
-            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
-                pool.give(v);
+            q.offset = 0;
+            if let Some(Chunk::Owned(v)) = q.chunks.pop_front() {
+                pool.chunks.give(v);
             }
         }
-        if self.chunks.is_empty() {
-            // Release the deque's own array too: an idle connection holds
-            // no heap memory.
-            self.chunks = VecDeque::new();
+        if q.len == 0 {
+            if let Some(mut q) = self.0.take() {
+                // Shared chunks of length 0 are never queued, so the list is
+                // empty; clear drops nothing but keeps the array warm.
+                q.chunks.clear();
+                if pool.queues.len() < pool.max_queues {
+                    pool.queues.push(q);
+                }
+            }
         }
     }
 
     /// Drop everything pending.
-    pub fn clear(&mut self, pool: &mut BufPool) {
-        self.advance(self.len, pool);
+    pub fn clear(&mut self, pool: &mut OutPool) {
+        self.advance(self.len(), pool);
     }
 }
 
@@ -289,18 +334,19 @@ mod tests {
 
     #[test]
     fn small_sends_coalesce_and_shared_chunks_stay_separate() {
-        let mut pool = BufPool::new(OUT_CHUNK_SIZE, 4);
+        let mut pool = OutPool::new(4);
         let mut q = OutQueue::default();
+        assert!(q.is_empty());
         q.push_copy(&[b"ab"], &mut pool);
         q.push_copy(&[b"\x00\x01", b"c"], &mut pool);
-        q.push_shared(Rc::from(&b"shared"[..]));
+        q.push_shared(Rc::from(&b"shared"[..]), &mut pool);
         q.push_copy(&[b"z"], &mut pool);
-        assert_eq!(q.chunks.len(), 3);
+        assert_eq!(q.0.as_ref().unwrap().chunks.len(), 3);
         // A copy larger than a chunk spans pooled chunks, no allocation.
         let big = vec![7u8; OUT_CHUNK_SIZE + 10];
         let mut q2 = OutQueue::default();
         q2.push_copy(&[b"ab", &big], &mut pool);
-        assert_eq!((q2.chunks.len(), q2.len()), (2, OUT_CHUNK_SIZE + 12));
+        assert_eq!((q2.0.as_ref().unwrap().chunks.len(), q2.len()), (2, OUT_CHUNK_SIZE + 12));
         assert_eq!(&pending(&q2)[..3], b"ab\x07");
         assert_eq!(pending(&q), b"ab\x00\x01cshared z".iter().filter(|&&b| b != b' ').copied().collect::<Vec<_>>());
         q.advance(3, &mut pool);
@@ -309,17 +355,19 @@ mod tests {
         assert_eq!(pending(&q), b"z");
         q.clear(&mut pool);
         assert!(q.is_empty());
-        assert_eq!(q.chunks.capacity(), 0);
+        // The emptied queue went back to the pool: no allocation next time.
+        assert_eq!(pool.queues.len(), 1);
     }
 
     /// The limit a slow chat member is judged by must see the bookkeeping
     /// of many tiny shared lines, not just their bytes.
     #[test]
     fn footprint_charges_each_chunk() {
+        let mut pool = OutPool::new(4);
         let mut q = OutQueue::default();
         let line: Rc<[u8]> = Rc::from(&b"a: x\n"[..]);
         for _ in 0..1000 {
-            q.push_shared(Rc::clone(&line));
+            q.push_shared(Rc::clone(&line), &mut pool);
         }
         assert_eq!(q.len(), 5000);
         assert_eq!(q.footprint(), 5000 + 1000 * CHUNK_OVERHEAD);

@@ -6,15 +6,18 @@
 //! ```text
 //!            peer sends FIN (read == 0)          app calls shutdown_write
 //!   OPEN ──────────────────────────────▶ READ_EOF   OPEN ─────────────────▶ SHUTDOWN_WANTED
-//!     │                                     │           (flush, then SHUT_WR ─▶ WRITE_SHUT)
-//!     │ app calls close / error-free end    │ deliver what is buffered, then CLOSING
+//!     │                                     │           (flush, then SHUT_WR ─▶ WRITE_SHUT,
+//!     │                                     │            on_shutdown)
+//!     │ app calls close                     │ deliver what is buffered, then
+//!     │                                     │ CLOSING — or, with exit_on_close
+//!     │                                     │ off, on_eof and stay open for writing
 //!     ▼                                     ▼
 //!   CLOSING: no more frames are delivered; flush what is owed;
 //!            then shutdown(SHUT_WR) ─▶ WRITE_SHUT;
 //!            then wait (discarding input) for the peer's FIN, bounded by
 //!            a linger deadline; then DEAD.
 //!
-//!   any error (reset, frame too large, send timeout, ...) ─▶ DEAD at once
+//!   any error (reset, frame too large, send timeout, abort, panic, ...) ─▶ DEAD at once
 //!   DEAD: reaped at the end of the loop iteration (see reactor docs).
 //! ```
 //!
@@ -22,83 +25,144 @@
 //! whose receive queue still holds unread bytes makes the kernel send a
 //! reset, and a reset can destroy the reply the peer has not read yet (the
 //! `* bye` of a chat `/quit`, say). Waiting for the peer's FIN avoids it.
+//!
+//! # Memory
+//!
+//! A connection is 96 bytes (a unit test guards it): what every
+//! connection needs is inline; the output queue is a pointer to a pooled
+//! box that exists only while output is pending, and what few connections
+//! use — an application timer, an output policy of their own — is in
+//! [`Extra`], allocated the first time it is set.
 
 use std::os::fd::OwnedFd;
 
 use crate::buffer::{OutQueue, ReadBuf};
 use crate::framing::Framing;
 use crate::handler::CloseReason;
-use crate::timer::{earliest, Millis};
+use crate::options::OutputPolicy;
+use crate::timer::{earliest, Micros};
 
 /// Flag bits of [`Conn::flags`].
 pub mod flag {
-    /// The application paused reading (`pause_reading`).
-    pub const APP_PAUSED: u16 = 1 << 0;
-    /// Output passed `max_outbuf`: reading stops until it drains to half.
-    pub const FLOW_PAUSED: u16 = 1 << 1;
+    /// The application turned delivery off (`Active::Off`), or an
+    /// `Active::Once`/`N` count ran out.
+    pub const APP_PAUSED: u32 = 1 << 0;
+    /// Output passed its limit under `OverLimit::Pause`: reading stops
+    /// until it drains to the low watermark.
+    pub const FLOW_PAUSED: u32 = 1 << 1;
     /// The peer sent FIN: nothing more will be read.
-    pub const READ_EOF: u16 = 1 << 2;
+    pub const READ_EOF: u32 = 1 << 2;
     /// An event carried `EPOLLRDHUP`/`EPOLLHUP`/`EPOLLERR`: read until the
     /// kernel reports the end, never stop at a short read.
-    pub const HUP_SEEN: u16 = 1 << 3;
+    pub const HUP_SEEN: u32 = 1 << 3;
     /// Graceful close in progress (see module docs).
-    pub const CLOSING: u16 = 1 << 4;
+    pub const CLOSING: u32 = 1 << 4;
     /// The application asked for `shutdown_write` once output is flushed.
-    pub const SHUTDOWN_WANTED: u16 = 1 << 5;
+    pub const SHUTDOWN_WANTED: u32 = 1 << 5;
     /// Our write side is shut down.
-    pub const WRITE_SHUT: u16 = 1 << 6;
+    pub const WRITE_SHUT: u32 = 1 << 6;
     /// Closed: to be removed from the slab at the end of the iteration.
-    pub const DEAD: u16 = 1 << 7;
+    pub const DEAD: u32 = 1 << 7;
     /// On the dirty list: output to flush before the next `epoll_wait`.
-    pub const DIRTY: u16 = 1 << 8;
+    pub const DIRTY: u32 = 1 << 8;
     /// On the ready list: input to handle before the next `epoll_wait`.
-    pub const READY: u16 = 1 << 9;
+    pub const READY: u32 = 1 << 9;
     /// A non-blocking connect is in progress.
-    pub const CONNECTING: u16 = 1 << 10;
+    pub const CONNECTING: u32 = 1 << 10;
+    /// Delivery counts frames down (`Active::Once` or `Active::N`).
+    pub const COUNTED: u32 = 1 << 11;
+    /// The count is `Active::Once`'s: running out calls no `on_passive`.
+    pub const ONCE: u32 = 1 << 12;
+    /// `exit_on_close` is off: the peer's FIN is an `on_eof` event and the
+    /// connection stays open for writing.
+    pub const KEEP_OPEN: u32 = 1 << 13;
+    /// `on_eof` was called.
+    pub const EOF_TOLD: u32 = 1 << 14;
+    /// The queue is above the high watermark (`on_busy` was called).
+    pub const BUSY: u32 = 1 << 15;
+}
+
+/// How a graceful close will be reported once it completes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The peer ended the stream.
+    PeerClosed,
+    /// The application closed.
+    Local,
+    /// The reactor is shutting down.
+    Shutdown,
+}
+
+impl From<Closing> for CloseReason {
+    fn from(c: Closing) -> CloseReason {
+        match c {
+            Closing::PeerClosed => CloseReason::PeerClosed,
+            Closing::Local => CloseReason::Local,
+            Closing::Shutdown => CloseReason::Shutdown,
+        }
+    }
+}
+
+/// What few connections use, boxed so that the others do not pay for it.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// The application's timer ([`crate::Ctx::set_timer`]); 0: none.
+    pub timer: Micros,
+    /// An output policy of its own, instead of the reactor's.
+    pub policy: Option<OutputPolicy>,
 }
 
 /// A connection's entry in the reactor's slab.
 pub struct Conn {
     pub fd: OwnedFd,
-    pub flags: u16,
+    pub flags: u32,
+    /// Index of the handler it belongs to.
+    pub handler: u8,
+    /// How a graceful close in progress will be reported.
+    pub closing: Closing,
     pub framing: Framing,
-    /// Why it is closing or closed (meaningful once CLOSING or DEAD).
-    pub reason: CloseReason,
+    /// Frames left to deliver under `Active::Once`/`N` (with `COUNTED`).
+    pub active_left: u32,
     pub input: ReadBuf,
     pub output: OutQueue,
     /// Idle-timeout deadline, pushed back by every byte in or out.
-    pub idle_deadline: Millis,
-    /// Send-timeout deadline while output is stuck, or the linger deadline
-    /// while waiting for the peer's FIN after our `SHUT_WR`.
-    pub write_deadline: Millis,
+    pub idle_deadline: Micros,
+    /// Send-timeout deadline while output is stuck, the linger deadline
+    /// while waiting for the peer's FIN after our `SHUT_WR`, or the
+    /// connect timeout while connecting.
+    pub write_deadline: Micros,
     /// The earliest deadline this connection is in the heap for.
-    pub scheduled: Millis,
+    pub scheduled: Micros,
+    pub extra: Option<Box<Extra>>,
 }
 
 impl Conn {
-    pub fn new(fd: OwnedFd, framing: Framing) -> Conn {
+    pub fn new(fd: OwnedFd, framing: Framing, handler: u8) -> Conn {
         Conn {
             fd,
             flags: 0,
+            handler,
+            closing: Closing::PeerClosed,
             framing,
-            reason: CloseReason::PeerClosed,
+            active_left: 0,
             input: ReadBuf::default(),
             output: OutQueue::default(),
             idle_deadline: 0,
             write_deadline: 0,
             scheduled: 0,
+            extra: None,
         }
     }
 
-    pub fn has(&self, bits: u16) -> bool {
+    pub fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
     }
 
-    pub fn set(&mut self, bits: u16) {
+    pub fn set(&mut self, bits: u32) {
         self.flags |= bits;
     }
 
-    pub fn clear(&mut self, bits: u16) {
+    pub fn clear(&mut self, bits: u32) {
         self.flags &= !bits;
     }
 
@@ -116,9 +180,19 @@ impl Conn {
         !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED | flag::CLOSING | flag::DEAD)
     }
 
+    /// The extra state, allocated on first use.
+    pub fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The application timer's deadline (0 if none).
+    pub fn timer(&self) -> Micros {
+        self.extra.as_ref().map_or(0, |e| e.timer)
+    }
+
     /// The next deadline of any kind (0 if none).
-    pub fn next_deadline(&self) -> Millis {
-        earliest(self.idle_deadline, self.write_deadline)
+    pub fn next_deadline(&self) -> Micros {
+        earliest(earliest(self.idle_deadline, self.write_deadline), self.timer())
     }
 }
 
@@ -129,7 +203,7 @@ mod tests {
     #[test]
     fn closing_reads_even_when_paused() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut conn = super::Conn::new(a.into(), super::Framing::Line);
+        let mut conn = super::Conn::new(a.into(), super::Framing::Line, 0);
         conn.set(super::flag::APP_PAUSED | super::flag::FLOW_PAUSED);
         assert!(!conn.may_read());
         conn.set(super::flag::CLOSING);
@@ -141,7 +215,7 @@ mod tests {
     /// The idle-memory budget (128 bytes per connection, slab tag included)
     /// rests on this size: a field added carelessly shows up here first.
     #[test]
-    fn a_connection_fits_in_112_bytes() {
-        assert!(std::mem::size_of::<super::Conn>() <= 112, "{}", std::mem::size_of::<super::Conn>());
+    fn a_connection_fits_in_96_bytes() {
+        assert!(std::mem::size_of::<super::Conn>() <= 96, "{}", std::mem::size_of::<super::Conn>());
     }
 }

@@ -10,7 +10,14 @@
 //! 2      | 00 05 | h e l l o |                2-byte big-endian length
 //! 4      | 00 00 00 05 | h e l l o |          4-byte big-endian length
 //!        +- header ---+- payload -+
+//!
+//! Exact(5) | h e l l o | w o r l d |          the next 5 bytes, each time
 //! ```
+//!
+//! `Exact(n)` is gen_tcp's `recv(Socket, N)` on a `{packet, raw}` socket:
+//! "the next n bytes as one frame", for a protocol that announces a length
+//! in its own way (memcached's `VALUE key flags BYTES` line) — switch to
+//! `Exact(BYTES + 2)` for the data block, then back to `Line`.
 //!
 //! Decoding is zero-copy: [`decode`] never copies or allocates; it returns
 //! the position of the next complete frame inside the caller's buffer, so a
@@ -47,13 +54,17 @@ pub enum Framing {
     Len2,
     /// `{packet, 4}`: a 4-byte big-endian length, then that many bytes.
     Len4,
+    /// `recv(Socket, N)`: every frame is exactly this many bytes, with no
+    /// header on the wire. `Exact(0)` delivers whatever arrived, like
+    /// `Raw` (as `recv(Socket, 0)` does).
+    Exact(u32),
 }
 
 impl Framing {
     /// The size of the length header (0 for `raw` and `line`).
     pub fn header_len(self) -> usize {
         match self {
-            Framing::Raw | Framing::Line => 0,
+            Framing::Raw | Framing::Line | Framing::Exact(_) => 0,
             Framing::Len1 => 1,
             Framing::Len2 => 2,
             Framing::Len4 => 4,
@@ -63,7 +74,7 @@ impl Framing {
     /// The largest payload the header can describe.
     fn max_payload(self) -> usize {
         match self {
-            Framing::Raw | Framing::Line => usize::MAX,
+            Framing::Raw | Framing::Line | Framing::Exact(_) => usize::MAX,
             Framing::Len1 => u8::MAX as usize,
             Framing::Len2 => u16::MAX as usize,
             Framing::Len4 => u32::MAX as usize,
@@ -94,20 +105,24 @@ impl FromStr for Framing {
             "1" => Ok(Framing::Len1),
             "2" => Ok(Framing::Len2),
             "4" => Ok(Framing::Len4),
-            _ => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2 or 4)")),
+            _ => match s.strip_prefix("exact:").and_then(|n| n.parse().ok()) {
+                Some(n) => Ok(Framing::Exact(n)),
+                None => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2 or 4)")),
+            },
         }
     }
 }
 
 impl fmt::Display for Framing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Framing::Raw => "raw",
-            Framing::Line => "line",
-            Framing::Len1 => "1",
-            Framing::Len2 => "2",
-            Framing::Len4 => "4",
-        })
+        match self {
+            Framing::Raw => f.write_str("raw"),
+            Framing::Line => f.write_str("line"),
+            Framing::Len1 => f.write_str("1"),
+            Framing::Len2 => f.write_str("2"),
+            Framing::Len4 => f.write_str("4"),
+            Framing::Exact(n) => write!(f, "exact:{n}"),
+        }
     }
 }
 
@@ -155,8 +170,18 @@ pub enum Decoded {
 /// `max_frame` bounds a payload (for `line`, the line including `\n`).
 pub fn decode(framing: Framing, buf: &[u8], scanned: &mut usize, max_frame: usize) -> Result<Decoded, FrameError> {
     match framing {
-        Framing::Raw if buf.is_empty() => Ok(Decoded::Incomplete { need: 0 }),
-        Framing::Raw => Ok(Decoded::Frame(Frame { start: 0, end: buf.len() })),
+        Framing::Raw | Framing::Exact(0) if buf.is_empty() => Ok(Decoded::Incomplete { need: 0 }),
+        Framing::Raw | Framing::Exact(0) => Ok(Decoded::Frame(Frame { start: 0, end: buf.len() })),
+        Framing::Exact(n) => {
+            let n = n as usize;
+            if n > max_frame {
+                return Err(FrameError::TooLarge { len: n, max: max_frame });
+            }
+            if buf.len() < n {
+                return Ok(Decoded::Incomplete { need: n });
+            }
+            Ok(Decoded::Frame(Frame { start: 0, end: n }))
+        }
         Framing::Line => {
             let from = (*scanned).min(buf.len());
             match memchr::memchr(b'\n', &buf[from..]) {
@@ -217,7 +242,7 @@ pub fn at_eof(framing: Framing, rest: &[u8]) -> AtEof {
         // `decode` delivers any non-empty raw buffer, so this is unreachable
         // in practice; treat it like a final line for completeness.
         Framing::Raw => AtEof::FinalLine,
-        Framing::Len1 | Framing::Len2 | Framing::Len4 => AtEof::Truncated,
+        Framing::Len1 | Framing::Len2 | Framing::Len4 | Framing::Exact(_) => AtEof::Truncated,
     }
 }
 
@@ -295,6 +320,17 @@ mod tests {
         assert_eq!(at_eof(Framing::Line, b"tail"), AtEof::FinalLine);
         assert_eq!(at_eof(Framing::Len2, b"\x00"), AtEof::Truncated);
         assert_eq!(at_eof(Framing::Len4, b""), AtEof::Clean);
+    }
+
+    #[test]
+    fn exact_takes_n_bytes_each_time_within_the_limit() {
+        assert_eq!(frames(Framing::Exact(3), b"abcdefgh", 10).unwrap(), vec![b"abc".to_vec(), b"def".to_vec()]);
+        let mut scanned = 0;
+        assert_eq!(decode(Framing::Exact(5), b"ab", &mut scanned, 10), Ok(Decoded::Incomplete { need: 5 }));
+        assert_eq!(decode(Framing::Exact(11), b"ab", &mut scanned, 10), Err(FrameError::TooLarge { len: 11, max: 10 }));
+        assert_eq!(frames(Framing::Exact(0), b"xyz", 10).unwrap(), vec![b"xyz".to_vec()]);
+        assert_eq!(at_eof(Framing::Exact(4), b"ab"), AtEof::Truncated);
+        assert_eq!("exact:7".parse::<Framing>().unwrap(), Framing::Exact(7));
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The trait an application implements, and the names of its events.
 //!
-//! An application never sees a file descriptor. It sees three events —
-//! a connection opened, a frame arrived, a connection closed — and acts
-//! through [`crate::Ctx`]: `send`, `send_shared`, `set_framing`,
-//! `pause_reading`/`resume_reading`, `shutdown_write`, `close`.
+//! An application never sees a file descriptor. It sees events — a
+//! connection opened, a frame arrived, the peer ended its stream, a timer
+//! fired, the connection closed — and acts through [`crate::Ctx`].
+//!
+//! A reactor runs several handlers side by side (an echo service and its
+//! metrics page, say): each listener names the handler its connections
+//! belong to, and [`crate::Ctx::hand_over`] moves a connection from one
+//! handler to another (gen_tcp's `controlling_process`).
 
+use std::any::Any;
 use std::fmt;
+
+use nix::errno::Errno;
 
 use crate::reactor::Ctx;
 
@@ -31,87 +38,186 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Names a handler registered with [`crate::Reactor::add_handler`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HandlerId(pub(crate) u8);
+
 /// Why a connection was closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum CloseReason {
     /// The peer ended the stream; everything owed was flushed first.
     PeerClosed,
     /// The application called `close`.
     Local,
-    /// The connection was reset or failed (`ECONNRESET`, `EPIPE`, ...).
-    Error,
-    /// A frame over `--max-frame` (a protocol error).
+    /// The application called `abort`: reset, queued output dropped.
+    Aborted,
+    /// The connection was reset or failed: the error (`ECONNRESET`,
+    /// `EPIPE`, `ETIMEDOUT` from keepalive, ...). gen_tcp's
+    /// `show_econnreset`, always on.
+    Error(Errno),
+    /// A frame over `max_frame` (a protocol error).
     FrameTooLarge,
-    /// Pending output made no progress for `--send-timeout`.
-    SendTimeout,
-    /// Nothing was sent or received for `--idle-timeout`.
+    /// Pending output made no progress for `send_timeout`; `unsent` bytes
+    /// were still queued.
+    SendTimeout {
+        /// Bytes queued and never written.
+        unsent: usize,
+    },
+    /// Nothing was sent or received for `idle_timeout`.
     IdleTimeout,
-    /// Pending output passed `--max-outbuf` (the slow-consumer policy).
+    /// Pending output passed the limit under [`crate::OverLimit::Disconnect`]
+    /// (the slow-consumer policy).
     OutbufFull,
-    /// The server is shutting down (SIGINT/SIGTERM).
+    /// The reactor is shutting down (a signal, or [`crate::Ctx::stop`]).
     Shutdown,
-    /// A connection started with `connect` did not connect.
-    ConnectFailed,
+    /// A connection started with `connect` did not connect: `ECONNREFUSED`,
+    /// `ETIMEDOUT` (including the connect timeout), `ENETUNREACH`, ...
+    ConnectFailed(Errno),
+    /// A callback about this connection panicked; the connection was
+    /// aborted (see [`Handler`] on crash isolation).
+    Panic,
 }
 
 impl CloseReason {
-    /// Every reason, in the order of [`CloseReason::index`].
-    pub const ALL: [CloseReason; 9] = [
-        CloseReason::PeerClosed,
-        CloseReason::Local,
-        CloseReason::Error,
-        CloseReason::FrameTooLarge,
-        CloseReason::SendTimeout,
-        CloseReason::IdleTimeout,
-        CloseReason::OutbufFull,
-        CloseReason::Shutdown,
-        CloseReason::ConnectFailed,
+    /// The names of the kinds of reason, in the order of
+    /// [`CloseReason::index`]: labels for counters and metrics.
+    pub const NAMES: [&'static str; 11] = [
+        "peer_closed",
+        "local",
+        "aborted",
+        "error",
+        "frame_too_large",
+        "send_timeout",
+        "idle_timeout",
+        "outbuf_full",
+        "shutdown",
+        "connect_failed",
+        "panic",
     ];
 
+    /// The kind of reason as a small index (data aside), for counters.
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::Local => 1,
+            CloseReason::Aborted => 2,
+            CloseReason::Error(_) => 3,
+            CloseReason::FrameTooLarge => 4,
+            CloseReason::SendTimeout { .. } => 5,
+            CloseReason::IdleTimeout => 6,
+            CloseReason::OutbufFull => 7,
+            CloseReason::Shutdown => 8,
+            CloseReason::ConnectFailed(_) => 9,
+            CloseReason::Panic => 10,
+        }
     }
 
     /// A short name for logs and `--stats`.
     pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::Local => "local",
-            CloseReason::Error => "error",
-            CloseReason::FrameTooLarge => "frame_too_large",
-            CloseReason::SendTimeout => "send_timeout",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::OutbufFull => "outbuf_full",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::ConnectFailed => "connect_failed",
-        }
+        Self::NAMES[self.index()]
     }
 }
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            CloseReason::Error(e) | CloseReason::ConnectFailed(e) => write!(f, "{}: {}", self.name(), e.desc()),
+            CloseReason::SendTimeout { unsent } => write!(f, "send_timeout: {unsent} bytes unsent"),
+            _ => f.write_str(self.name()),
+        }
     }
 }
+
+/// Why a send was refused. The connection stays as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is closing or closed, or its write side is shut.
+    Closed,
+    /// The payload is longer than the framing's header can describe.
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest the header allows.
+        max: usize,
+    },
+    /// The output queue is over its limit and the connection's policy is
+    /// [`crate::OverLimit::Refuse`]: nothing was queued; try again after
+    /// [`Handler::on_ready`].
+    OverLimit {
+        /// What the queue holds now, as judged against the limit.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("connection closed"),
+            SendError::TooLarge { len, max } => write!(f, "payload of {len} bytes exceeds the header's {max}"),
+            SendError::OverLimit { queued, limit } => write!(f, "{queued} bytes queued, over the limit of {limit}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 
 /// An application of the reactor: the echo server, the chat server, the
 /// load generator, the examples.
 ///
 /// Every callback may act on any connection through `ctx`, not only the
 /// one the event is about (a chat message is sent to a whole room).
-pub trait Handler {
+///
+/// # Crash isolation
+///
+/// A panic inside a callback is caught at the reactor's boundary
+/// (`catch_unwind`): the connection the callback was about is aborted with
+/// [`CloseReason::Panic`] (its `on_close` follows), the panic is logged
+/// and counted, and the loop goes on serving everyone else. A panic in a
+/// callback about no connection (`on_start`, `on_tick`, a job from a
+/// [`crate::Handle`]) is logged and counted only.
+///
+/// What the reactor cannot do is repair the handler's own state: a panic
+/// halfway through an update leaves it halfway. Keep each callback's
+/// changes to shared state (a chat's rooms, say) in an order where every
+/// prefix is consistent — check and compute first, then mutate — and let
+/// `on_close` clean up per-connection state whatever state it finds.
+pub trait Handler: Any {
     /// The loop is starting: a client starts its connections here.
     fn on_start(&mut self, _ctx: &mut Ctx<'_>) {}
 
-    /// A connection was accepted (or a `connect` completed).
+    /// A connection became this handler's: it was accepted on one of its
+    /// listeners, a `connect` completed, or it was handed over.
     fn on_open(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
 
     /// A whole frame arrived. `frame` is a slice of the connection's read
     /// buffer: for `line` it ends with `\n` (except a final unterminated
     /// line at end of stream); for `1|2|4` it is the payload without its
-    /// header; for `raw` it is whatever arrived.
+    /// header; for `raw` it is whatever arrived; for `Exact(n)`, n bytes.
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]);
+
+    /// The connection's `Active::N` count ran out: it is paused until the
+    /// application re-arms it (gen_tcp's `{tcp_passive, Socket}`).
+    fn on_passive(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
+
+    /// The peer ended its stream and every frame was delivered. Only for
+    /// connections with `set_exit_on_close(id, false)`: the connection
+    /// stays open for writing until the application closes it.
+    fn on_eof(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
+
+    /// A `shutdown_write` is done: every queued byte was handed to the
+    /// kernel, then `shutdown(SHUT_WR)`, so the FIN follows the data.
+    fn on_shutdown(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
+
+    /// The output queue passed the high watermark (gen_tcp's "busy").
+    fn on_busy(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
+
+    /// The output queue fell back to the low watermark (gen_tcp's "ready").
+    fn on_ready(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
+
+    /// The connection's timer ([`crate::Ctx::set_timer`]) fired.
+    fn on_timer(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
 
     /// The connection is closed; `id` may be reused after this returns.
     /// Called once for every id that was opened or returned by `connect`.

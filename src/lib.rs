@@ -33,8 +33,9 @@
 //!
 //! ## The modules, in reading order
 //!
-//! - [`sys`] — the system-call layer, the one module that calls libc: thin
-//!   wrappers over epoll, accept4, read, sendmsg, shutdown, signalfd, rlimit.
+//! - [`sys`] — the system-call layer and the only `unsafe`: thin wrappers
+//!   on `nix` (epoll, sockets, eventfd, signalfd, rlimit), and `libc` where
+//!   nix has no call or would cost a copy or a system call.
 //! - [`reactor`] — the loop: dispatch, draining, the ready and dirty lists,
 //!   safe closing, accept with `EMFILE` handling, shutdown. Its docs are
 //!   the place to learn edge-triggered epoll.
@@ -77,6 +78,7 @@ pub mod conn;
 pub mod framing;
 pub mod handler;
 pub mod load;
+pub mod options;
 pub mod reactor;
 pub mod servers;
 pub mod stats;
@@ -85,6 +87,10 @@ pub mod timer;
 
 pub use access::{AccessList, Cidr};
 pub use framing::Framing;
-pub use handler::{CloseReason, ConnId, Handler};
-pub use reactor::{Config, Ctx, OutbufPolicy, Reactor};
+pub use handler::{CloseReason, ConnId, Handler, HandlerId, SendError};
+pub use nix::errno::Errno;
+pub use options::{
+    AcceptFilter, Active, Config, ConnectOptions, Keepalive, ListenOptions, OutputPolicy, OverLimit, SocketOptions,
+};
+pub use reactor::{Ctx, Handle, Reactor};
 pub use stats::Counters;

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use edgeloop::reactor::OutbufPolicy;
+use std::sync::Arc;
+
 use edgeloop::servers::chat::Chat;
 use edgeloop::servers::echo::Echo;
-use edgeloop::{AccessList, Cidr, Config, Framing, Handler, Reactor};
+use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit, Reactor};
 
 #[derive(Parser)]
 #[command(
@@ -82,20 +83,28 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn config(&self, framing: Framing, outbuf_policy: OutbufPolicy) -> Config {
+    fn config(&self, over_limit: OverLimit) -> Config {
         Config {
-            framing,
             max_frame: self.max_frame as usize,
             max_conns: self.max_conns,
-            max_outbuf: self.max_outbuf,
-            outbuf_policy,
+            output: OutputPolicy::new(self.max_outbuf, over_limit),
             send_timeout: Duration::from_millis(self.send_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
-            access: AccessList { allow: self.allow.clone(), deny: self.deny.clone() },
             stats_interval: Duration::from_secs(self.stats),
             handle_signals: true,
             ..Config::default()
         }
+    }
+
+    /// The listener: its framing, and `--allow`/`--deny` as its accept filter.
+    fn listen_options(&self, framing: Framing) -> ListenOptions {
+        let access = AccessList { allow: self.allow.clone(), deny: self.deny.clone() };
+        let filter: Option<edgeloop::AcceptFilter> = if access.allow.is_empty() && access.deny.is_empty() {
+            None
+        } else {
+            Some(Arc::new(move |peer: &SocketAddr| access.permits(peer.ip())))
+        };
+        ListenOptions { framing, filter, ..ListenOptions::default() }
     }
 }
 
@@ -109,16 +118,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Echo { server, framing } => {
-            serve(&server.listen, server.config(framing, OutbufPolicy::Pause), Echo::new(framing))
+            serve(&server, server.config(OverLimit::Pause), server.listen_options(framing), Echo::new(framing))
         }
         Command::Chat { server, .. } => {
             // A chat line read is written N times (fan-out): one read's
             // worth per sender per turn keeps each loop iteration short.
-            let config = Config {
-                read_budget: edgeloop::buffer::READ_BUF_SIZE,
-                ..server.config(Framing::Line, OutbufPolicy::Disconnect)
-            };
-            serve(&server.listen, config, Chat::default())
+            let config =
+                Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, ..server.config(OverLimit::Disconnect) };
+            serve(&server, config, server.listen_options(Framing::Line), Chat::default())
         }
         Command::Load(args) => edgeloop::load::run(args),
     }
@@ -142,15 +149,17 @@ fn usage_error(e: clap::Error) -> ! {
 }
 
 /// Listen, announce the address, run until a signal has drained everything.
-fn serve<H: Handler>(addr: &SocketAddr, config: Config, handler: H) -> ExitCode {
+fn serve<H: Handler>(server: &ServerArgs, config: Config, listen: ListenOptions, handler: H) -> ExitCode {
     if let Err(e) = edgeloop::sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
-    let mut reactor = match Reactor::new(config, handler) {
+    let mut reactor = match Reactor::new(config) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("cannot start the reactor: {e}")),
     };
-    let local = match reactor.listen(addr) {
+    let addr = &server.listen;
+    let handler = reactor.add_handler(handler);
+    let local = match reactor.listen(addr, handler, listen) {
         Ok(local) => local,
         Err(e) => return fail(format_args!("cannot listen on {addr}: {}", edgeloop::sys::describe(&e))),
     };

@@ -16,7 +16,9 @@ pub struct Counters {
     /// (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): each pauses accepting.
     pub accept_exhausted: u64,
     /// Connections closed, by [`CloseReason::index`].
-    pub closed: [u64; CloseReason::ALL.len()],
+    pub closed: [u64; CloseReason::NAMES.len()],
+    /// Callbacks that panicked (each aborted its connection, if any).
+    pub panics: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub frames_in: u64,
@@ -31,6 +33,7 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Connections closed for this kind of reason (data aside).
     pub fn closed(&self, reason: CloseReason) -> u64 {
         self.closed[reason.index()]
     }
@@ -39,7 +42,8 @@ impl Counters {
     pub fn line(&self, live: usize) -> String {
         let mut s = format!(
             "stats live={live} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
-             bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={}",
+             bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
+             panics={}",
             self.accepted,
             self.refused_full,
             self.refused_denied,
@@ -52,9 +56,10 @@ impl Counters {
             self.waits,
             self.flow_pauses,
             self.outq_high_water,
+            self.panics,
         );
-        for reason in CloseReason::ALL {
-            let _ = write!(s, " closed_{}={}", reason.name(), self.closed(reason));
+        for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
+            let _ = write!(s, " closed_{name}={count}");
         }
         s
     }

@@ -1,9 +1,13 @@
-//! Deadlines: idle timeout, send timeout, and the linger after a graceful
-//! close, for every connection, in one min-heap with lazy deletion.
+//! Deadlines: idle timeout, send timeout, connect timeout, the linger
+//! after a graceful close, and the application's own timers, for every
+//! connection, in one min-heap with lazy deletion.
 //!
-//! Time is a `u64` count of milliseconds since the reactor started, read
+//! Time is a `u64` count of microseconds since the reactor started, read
 //! once per loop iteration ("now" does not move while a batch of events is
-//! handled, as in libuv). `0` means "no deadline".
+//! handled, as in libuv). `0` means "no deadline". Microseconds, not the
+//! milliseconds of `epoll_wait`, because the loop waits with
+//! `epoll_pwait2`, whose timeout is a `timespec`: an open-loop load
+//! generator needs sub-millisecond schedules.
 //!
 //! Each connection keeps its own deadlines and the one deadline it is
 //! currently `scheduled` under. Pushing the new deadline on every read
@@ -28,13 +32,13 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-/// Milliseconds since the reactor's clock started; 0 is "never".
-pub type Millis = u64;
+/// Microseconds since the reactor's clock started; 0 is "never".
+pub type Micros = u64;
 
 /// The reactor's clock: a monotonic origin and the "now" of this iteration.
 pub struct Clock {
     origin: Instant,
-    now: Millis,
+    now: Micros,
 }
 
 impl Clock {
@@ -44,24 +48,29 @@ impl Clock {
     }
 
     /// Read the time once for this iteration.
-    pub fn tick(&mut self) -> Millis {
-        self.now = self.origin.elapsed().as_millis() as Millis + 1;
+    pub fn tick(&mut self) -> Micros {
+        self.now = self.origin.elapsed().as_micros() as Micros + 1;
         self.now
     }
 
-    pub fn now(&self) -> Millis {
+    pub fn now(&self) -> Micros {
         self.now
     }
 
     /// A deadline `after` from now (0 when `after` is zero: disabled). At
-    /// least a millisecond away, and saturating: a huge timeout means
+    /// least a microsecond away, and saturating: a huge timeout means
     /// "never", not a wrapped-around "now".
-    pub fn after(&self, after: Duration) -> Millis {
+    pub fn after(&self, after: Duration) -> Micros {
         if after.is_zero() {
             return 0;
         }
-        let ms = Millis::try_from(after.as_millis()).unwrap_or(Millis::MAX).max(1);
-        self.now.saturating_add(ms)
+        let us = Micros::try_from(after.as_micros()).unwrap_or(Micros::MAX).max(1);
+        self.now.saturating_add(us)
+    }
+
+    /// The `Instant` of this iteration's "now".
+    pub fn instant(&self) -> Instant {
+        self.origin + Duration::from_micros(self.now - 1)
     }
 }
 
@@ -72,7 +81,7 @@ impl Default for Clock {
 }
 
 /// The earlier of two deadlines, where 0 means "none".
-pub fn earliest(a: Millis, b: Millis) -> Millis {
+pub fn earliest(a: Micros, b: Micros) -> Micros {
     match (a, b) {
         (0, x) | (x, 0) => x,
         (a, b) => a.min(b),
@@ -82,13 +91,13 @@ pub fn earliest(a: Millis, b: Millis) -> Millis {
 /// A min-heap of `(deadline, key)` with lazy deletion (see the module docs).
 #[derive(Default)]
 pub struct Deadlines {
-    heap: BinaryHeap<Reverse<(Millis, usize)>>,
+    heap: BinaryHeap<Reverse<(Micros, usize)>>,
 }
 
 impl Deadlines {
     /// Make sure `key` will be looked at no later than `due`. `scheduled` is
     /// the connection's record of its earliest pending entry.
-    pub fn schedule(&mut self, key: usize, due: Millis, scheduled: &mut Millis) {
+    pub fn schedule(&mut self, key: usize, due: Micros, scheduled: &mut Micros) {
         if due != 0 && (*scheduled == 0 || due < *scheduled) {
             self.heap.push(Reverse((due, key)));
             *scheduled = due;
@@ -97,13 +106,13 @@ impl Deadlines {
 
     /// The earliest entry's time, if any (may be stale: waking for it is
     /// harmless).
-    pub fn next(&self) -> Option<Millis> {
+    pub fn next(&self) -> Option<Micros> {
         self.heap.peek().map(|Reverse((due, _))| *due)
     }
 
     /// Pop one entry that is due at `now`: `(key, the time it was pushed
     /// for)`. The caller checks it against the connection's `scheduled`.
-    pub fn pop_due(&mut self, now: Millis) -> Option<(usize, Millis)> {
+    pub fn pop_due(&mut self, now: Micros) -> Option<(usize, Micros)> {
         match self.heap.peek() {
             Some(Reverse((due, _))) if *due <= now => self.heap.pop().map(|Reverse((due, key))| (key, due)),
             _ => None,
@@ -117,20 +126,18 @@ impl Deadlines {
 
     /// Keep only the entries for which `live(key, due)` holds: a sweep for
     /// the stale entries of connections that are gone.
-    pub fn retain(&mut self, mut live: impl FnMut(usize, Millis) -> bool) {
+    pub fn retain(&mut self, mut live: impl FnMut(usize, Micros) -> bool) {
         self.heap.retain(|Reverse((due, key))| live(*key, *due));
     }
 }
 
-/// The `epoll_wait` timeout for a deadline: rounded *up* to whole
-/// milliseconds by construction (deadlines are whole milliseconds and the
-/// clock truncates), so a wake-up is never early enough to find nothing due
-/// and spin with a zero timeout — mio's lesson.
-pub fn wait_timeout(now: Millis, due: Option<Millis>) -> i32 {
-    match due {
-        None => -1,
-        Some(due) => due.saturating_sub(now).min(i32::MAX as u64) as i32,
-    }
+/// The `epoll_pwait2` timeout for a deadline (`None`: wait forever). It
+/// is never early: deadlines are whole microseconds and the clock
+/// truncates, so after sleeping `due - now` the clock reads at least
+/// `due`, and a wake-up never finds nothing due and spins with a zero
+/// timeout — mio's lesson, which it learned rounding milliseconds.
+pub fn wait_timeout(now: Micros, due: Option<Micros>) -> Option<Duration> {
+    due.map(|due| Duration::from_micros(due.saturating_sub(now)))
 }
 
 #[cfg(test)]
@@ -163,8 +170,9 @@ mod tests {
     #[test]
     fn huge_timeouts_saturate_instead_of_wrapping() {
         let clock = Clock::new();
-        assert_eq!(clock.after(Duration::from_secs(u64::MAX)), Millis::MAX);
-        assert_eq!(clock.after(Duration::from_micros(10)), clock.now() + 1);
+        assert_eq!(clock.after(Duration::from_secs(u64::MAX)), Micros::MAX);
+        assert_eq!(clock.after(Duration::from_nanos(10)), clock.now() + 1);
+        assert_eq!(clock.after(Duration::from_millis(2)), clock.now() + 2000);
         assert_eq!(clock.after(Duration::ZERO), 0);
     }
 
@@ -181,8 +189,8 @@ mod tests {
 
     #[test]
     fn timeout_never_negative() {
-        assert_eq!(wait_timeout(10, Some(5)), 0);
-        assert_eq!(wait_timeout(10, Some(15)), 5);
-        assert_eq!(wait_timeout(10, None), -1);
+        assert_eq!(wait_timeout(10, Some(5)), Some(Duration::ZERO));
+        assert_eq!(wait_timeout(10, Some(15)), Some(Duration::from_micros(5)));
+        assert_eq!(wait_timeout(10, None), None);
     }
 }

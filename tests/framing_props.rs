@@ -78,7 +78,7 @@ fn header_len(framing: Framing) -> usize {
         Framing::Len1 => 1,
         Framing::Len2 => 2,
         Framing::Len4 => 4,
-        Framing::Raw | Framing::Line => 0,
+        Framing::Raw | Framing::Line | Framing::Exact(_) => 0,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use edgeloop::{CloseReason, Config, ConnId, Ctx, Framing, Handler, Reactor};
+use edgeloop::{Active, CloseReason, Config, ConnId, ConnectOptions, Ctx, Framing, Handler, ListenOptions, Reactor};
 
 /// What the scripted server saw, shared with the test.
 #[derive(Default)]
@@ -40,22 +40,24 @@ impl Handler for Scripted {
         self.log.lock().unwrap().frames.push(frame.to_vec());
         match frame {
             b"pause\n" => {
-                ctx.pause_reading(id);
+                ctx.set_active(id, Active::Off);
                 self.paused.push(id);
             }
             b"len2\n" => ctx.set_framing(id, Framing::Len2),
             b"shut\n" => {
-                ctx.send(id, b"bye\n");
+                ctx.send(id, b"bye\n").unwrap();
                 ctx.shutdown_write(id);
             }
             _ if frame.starts_with(b"all ") => {
                 let msg: Rc<[u8]> = Rc::from(&frame[4..]);
                 for &other in &self.open {
-                    ctx.send_shared(other, &msg);
+                    ctx.send_shared(other, &msg).unwrap();
                 }
             }
+            // After `shut` the write side is shut: the echo is refused.
             _ => {
-                ctx.send(id, frame);
+                let sent = ctx.send(id, frame);
+                assert!(sent.is_ok() || sent == Err(edgeloop::SendError::Closed));
             }
         }
     }
@@ -67,7 +69,7 @@ impl Handler for Scripted {
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         for id in self.paused.drain(..) {
-            ctx.resume_reading(id);
+            ctx.set_active(id, Active::On);
         }
         if self.stop.load(Ordering::Relaxed) {
             ctx.stop();
@@ -90,10 +92,12 @@ impl Running {
         let (tx, rx) = mpsc::channel();
         let (log2, stop2) = (Arc::clone(&log), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
-            let config = Config { framing: Framing::Line, tick: Duration::from_millis(50), ..Config::default() };
+            let config = Config { tick: Duration::from_millis(50), ..Config::default() };
             let handler = Scripted { log: log2, open: Vec::new(), paused: Vec::new(), stop: stop2 };
-            let mut reactor = Reactor::new(config, handler).unwrap();
-            tx.send(reactor.listen(&"127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+            let mut reactor = Reactor::new(config).unwrap();
+            let handler = reactor.add_handler(handler);
+            let options = ListenOptions { framing: Framing::Line, ..ListenOptions::default() };
+            tx.send(reactor.listen(&"127.0.0.1:0".parse().unwrap(), handler, options).unwrap()).unwrap();
             reactor.run().unwrap();
         });
         let addr = rx.recv().unwrap();
@@ -191,14 +195,14 @@ fn client_connect_reports_success_and_failure() {
     impl Handler for Client {
         fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
             self.opened += 1;
-            ctx.send(id, b"hi");
+            ctx.send(id, b"hi").unwrap();
         }
         fn on_frame(&mut self, ctx: &mut Ctx<'_>, _id: ConnId, frame: &[u8]) {
             self.got.extend_from_slice(frame);
             ctx.stop();
         }
         fn on_close(&mut self, ctx: &mut Ctx<'_>, _id: ConnId, reason: CloseReason) {
-            if reason == CloseReason::ConnectFailed {
+            if reason == CloseReason::ConnectFailed(edgeloop::Errno::ECONNREFUSED) {
                 self.failed += 1;
             }
             if ctx.connections() == 0 && self.opened == 0 {
@@ -217,12 +221,13 @@ fn client_connect_reports_success_and_failure() {
         s.write_all(&buf).unwrap();
         let _ = s.read(&mut buf); // until the client closes
     });
-    let mut reactor = Reactor::new(Config::default(), Client { opened: 0, failed: 0, got: Vec::new() }).unwrap();
-    reactor.ctx().connect(&closed, None).unwrap();
-    reactor.ctx().connect(&open, None).unwrap();
+    let mut reactor = Reactor::new(Config::default()).unwrap();
+    let handler = reactor.add_handler(Client { opened: 0, failed: 0, got: Vec::new() });
+    reactor.ctx().connect(&closed, &ConnectOptions::default()).unwrap();
+    reactor.ctx().connect(&open, &ConnectOptions::default()).unwrap();
     reactor.run().unwrap();
     echo.join().unwrap();
-    let client = reactor.handler();
+    let client = reactor.handler::<Client>(handler).unwrap();
     assert_eq!((client.opened, client.failed), (1, 1));
     assert_eq!(client.got, b"hi");
 }

@@ -13,7 +13,7 @@ use super::latency::{self, Histograms};
 use super::pattern::Pattern;
 use super::progress::{Report, Shared};
 use super::schedule::{Arrival, Schedule};
-use crate::{CloseReason, ConnId, Ctx, Handler};
+use crate::{CloseReason, ConnId, ConnectOptions, Ctx, Handler};
 
 /// Connects in progress at once: enough to open thousands of connections
 /// per second, few enough not to overflow the server's accept queue.
@@ -278,8 +278,14 @@ impl Generator {
         {
             let ordinal = self.next_ordinal;
             self.next_ordinal += self.plan.stride as u64;
-            let source = self.source_for(ordinal);
-            match ctx.connect(&self.plan.addr, source.as_ref()) {
+            // The connect timeout is the reactor's (a failure it reports);
+            // `abandon_connects` is the backstop for the whole phase.
+            let options = ConnectOptions {
+                local: self.source_for(ordinal),
+                timeout: Some(self.plan.connect_timeout),
+                ..Default::default()
+            };
+            match ctx.connect(&self.plan.addr, &options) {
                 Ok(id) => {
                     *self.slot_mut(id) = Slot::Connecting { ordinal };
                     self.connecting += 1;
@@ -334,7 +340,7 @@ impl Generator {
                     self.window_msgs = 0;
                     self.window_sent = 0;
                     self.hist.reset();
-                    self.cpu_start = crate::sys::thread_cpu_time();
+                    self.cpu_start = Duration::from_micros(crate::sys::thread_cpu_micros());
                 }
                 Phase::Measuring => {
                     if self.live == 0 || now >= self.window_due {
@@ -368,7 +374,7 @@ impl Generator {
         if self.measuring {
             self.measuring = false;
             self.window_end = Some(now);
-            self.cpu = crate::sys::thread_cpu_time().saturating_sub(self.cpu_start);
+            self.cpu = Duration::from_micros(crate::sys::thread_cpu_micros()).saturating_sub(self.cpu_start);
             if self.plan.open.is_some() {
                 self.record_unanswered(now);
             }
@@ -444,13 +450,18 @@ impl Generator {
         }
     }
 
-    /// Open loop: send every message of `id` that is due by `now`, each
-    /// stamped with its own due time (a late wake-up catches up at once,
-    /// and the lag shows in every message it delayed). Returns when the
-    /// next one is due.
-    fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId, now: u64) -> Option<u64> {
-        let Some(Slot::Open(flow)) = self.slots.get_mut(id.index()) else { return None };
-        let schedule = flow.schedule.as_mut()?;
+    /// Open loop, on the connection's timer: send every message that is
+    /// due by now, each stamped with its own due time (a late wake-up
+    /// catches up at once, and its lateness shows in every message it
+    /// delayed), then set the timer for the next one.
+    fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        // The actual time, not the loop's: the send lag is measured here.
+        let now = self.ns(Instant::now());
+        let Some(Slot::Open(flow)) = self.slots.get_mut(id.index()) else { return };
+        let Some(schedule) = flow.schedule.as_mut() else { return };
         let mut count = 0;
         while schedule.due() <= now {
             flow.in_flight.push_back((schedule.due(), now));
@@ -465,22 +476,15 @@ impl Generator {
                 self.window_sent += count;
             }
         }
-        Some(next)
-    }
-
-    /// Until the reactor's per-connection timers arrive: the open loop is
-    /// paced by the tick.
-    fn pump_all(&mut self, ctx: &mut Ctx<'_>) {
-        let now = self.ns(Instant::now());
-        for i in 0..self.slots.len() {
-            self.pump(ctx, ConnId(i), now);
-        }
+        // The timer counts from the loop's clock (read at the top of this
+        // iteration), in whole microseconds: round up, never fire early.
+        let after_ns = next.saturating_sub(self.ns(ctx.now()));
+        ctx.set_timer(id, Duration::from_micros(after_ns.div_ceil(1000)));
     }
 }
 
 /// Queue the next `count` messages of a flow: a few short ones by
 /// reference to their prebuilt copies, otherwise copied into one `send`.
-/// (A send to a closing connection fails; its `on_close` follows.)
 fn write_messages(
     ctx: &mut Ctx<'_>,
     id: ConnId,
@@ -494,7 +498,7 @@ fn write_messages(
     for _ in 0..count {
         match pattern.prebuilt(flow.send_rot) {
             Some(msg) if by_reference => {
-                ctx.send_shared(id, msg);
+                let _ = ctx.send_shared(id, msg);
             }
             _ => pattern.write(flow.send_rot, scratch),
         }
@@ -502,7 +506,7 @@ fn write_messages(
     }
     flow.sent += count;
     if !scratch.is_empty() {
-        ctx.send(id, scratch);
+        let _ = ctx.send(id, scratch);
     }
 }
 
@@ -537,6 +541,9 @@ impl Handler for Generator {
                     self.in_flight += depth;
                 }
                 *self.slot_mut(id) = Slot::Open(flow);
+                if !closed {
+                    self.pump(ctx, id);
+                }
                 self.start_connects(ctx);
                 if self.connecting == 0 {
                     self.advance(ctx, Instant::now());
@@ -635,7 +642,7 @@ impl Handler for Generator {
                 self.in_flight -= flow.in_flight.len() as u64;
                 if running {
                     match reason {
-                        CloseReason::Error => self.errors.reset += 1,
+                        CloseReason::Error(_) => self.errors.reset += 1,
                         // Local: closed after a mismatch, already counted.
                         CloseReason::Local | CloseReason::Shutdown => {}
                         _ => self.errors.closed += 1,
@@ -647,21 +654,26 @@ impl Handler for Generator {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        // The kernel may delay a timer by the thread's slack (50 us by
+        // default) to batch wake-ups: too much for microsecond schedules.
+        if let Err(e) = crate::sys::set_timer_slack_ns(1) {
+            log::warn!("cannot set the timer slack: {e}");
+        }
         self.connect_deadline = Instant::now() + self.plan.connect_timeout;
         self.start_connects(ctx);
         // A thread with no connection of its own still takes part.
         self.advance(ctx, Instant::now());
     }
 
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        self.pump(ctx, id);
+    }
+
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         let now = Instant::now();
         self.advance(ctx, now);
-        // Before this tick's sends: what is queued now is really stuck.
         if self.phase != Phase::Done && now >= self.shared.origin + Duration::from_secs(self.second) {
             self.report_second(ctx, now);
-        }
-        if self.plan.open.is_some() && self.phase != Phase::Done {
-            self.pump_all(ctx);
         }
     }
 }

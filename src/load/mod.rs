@@ -105,7 +105,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Config, Framing, Reactor};
+use crate::{Config, Framing, HandlerId, OutputPolicy, OverLimit, Reactor};
 use generator::{Generator, Open, Outcome, Plan};
 use pattern::Pattern;
 use progress::Shared;
@@ -117,8 +117,9 @@ use schedule::Arrival;
 const SPREAD_ABOVE: u32 = 20_000;
 /// Connections not up after this long count as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The phase clock and the pacing of the open loop.
-const TICK: Duration = Duration::from_millis(1);
+/// The phase clock (the window, the progress line); the open loop is paced
+/// by per-connection timers, not by this.
+const TICK: Duration = Duration::from_millis(10);
 
 /// `edgeloop load` options.
 #[derive(Debug, clap::Args)]
@@ -290,26 +291,22 @@ fn run_threads(args: &LoadArgs, plan: &Plan, shared: &Arc<Shared>) -> Result<Vec
     }
 }
 
-fn build(plan: Plan, args: &LoadArgs, shared: &Arc<Shared>, signals: bool) -> Result<Reactor<Generator>, String> {
+/// A thread's reactor and the id of its generator.
+type Built = (Reactor, HandlerId);
+
+fn build(plan: Plan, args: &LoadArgs, shared: &Arc<Shared>, signals: bool) -> Result<Built, String> {
     build_with(plan, args.framing, args.size, shared, signals)
 }
 
 /// One thread's reactor and generator.
-fn build_with(
-    plan: Plan,
-    framing: Framing,
-    size: usize,
-    shared: &Arc<Shared>,
-    signals: bool,
-) -> Result<Reactor<Generator>, String> {
+fn build_with(plan: Plan, framing: Framing, size: usize, shared: &Arc<Shared>, signals: bool) -> Result<Built, String> {
     let pattern = Pattern::new(framing, size)?;
     let config = Config {
-        framing: Framing::Raw,
         max_conns: (plan.conns.div_ceil(plan.stride) as usize).max(1),
         // The closed loop bounds what is in flight by depth; the open loop
         // queues what the kernel does not take yet and counts it (never
         // pause, never drop).
-        max_outbuf: usize::MAX,
+        output: OutputPolicy::new(usize::MAX, OverLimit::Pause),
         send_timeout: Duration::ZERO,
         idle_timeout: Duration::ZERO,
         tick: TICK,
@@ -317,14 +314,18 @@ fn build_with(
         drain_timeout: Duration::from_secs(2),
         ..Config::default()
     };
-    Reactor::new(config, Generator::new(plan, pattern, Arc::clone(shared)))
-        .map_err(|e| format!("cannot start the reactor: {e}"))
+    let mut reactor = Reactor::new(config).map_err(|e| format!("cannot start the reactor: {e}"))?;
+    let generator = reactor.add_handler(Generator::new(plan, pattern, Arc::clone(shared)));
+    Ok((reactor, generator))
 }
 
 /// Run one thread's reactor to the end; its outcome.
-fn finish(reactor: &mut Reactor<Generator>) -> Result<Outcome, String> {
+fn finish((reactor, generator): &mut Built) -> Result<Outcome, String> {
     reactor.run().map_err(|e| format!("event loop failed: {e}"))?;
-    Ok(reactor.handler().outcome())
+    reactor
+        .handler::<Generator>(*generator)
+        .map(Generator::outcome)
+        .ok_or_else(|| "the generator is missing after the run".to_string())
 }
 
 /// `--hgrm` and `--plot`.

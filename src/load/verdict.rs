@@ -93,6 +93,10 @@ pub fn judge(e: &Evidence) -> (Verdict, Vec<String>) {
             "the generator had room to spare (its busiest thread used {:.0}% of a core): the server did not keep up",
             most * 100.0
         ));
+        if e.lag_p99 > MAX_LAG_P99 {
+            // Late sends from idle threads: something else had the CPU.
+            why.push("sends were late although no generator thread was busy: check for other processes competing for the cores".to_string());
+        }
         (Verdict::ServerBehind, why)
     } else {
         why.push(format!(

@@ -1,0 +1,328 @@
+//! [`Ctx`]: the handle through which an application acts on connections.
+//!
+//! Every method takes the [`ConnId`] it acts on and may act on any
+//! connection, not only the one a callback is about. Acting on a
+//! connection that is closing is a no-op (sends return
+//! [`SendError::Closed`]). After `on_close` the id belongs to nobody — or,
+//! once reused, to a new connection: forget it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use slab::Slab;
+
+use super::{errno, Core, Notice, INTEREST};
+use crate::conn::{flag, Closing, Conn};
+use crate::framing::Framing;
+use crate::handler::{CloseReason, ConnId, HandlerId, SendError};
+use crate::options::{Active, ConnectOptions, OutputPolicy, SocketOptions};
+use crate::stats::Counters;
+use crate::sys;
+
+/// The handle through which an application acts: send, deliver, close,
+/// time, connect. See the module docs.
+pub struct Ctx<'a> {
+    pub(super) core: &'a mut Core,
+    /// The handler whose callback is running.
+    pub(super) current: u8,
+}
+
+/// The connection, if it can still be sent to.
+fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Result<&mut Conn, SendError> {
+    conns
+        .get_mut(id.0)
+        .filter(|c| !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
+        .ok_or(SendError::Closed)
+}
+
+/// The header the connection's framing puts before `len` bytes.
+fn header(conn: &Conn, len: usize) -> Result<([u8; 4], usize), SendError> {
+    conn.framing
+        .header(len)
+        .map_err(|crate::framing::FrameError::TooLarge { len, max }| SendError::TooLarge { len, max })
+}
+
+fn not_found(id: ConnId) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no connection {id}"))
+}
+
+impl Ctx<'_> {
+    /// Send one frame: `payload` is queued with the connection's framing
+    /// (a length header for `1|2|4`; as it is otherwise) and written
+    /// before the loop next sleeps (gen_tcp's `send`, never blocking).
+    pub fn send(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
+        let core = &mut *self.core;
+        let (header, n) = header(writable(&mut core.conns, id)?, payload.len())?;
+        core.may_queue(id.0, n + payload.len())?;
+        core.conns[id.0].output.push_copy(&[&header[..n], payload], &mut core.out_pool);
+        core.queued(id.0);
+        Ok(())
+    }
+
+    /// Send `payload` at once, without copying it, if nothing is queued
+    /// ahead of it; only what the kernel refuses is queued. One system call
+    /// per call: for one reply per read (echo in `raw` mode) it saves the
+    /// copy; for many replies per read, [`Ctx::send`] coalesces them into
+    /// one write instead. Framed like [`Ctx::send`].
+    pub fn send_now(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
+        let core = &mut *self.core;
+        let conn = writable(&mut core.conns, id)?;
+        let (_, n) = header(conn, payload.len())?;
+        if n > 0 || !conn.output.is_empty() || conn.has(flag::CONNECTING) {
+            return self.send(id, payload);
+        }
+        let sent = match sys::send(conn.fd.as_fd(), payload) {
+            Ok(sent) => sent,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
+            Err(e) => {
+                debug!("{id}: send: {e}");
+                core.kill(id.0, CloseReason::Error(errno(&e)));
+                return Err(SendError::Closed);
+            }
+        };
+        core.counters.writes += 1;
+        core.counters.bytes_out += sent as u64;
+        core.touch(id.0);
+        if sent == payload.len() {
+            return Ok(());
+        }
+        // What the kernel refused is queued whatever the policy says: the
+        // caller was told nothing was refused when the first byte went out.
+        let core = &mut *self.core;
+        core.conns[id.0].output.push_copy(&[&payload[sent..]], &mut core.out_pool);
+        core.queued(id.0);
+        Ok(())
+    }
+
+    /// Send a shared message by reference: one allocation serves every
+    /// recipient of a broadcast. Framed like [`Ctx::send`].
+    pub fn send_shared(&mut self, id: ConnId, msg: &Rc<[u8]>) -> Result<(), SendError> {
+        let core = &mut *self.core;
+        let (header, n) = header(writable(&mut core.conns, id)?, msg.len())?;
+        core.may_queue(id.0, n + msg.len())?;
+        let conn = &mut core.conns[id.0];
+        conn.output.push_copy(&[&header[..n]], &mut core.out_pool);
+        conn.output.push_shared(Rc::clone(msg), &mut core.out_pool);
+        core.queued(id.0);
+        Ok(())
+    }
+
+    /// Switch framing (`inet:setopts(S, [{packet, P}])`). Bytes already
+    /// buffered are decoded with the new framing, at once.
+    pub fn set_framing(&mut self, id: ConnId, framing: Framing) {
+        if let Some(conn) = self.core.conns.get_mut(id.0) {
+            conn.framing = framing;
+            // (If this is the connection being delivered, its buffer is out
+            // and its cursor is already 0: a frame was just completed, and
+            // the delivery loop goes on with the new framing.)
+            conn.input.scanned = 0;
+            if self.core.delivering != id.0 {
+                self.core.push_ready(id.0);
+            }
+        }
+    }
+
+    /// Set the delivery mode (`inet:setopts(S, [{active, A}])`). Re-arming
+    /// a paused connection delivers what is already buffered and reads the
+    /// socket at once: the edge that announced those bytes has passed.
+    pub fn set_active(&mut self, id: ConnId, active: Active) {
+        let delivering = self.core.delivering == id.0;
+        let Some(conn) = self.core.conns.get_mut(id.0) else { return };
+        let was_paused = conn.has(flag::APP_PAUSED);
+        match active {
+            Active::On => conn.clear(flag::APP_PAUSED | flag::COUNTED | flag::ONCE),
+            Active::Off => conn.set(flag::APP_PAUSED),
+            Active::Once => {
+                conn.clear(flag::APP_PAUSED);
+                conn.set(flag::COUNTED | flag::ONCE);
+                conn.active_left = 1;
+            }
+            Active::N(0) => {}
+            Active::N(n) => {
+                let left = if conn.has(flag::COUNTED) && !conn.has(flag::ONCE) { conn.active_left } else { 0 };
+                conn.clear(flag::APP_PAUSED | flag::ONCE);
+                conn.set(flag::COUNTED);
+                conn.active_left = left.saturating_add(n);
+            }
+        }
+        if was_paused && !conn.has(flag::APP_PAUSED) && !delivering {
+            self.core.push_ready(id.0);
+        }
+    }
+
+    /// gen_tcp's `exit_on_close`. On (the default), the peer's end of
+    /// stream closes the connection once everything owed was sent. Off, it
+    /// is an [`crate::Handler::on_eof`] event and the connection stays
+    /// open for writing until the application closes it.
+    pub fn set_exit_on_close(&mut self, id: ConnId, on: bool) {
+        if let Some(conn) = self.core.conns.get_mut(id.0) {
+            if on {
+                conn.clear(flag::KEEP_OPEN);
+            } else {
+                conn.set(flag::KEEP_OPEN);
+            }
+        }
+    }
+
+    /// Give this connection an output policy of its own (limit,
+    /// watermarks, what happens past the limit).
+    pub fn set_output_policy(&mut self, id: ConnId, policy: OutputPolicy) {
+        if let Some(conn) = self.core.conns.get_mut(id.0) {
+            conn.extra().policy = Some(policy);
+        }
+    }
+
+    /// Shut down the write side once everything queued is written
+    /// (gen_tcp's `shutdown(S, write)`); [`crate::Handler::on_shutdown`]
+    /// says when it is done. The connection keeps receiving until the
+    /// peer closes.
+    pub fn shutdown_write(&mut self, id: ConnId) {
+        if let Ok(conn) = writable(&mut self.core.conns, id) {
+            conn.set(flag::SHUTDOWN_WANTED);
+            if conn.output.is_empty() {
+                self.core.output_drained(id.0);
+            }
+        }
+    }
+
+    /// Close gracefully: flush what is queued, shut down the write side,
+    /// wait briefly for the peer's FIN, close. No more frames are
+    /// delivered. A connect still in progress is abandoned at once.
+    pub fn close(&mut self, id: ConnId) {
+        if self.core.conns.contains(id.0) {
+            self.core.close_gracefully(id.0, Closing::Local);
+        }
+    }
+
+    /// Close now with a reset (`{linger, {true, 0}}` then `close`): what
+    /// is queued is dropped, the peer sees `ECONNRESET`.
+    pub fn abort(&mut self, id: ConnId) {
+        if self.core.conns.contains(id.0) {
+            self.core.abort(id.0, CloseReason::Aborted);
+        }
+    }
+
+    /// Call [`crate::Handler::on_timer`] for `id` after `after`, replacing
+    /// the connection's pending timer if any. Precise to the microsecond
+    /// (the loop's wait takes a nanosecond timeout).
+    pub fn set_timer(&mut self, id: ConnId, after: Duration) {
+        let core = &mut *self.core;
+        if let Some(conn) = core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
+            // Zero means "as soon as possible", not "never".
+            let due = core.clock.after(after.max(Duration::from_micros(1)));
+            conn.extra().timer = due;
+            core.deadlines.schedule(id.0, conn.next_deadline(), &mut conn.scheduled);
+        }
+    }
+
+    /// Cancel the connection's timer, if set. (Its heap entry goes stale
+    /// and is skipped: see [`crate::timer`].)
+    pub fn cancel_timer(&mut self, id: ConnId) {
+        if let Some(extra) = self.core.conns.get_mut(id.0).and_then(|c| c.extra.as_mut()) {
+            extra.timer = 0;
+        }
+    }
+
+    /// Hand the connection to another handler (gen_tcp's
+    /// `controlling_process`, without its race): from this call on, no
+    /// frame goes to the old handler; the new one gets `on_open` once the
+    /// current callback has returned, then every frame still buffered, in
+    /// order.
+    pub fn hand_over(&mut self, id: ConnId, to: HandlerId) {
+        if (to.0 as usize) < self.core.handlers {
+            if let Some(conn) = self.core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
+                conn.handler = to.0;
+                self.core.notice(id.0, Notice::Open);
+            }
+        }
+    }
+
+    /// Set socket options on a connection (`inet:setopts` for `nodelay`,
+    /// `keepalive`, `sndbuf`, `recbuf`).
+    pub fn set_socket_options(&mut self, id: ConnId, options: &SocketOptions) -> io::Result<()> {
+        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        if !options.nodelay {
+            sys::set_nodelay(conn.fd.as_fd(), false)?;
+        }
+        options.apply(conn.fd.as_fd())
+    }
+
+    /// The socket options a connection has now (`inet:getopts`).
+    pub fn socket_options(&self, id: ConnId) -> io::Result<SocketOptions> {
+        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        SocketOptions::read(conn.fd.as_fd())
+    }
+
+    /// The peer's address (`inet:peername`).
+    pub fn peer_addr(&self, id: ConnId) -> io::Result<SocketAddr> {
+        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        sys::peer_addr(conn.fd.as_fd())
+    }
+
+    /// The local address (`inet:sockname`).
+    pub fn local_addr(&self, id: ConnId) -> io::Result<SocketAddr> {
+        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        sys::local_addr(conn.fd.as_fd())
+    }
+
+    /// Start a client connection (a non-blocking `connect`). `on_open`
+    /// follows when it is established; `on_close` with
+    /// [`CloseReason::ConnectFailed`] and the reason (refused, timed out,
+    /// unreachable) if it fails. An error here is immediate (no
+    /// descriptor, a bad local address).
+    pub fn connect(&mut self, addr: &SocketAddr, options: &ConnectOptions) -> io::Result<ConnId> {
+        let handler = options.handler.map_or(self.current, |h| h.0);
+        if handler as usize >= self.core.handlers {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such handler"));
+        }
+        let fd = sys::connect(addr, options.local.as_ref())?;
+        options.socket.apply(fd.as_fd())?;
+        let mut conn = Conn::new(fd, options.framing, handler);
+        conn.set(flag::CONNECTING);
+        let key = self.core.conns.insert(conn);
+        if let Err(e) = self.core.epoll.add(self.core.conns[key].fd.as_fd(), key as u64, INTEREST) {
+            self.core.conns.remove(key);
+            return Err(e);
+        }
+        if let Some(timeout) = options.timeout {
+            let deadline = self.core.clock.after(timeout.max(Duration::from_micros(1)));
+            self.core.set_write_deadline(key, deadline);
+        }
+        Ok(ConnId(key))
+    }
+
+    /// Begin the shutdown a SIGTERM begins: stop accepting, close every
+    /// connection gracefully; `run` returns when all are closed.
+    pub fn stop(&mut self) {
+        self.core.begin_shutdown();
+    }
+
+    /// Bytes queued for `id` and not yet written.
+    pub fn pending_output(&self, id: ConnId) -> usize {
+        self.core.conns.get(id.0).map_or(0, |c| c.output.len())
+    }
+
+    /// Open connections (including those closing).
+    pub fn connections(&self) -> usize {
+        self.core.conns.len()
+    }
+
+    /// The reactor's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.core.counters
+    }
+
+    /// The loop's clock: read once per iteration, so cheap to ask.
+    pub fn now(&self) -> Instant {
+        self.core.clock.instant()
+    }
+
+    /// The handler whose callback is running.
+    pub fn handler(&self) -> HandlerId {
+        HandlerId(self.current)
+    }
+}

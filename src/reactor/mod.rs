@@ -1,0 +1,665 @@
+//! The reactor: one thread, one epoll instance, edge-triggered.
+//!
+//! # One iteration of the loop
+//!
+//! ```text
+//!   epoll_pwait2(timeout = 0 if work is queued, else the nearest deadline)
+//!   read the clock once ("now" for the whole iteration)
+//!   for each event:        OUT → flush;  IN/RDHUP/HUP/ERR → read & deliver
+//!   listeners ready:       accept until EAGAIN or the accept budget
+//!   ready list:            connections with input left over from last time
+//!   deadlines:             idle, send timeout, connect timeout, linger,
+//!                          application timers, stats, tick, drain
+//!   until nothing changes: deferred events (busy, ready, shutdown, handed
+//!                          over), reap the dead (on_close), flush the dirty list
+//! ```
+//!
+//! The files of this module follow that loop: [`input`] (reading,
+//! delivery, end of stream), [`output`] (flushing, output policy, the
+//! close path), [`accept`] (listeners, accept filters, `EMFILE`,
+//! completing connects), [`ctx`] (the API an application holds), and
+//! [`waker`] (the cross-thread handle).
+//!
+//! # Edge-triggered, and what it costs
+//!
+//! Every socket is registered once with `EPOLLIN | EPOLLOUT | EPOLLRDHUP |
+//! EPOLLET` and never modified: no `EPOLL_CTL_MOD` system call toggles
+//! interest in writability, as a level-triggered loop must do. The price is
+//! that an edge is reported once, so the loop must remember what it has
+//! not finished:
+//!
+//! - **Draining.** An edge says "something new arrived", not "there is
+//!   data". Input is read until `read` says there is no more, or until a
+//!   per-wakeup byte budget is spent; in that case the connection goes on
+//!   the *ready list*, served before the next `epoll_wait` (which then does
+//!   not sleep), because no new edge will announce the bytes already
+//!   waiting. The budget is what stops one flooding peer from starving the
+//!   others. See [`input`].
+//! - **Short reads.** A `read` that returns less than the room it was given
+//!   means the socket's receive queue was empty at that moment. Bytes that
+//!   arrive later — including segments the kernel parked on the socket's
+//!   backlog while our `read` held the socket lock, processed when it
+//!   releases it — go through `sk_data_ready`, which raises a new edge.
+//!   So the extra `read` that would only return `EAGAIN` is
+//!   skipped — one system call per message saved in ping-pong (nginx does
+//!   the same when `EPOLLRDHUP` is available). The exception: once an
+//!   event has carried `EPOLLRDHUP`/`EPOLLHUP`/`EPOLLERR`, the end of the
+//!   stream is pending and will not be announced again, so such a
+//!   connection is read until `read` returns 0 or an error. The same holds
+//!   for writes: a short `sendmsg` means the send buffer is full, and the
+//!   next `EPOLLOUT` edge resumes the queue.
+//! - **Paused connections.** A connection paused by flow control or by its
+//!   delivery mode (`Active::Off`, a spent `Once`/`N`) keeps its
+//!   registration but is not read. Its edges are lost while paused, so
+//!   re-arming puts it on the ready list: what is buffered is delivered
+//!   and the socket read at once. Likewise after a framing switch with
+//!   bytes still buffered, and after a connection is handed over.
+//! - **Spurious events.** An event may find nothing to do (the bytes were
+//!   already read during the previous event's drain); every path handles
+//!   `EAGAIN` as "nothing now".
+//!
+//! # Closing safely
+//!
+//! A connection closed while handling one event of a batch may have
+//! another event later in the same batch, and if its slab slot were freed
+//! at once, a connection accepted in the same batch could take the slot
+//! and receive the stale event. So closing only marks the connection
+//! `DEAD`; events for dead connections are skipped, and the dead are
+//! removed from the slab (their sockets closed, `on_close` called) at the
+//! end of the iteration, after every event of the batch. Closing a socket
+//! removes it from the epoll set (no descriptor is ever duplicated), so no
+//! event for it can appear in a later batch.
+//!
+//! # Callbacks, deferred events and panics
+//!
+//! A handler runs with a [`Ctx`] that can reach every connection, but not
+//! the other handlers (they are borrowed apart). So what must call a
+//! handler from inside another callback — a send passing the high
+//! watermark (`on_busy`), a flush inside that send falling back
+//! (`on_ready`), a `shutdown_write` completing at once (`on_shutdown`), a
+//! connection handed to another handler (`on_open`) — is queued as a
+//! *notice* and delivered when the callback has returned, before the dead
+//! are reaped. Every callback runs inside `catch_unwind`: a panic aborts
+//! the connection it was about and nothing else (see [`Handler`]).
+//!
+//! # Timers
+//!
+//! Time is microseconds read once per iteration; the wait is
+//! `epoll_pwait2`, whose timeout has nanosecond precision, so application
+//! timers ([`Ctx::set_timer`]) can pace work below a millisecond. All
+//! deadlines share one lazy min-heap (see [`crate::timer`]).
+
+mod accept;
+mod ctx;
+mod input;
+mod output;
+mod waker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use slab::Slab;
+
+pub use ctx::Ctx;
+pub use waker::{Handle, Job};
+
+use crate::buffer::{BufPool, OutPool, READ_BUF_SIZE};
+use crate::conn::{flag, Conn};
+use crate::handler::{CloseReason, ConnId, Handler, HandlerId};
+use crate::options::{Config, ListenOptions};
+use crate::stats::Counters;
+use nix::sys::signal::Signal;
+
+use crate::sys::{self, Epoll};
+use crate::timer::{earliest, wait_timeout, Clock, Deadlines, Micros};
+
+/// The largest `max_frame` a reactor accepts: 2 GiB.
+pub const MAX_FRAME_LIMIT: usize = 1 << 31;
+/// How long accepting pauses after `EMFILE`/`ENFILE`, unless a connection
+/// closes first.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long a gracefully closed connection waits for the peer's FIN after
+/// our `SHUT_WR` before the socket is closed anyway.
+pub const LINGER: Duration = Duration::from_secs(5);
+/// The most handlers one reactor holds (a connection names its handler in
+/// one byte).
+pub const MAX_HANDLERS: usize = 256;
+
+const SIGNAL_TOKEN: u64 = u64::MAX;
+const WAKER_TOKEN: u64 = u64::MAX - 1;
+/// Listener `i` has token `LISTENER_TOKEN - i`; connections have their
+/// slab keys, which never come near.
+const LISTENER_TOKEN: u64 = u64::MAX - 2;
+const EVENTS_PER_WAIT: usize = 1024;
+const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
+
+/// A handler event that must wait until no callback is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Notice {
+    Busy,
+    Ready,
+    Shutdown,
+    /// The connection was handed over: its new handler's `on_open`.
+    Open,
+}
+
+struct Listener {
+    fd: OwnedFd,
+    handler: u8,
+    options: ListenOptions,
+    /// Connections may be waiting (budget spent, or accepting paused).
+    pending: bool,
+}
+
+/// Everything the reactor owns except the handlers: what [`Ctx`] acts on.
+struct Core {
+    config: Config,
+    epoll: Epoll,
+    conns: Slab<Conn>,
+    listeners: Vec<Listener>,
+    signals: Option<OwnedFd>,
+    waker: Arc<waker::Shared>,
+    handlers: usize,
+    clock: Clock,
+    deadlines: Deadlines,
+    read_pool: BufPool,
+    out_pool: OutPool,
+    /// Connections with input to handle before the next `epoll_wait`.
+    ready: Vec<usize>,
+    /// Connections with output to flush before the next `epoll_wait`.
+    dirty: Vec<usize>,
+    /// Connections closed during this iteration, to be reaped at its end.
+    dead: Vec<(usize, CloseReason)>,
+    /// Handler events deferred until no callback runs.
+    notices: Vec<(usize, Notice)>,
+    /// The connection whose frames are being delivered (`usize::MAX`:
+    /// none): re-arming it needs no trip through the ready list.
+    delivering: usize,
+    accept_paused_until: Micros,
+    /// Shutdown in progress: no accepting, connections closing gracefully.
+    draining: bool,
+    drain_deadline: Micros,
+    next_stats: Micros,
+    next_tick: Micros,
+    counters: Counters,
+}
+
+/// An edge-triggered epoll reactor running one or more [`Handler`]s.
+pub struct Reactor {
+    core: Core,
+    handlers: Vec<Box<dyn Handler>>,
+}
+
+impl Reactor {
+    /// A reactor with no handler and no listener yet.
+    pub fn new(mut config: Config) -> io::Result<Reactor> {
+        config.max_frame = config.max_frame.min(MAX_FRAME_LIMIT);
+        let epoll = Epoll::new()?;
+        let signals = if config.handle_signals {
+            sys::ignore_sigpipe()?;
+            let fd = sys::signalfd(&[Signal::SIGINT, Signal::SIGTERM])?;
+            epoll.add(fd.as_fd(), SIGNAL_TOKEN, sys::EPOLLIN)?;
+            Some(fd)
+        } else {
+            None
+        };
+        let waker = Arc::new(waker::Shared::new()?);
+        epoll.add(waker.fd(), WAKER_TOKEN, sys::EPOLLIN | sys::EPOLLET)?;
+        let clock = Clock::new();
+        let next_stats = clock.after(config.stats_interval);
+        let next_tick = clock.after(config.tick);
+        Ok(Reactor {
+            core: Core {
+                epoll,
+                conns: Slab::with_capacity(config.max_conns.min(1 << 16)),
+                listeners: Vec::new(),
+                signals,
+                waker,
+                handlers: 0,
+                clock,
+                deadlines: Deadlines::default(),
+                read_pool: BufPool::new(READ_BUF_SIZE, 64),
+                // Enough free chunks for thousands of replies per iteration without
+                // returning memory to malloc each time (at most 16 MiB kept).
+                out_pool: OutPool::new(4096),
+                ready: Vec::new(),
+                dirty: Vec::new(),
+                dead: Vec::new(),
+                notices: Vec::new(),
+                delivering: usize::MAX,
+                accept_paused_until: 0,
+                draining: false,
+                drain_deadline: 0,
+                next_stats,
+                next_tick,
+                counters: Counters::default(),
+                config,
+            },
+            handlers: Vec::new(),
+        })
+    }
+
+    /// Register a handler; listeners and connections name it by the id.
+    ///
+    /// # Panics
+    ///
+    /// Past [`MAX_HANDLERS`] handlers (a programming error).
+    pub fn add_handler<H: Handler>(&mut self, handler: H) -> HandlerId {
+        assert!(self.handlers.len() < MAX_HANDLERS, "a reactor holds at most {MAX_HANDLERS} handlers");
+        self.handlers.push(Box::new(handler));
+        self.core.handlers = self.handlers.len();
+        HandlerId((self.handlers.len() - 1) as u8)
+    }
+
+    /// The handler `id`, if it is an `H`: how a program reads its results
+    /// after [`Reactor::run`].
+    pub fn handler<H: Handler>(&self, id: HandlerId) -> Option<&H> {
+        let handler: &dyn std::any::Any = self.handlers.get(id.0 as usize)?.as_ref();
+        handler.downcast_ref()
+    }
+
+    /// The handler `id`, if it is an `H`, mutably.
+    pub fn handler_mut<H: Handler>(&mut self, id: HandlerId) -> Option<&mut H> {
+        let handler: &mut dyn std::any::Any = self.handlers.get_mut(id.0 as usize)?.as_mut();
+        handler.downcast_mut()
+    }
+
+    /// Listen on `addr` (port 0 picks one) for `handler`; returns the
+    /// address bound. A reactor may listen on several addresses, each with
+    /// its own handler and options.
+    pub fn listen(&mut self, addr: &SocketAddr, handler: HandlerId, options: ListenOptions) -> io::Result<SocketAddr> {
+        let fd = sys::listen(addr, options.backlog, options.reuse_port, options.v6_only)?;
+        self.add_listener(fd, handler, options)
+    }
+
+    /// Serve a socket that is already listening (bound before the threads
+    /// started, say), for `handler`; returns its address.
+    pub fn add_listener(&mut self, fd: OwnedFd, handler: HandlerId, options: ListenOptions) -> io::Result<SocketAddr> {
+        if handler.0 as usize >= self.handlers.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such handler"));
+        }
+        let local = sys::local_addr(fd.as_fd())?;
+        let token = LISTENER_TOKEN - self.core.listeners.len() as u64;
+        self.core.epoll.add(fd.as_fd(), token, sys::EPOLLIN | sys::EPOLLET)?;
+        self.core.listeners.push(Listener { fd, handler: handler.0, options, pending: false });
+        Ok(local)
+    }
+
+    /// Act on the reactor from outside the loop (before `run`, to start
+    /// client connections). Connections it starts belong to the first
+    /// handler unless their options name another.
+    pub fn ctx(&mut self) -> Ctx<'_> {
+        Ctx { core: &mut self.core, current: 0 }
+    }
+
+    /// A handle another thread can use to wake this reactor, hand it work,
+    /// or stop it.
+    pub fn handle(&self) -> Handle {
+        Handle::new(Arc::clone(&self.core.waker))
+    }
+
+    /// The counters of this reactor.
+    pub fn counters(&self) -> &Counters {
+        &self.core.counters
+    }
+
+    /// Run until a shutdown (a signal, [`Ctx::stop`] or [`Handle::stop`])
+    /// has closed every connection.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = vec![sys::empty_event(); EVENTS_PER_WAIT];
+        self.core.clock.tick();
+        for h in 0..self.handlers.len() {
+            self.call(h as u8, None, "on_start", |h, ctx| h.on_start(ctx));
+        }
+        self.settle();
+        loop {
+            if self.core.draining && self.core.conns.is_empty() {
+                return Ok(());
+            }
+            let accept_due = self.core.listeners.iter().any(|l| l.pending) && self.core.accept_paused_until == 0;
+            let busy = !self.core.ready.is_empty() || accept_due;
+            // A fresh "now" for the timeout, or every deadline would fire late
+            // by the time the last iteration took.
+            let timeout =
+                if busy { Some(Duration::ZERO) } else { wait_timeout(self.core.clock.tick(), self.core.next_wakeup()) };
+            let n = match self.core.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e),
+            };
+            self.core.counters.waits += 1;
+            self.core.clock.tick();
+            for ev in &events[..n] {
+                self.dispatch(sys::event_token(ev), sys::event_bits(ev));
+            }
+            if self.core.accept_paused_until <= self.core.clock.now() {
+                self.accept_pending();
+            }
+            self.serve_ready_list();
+            self.run_deadlines();
+            self.settle();
+        }
+    }
+
+    /// Run a callback of handler `handler` inside `catch_unwind`. `about`
+    /// is the connection the callback concerns: a panic aborts it.
+    fn call(
+        &mut self,
+        handler: u8,
+        about: Option<usize>,
+        what: &'static str,
+        f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>),
+    ) {
+        let Reactor { core, handlers } = self;
+        let Some(h) = handlers.get_mut(handler as usize) else { return };
+        let mut ctx = Ctx { core, current: handler };
+        if panic::catch_unwind(AssertUnwindSafe(|| f(h.as_mut(), &mut ctx))).is_err() {
+            self.core.counters.panics += 1;
+            match about {
+                Some(key) if self.core.conns.contains(key) => {
+                    error!("{}: handler panicked in {what}; aborting the connection", ConnId(key));
+                    self.core.abort(key, CloseReason::Panic);
+                }
+                _ => error!("handler panicked in {what}; the reactor goes on"),
+            }
+        }
+    }
+
+    /// Run a callback of the handler that owns connection `key`.
+    fn call_conn(&mut self, key: usize, what: &'static str, f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>)) {
+        if let Some(handler) = self.core.conns.get(key).map(|c| c.handler) {
+            self.call(handler, Some(key), what, f);
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, bits: u32) {
+        match token {
+            SIGNAL_TOKEN => return self.read_signals(),
+            WAKER_TOKEN => return self.run_jobs(),
+            t if t > LISTENER_TOKEN - MAX_LISTENERS => {
+                if let Some(l) = self.core.listeners.get_mut((LISTENER_TOKEN - t) as usize) {
+                    l.pending = true;
+                }
+                return;
+            }
+            _ => {}
+        }
+        let key = token as usize;
+        let Some(conn) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        // Closed earlier in this batch: its event is stale (see "Closing
+        // safely").
+        if conn.has(flag::DEAD) {
+            return;
+        }
+        // RDHUP means the peer's FIN is queued behind any data; HUP/ERR mean
+        // the connection is finished. None of these edges repeats, so the
+        // reader must not stop at a short read from now on.
+        if bits & (sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
+            conn.set(flag::HUP_SEEN);
+        }
+        if conn.has(flag::CONNECTING) {
+            if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) == 0 {
+                return;
+            }
+            self.finish_connect(key);
+        }
+        // An event may carry both IN and OUT: handle both (handling only one
+        // is a classic bug). Flushing first frees room, which may lift flow
+        // control before the read.
+        if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) != 0 {
+            self.core.flush(key);
+        }
+        if bits & (sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
+            self.handle_input(key);
+        }
+        // EPOLLERR with nothing to read (an error on the write side): fetch
+        // the error so the connection does not linger half-dead.
+        if bits & sys::EPOLLERR != 0 {
+            if let Some(conn) = self.core.conns.get(key).filter(|c| !c.has(flag::DEAD)) {
+                if let Ok(Some(err)) = sys::take_socket_error(conn.fd.as_fd()) {
+                    log::debug!("{}: socket error: {err}", ConnId(key));
+                    self.core.kill(key, CloseReason::Error(errno(&err)));
+                }
+            }
+        }
+    }
+
+    fn run_deadlines(&mut self) {
+        let now = self.core.clock.now();
+        while let Some((key, due)) = self.core.deadlines.pop_due(now) {
+            let core = &mut self.core;
+            let Some(conn) = core.conns.get_mut(key) else { continue };
+            if conn.scheduled != due || conn.has(flag::DEAD) {
+                continue; // stale entry (see timer docs)
+            }
+            conn.scheduled = 0;
+            if conn.write_deadline != 0 && conn.write_deadline <= now {
+                let reason = if conn.has(flag::CONNECTING) {
+                    CloseReason::ConnectFailed(nix::errno::Errno::ETIMEDOUT)
+                } else if conn.has(flag::WRITE_SHUT) {
+                    conn.closing.into() // linger over: close as planned
+                } else {
+                    let unsent = conn.output.len();
+                    warn!("{}: send timeout ({unsent} bytes pending); closing", ConnId(key));
+                    CloseReason::SendTimeout { unsent }
+                };
+                core.kill(key, reason);
+                continue;
+            }
+            if conn.idle_deadline != 0 && conn.idle_deadline <= now {
+                log::debug!("{}: idle timeout", ConnId(key));
+                core.kill(key, CloseReason::IdleTimeout);
+                continue;
+            }
+            let timer = conn.timer();
+            let fired = timer != 0 && timer <= now;
+            if fired {
+                conn.extra().timer = 0;
+            }
+            core.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
+            if fired {
+                self.call_conn(key, "on_timer", |h, ctx| h.on_timer(ctx, ConnId(key)));
+            }
+        }
+        let core = &mut self.core;
+        // Entries of reaped connections wait in the heap until their time;
+        // with long timeouts and much churn, sweep them out (amortised O(1)).
+        if core.deadlines.entries() > 2 * core.conns.len() + 1024 {
+            let conns = &core.conns;
+            core.deadlines.retain(|key, due| conns.get(key).is_some_and(|c| c.scheduled == due));
+        }
+        if core.next_stats != 0 && core.next_stats <= now {
+            eprintln!("{}", core.counters.line(core.conns.len()));
+            core.next_stats = core.clock.after(core.config.stats_interval);
+        }
+        if core.draining && core.drain_deadline <= now {
+            core.drain_expired();
+        }
+        if core.next_tick != 0 && core.next_tick <= now {
+            core.next_tick = core.clock.after(core.config.tick);
+            for h in 0..self.handlers.len() {
+                self.call(h as u8, None, "on_tick", |h, ctx| h.on_tick(ctx));
+            }
+        }
+    }
+
+    /// Deliver deferred notices, reap the dead and flush the dirty until
+    /// none has work: `on_close` may send (a chat "left" notice), and a
+    /// flush may fail and kill.
+    fn settle(&mut self) {
+        while !(self.core.notices.is_empty() && self.core.dead.is_empty() && self.core.dirty.is_empty()) {
+            // Callbacks may queue more notices: the list grows while walked.
+            let mut i = 0;
+            while let Some(&(key, notice)) = self.core.notices.get(i) {
+                i += 1;
+                self.notify(key, notice);
+            }
+            self.core.notices.clear();
+            // `on_close` may kill others: the list grows while it is walked.
+            let mut i = 0;
+            while let Some(&(key, reason)) = self.core.dead.get(i) {
+                i += 1;
+                self.reap(key, reason);
+            }
+            self.core.dead.clear();
+            // A flush never dirties another connection; it may kill one.
+            for i in 0..self.core.dirty.len() {
+                let key = self.core.dirty[i];
+                if let Some(conn) = self.core.conns.get_mut(key) {
+                    conn.clear(flag::DIRTY);
+                    self.core.flush(key);
+                }
+            }
+            self.core.dirty.clear();
+        }
+    }
+
+    fn notify(&mut self, key: usize, notice: Notice) {
+        if self.core.conns.get(key).is_none_or(|c| c.has(flag::DEAD)) {
+            return;
+        }
+        let id = ConnId(key);
+        match notice {
+            Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
+            Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
+            Notice::Shutdown => self.call_conn(key, "on_shutdown", |h, ctx| h.on_shutdown(ctx, id)),
+            Notice::Open => {
+                self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
+                // Frames held back while the connection changed hands.
+                self.core.push_ready(key);
+            }
+        }
+    }
+
+    /// Remove a dead connection: its socket closes (leaving the epoll set),
+    /// its buffers go back to the pools, its handler hears of it.
+    fn reap(&mut self, key: usize, reason: CloseReason) {
+        let mut conn = self.core.conns.remove(key);
+        let core = &mut self.core;
+        conn.output.clear(&mut core.out_pool);
+        conn.input.discard(&mut core.read_pool);
+        core.counters.closed[reason.index()] += 1;
+        // A descriptor was just freed: accepting may resume.
+        core.accept_paused_until = 0;
+        // Notices for this key must not reach a connection that reuses it.
+        core.notices.retain(|&(k, _)| k != key);
+        let handler = conn.handler;
+        drop(conn);
+        self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, ConnId(key), reason));
+    }
+
+    fn read_signals(&mut self) {
+        let Some(fd) = self.core.signals.as_ref() else { return };
+        let mut stop = false;
+        while let Ok(Some(sig)) = sys::read_signal(fd.as_fd()) {
+            info!("signal {sig}: shutting down");
+            stop = true;
+        }
+        if stop {
+            self.core.begin_shutdown();
+        }
+    }
+
+    /// The waker fired: a stop request, jobs, or both.
+    fn run_jobs(&mut self) {
+        let (stop, jobs) = self.core.waker.take();
+        for job in jobs {
+            self.call(0, None, "a job", |_, ctx| job(ctx));
+        }
+        if stop {
+            self.core.begin_shutdown();
+        }
+    }
+}
+
+/// At most this many listeners on one reactor (tokens below the listeners'
+/// are connections').
+const MAX_LISTENERS: u64 = 1 << 16;
+
+impl Core {
+    /// The earliest moment the loop must wake for, if any.
+    fn next_wakeup(&self) -> Option<Micros> {
+        let mut due = earliest(self.next_stats, self.next_tick);
+        if self.draining {
+            due = earliest(due, self.drain_deadline);
+        }
+        if self.listeners.iter().any(|l| l.pending) {
+            due = earliest(due, self.accept_paused_until);
+        }
+        due = earliest(due, self.deadlines.next().unwrap_or(0));
+        (due != 0).then_some(due)
+    }
+
+    fn push_ready(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.has(flag::READY) {
+            conn.set(flag::READY);
+            self.ready.push(key);
+        }
+    }
+
+    fn push_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.has(flag::DIRTY) {
+            conn.set(flag::DIRTY);
+            self.dirty.push(key);
+        }
+    }
+
+    fn notice(&mut self, key: usize, notice: Notice) {
+        self.notices.push((key, notice));
+    }
+
+    /// Activity: push the idle deadline back.
+    fn touch(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.idle_deadline = self.clock.after(self.config.idle_timeout);
+        self.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
+    }
+
+    fn set_write_deadline(&mut self, key: usize, deadline: Micros) {
+        let conn = &mut self.conns[key];
+        conn.write_deadline = deadline;
+        self.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.listeners.clear(); // stop accepting: closes the listening sockets
+        self.drain_deadline = self.clock.after(self.config.drain_timeout);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_gracefully(key, crate::conn::Closing::Shutdown);
+        }
+    }
+
+    fn drain_expired(&mut self) {
+        let left: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        if !left.is_empty() {
+            let flushing = self.conns.iter().filter(|(_, c)| !c.output.is_empty()).count();
+            warn!(
+                "shutdown: closing {} connections after the drain timeout ({flushing} with output still \
+                 pending, the others waiting for the peer's FIN)",
+                left.len()
+            );
+        }
+        for key in left {
+            self.kill(key, CloseReason::Shutdown);
+        }
+    }
+}
+
+/// The errno of an OS error (EIO if it carries none).
+fn errno(e: &io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO))
+}
