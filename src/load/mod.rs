@@ -1,25 +1,101 @@
-//! `edgeloop load`: a closed-loop load generator for echo servers, built on
-//! the same reactor as the servers (the client side of [`crate::Ctx`]:
-//! [`crate::Ctx::connect`]).
+//! `edgeloop load`: a load generator for echo servers that cannot lie,
+//! built on the same reactor as the servers (the client side of
+//! [`crate::Ctx`]: [`crate::Ctx::connect`], [`crate::Ctx::set_timer`]).
+//!
+//! # Two ways to load a server
+//!
+//! ```text
+//!  closed loop (no --rate)               open loop (--rate R)
+//!  send ─▶ wait for the echo ─▶ send     send on a schedule, echoes or not
+//!  the server sets the pace              the schedule sets the pace
+//!  measures throughput                   measures latency at a given load
+//! ```
+//!
+//! - **Closed loop.** Each connection keeps exactly `--depth` messages in
+//!   flight: when it opens, `depth` messages are queued at once; afterwards
+//!   every message that comes back completely is answered by one new
+//!   message. The offered load adapts to the server: a faster server gets
+//!   more messages per second, never a backlog ("ping-pong"; depth > 1 is
+//!   pipelining). Latency is timed from each message's send. Good for
+//!   throughput, bad for latency: see the next section.
+//! - **Open loop.** `--rate R` messages per second in total, `R / conns` on
+//!   each connection, each on its own schedule ([`schedule`]: `fixed`
+//!   spacing with staggered start offsets, or `poisson` arrivals with
+//!   exponential gaps). Sends are driven by one reactor timer per
+//!   connection ([`crate::Ctx::set_timer`], microsecond precision; each
+//!   generator thread sets its timer slack to 1 ns), never by sleeps, and
+//!   never wait for replies: a connection may have any number of messages
+//!   in flight. What the kernel's send buffer does not take yet is queued
+//!   in the reactor and counted (the progress line's "queued"), never
+//!   dropped or skipped. A wake-up that comes late sends every message
+//!   that fell due meanwhile at once, each still timed from when it was
+//!   due.
+//!
+//! # Coordinated omission
+//!
+//! A closed-loop generator *coordinates* with the server: while the server
+//! stalls, it stops sending, so the stall delays only the few messages in
+//! flight, and a 0.5 s freeze among 100 000 fast messages moves the p99 not
+//! at all. Real users do not wait for each other; they would have kept
+//! arriving, and every one of them would have waited. So the open loop
+//! times each message from the moment it was *due* on the schedule (as
+//! wrk2 does): a stall shows in every message it delayed. That is not the
+//! same as HdrHistogram's `record_correct`, which invents the missing
+//! samples after the fact from an expected interval; here every sample is
+//! a real message. The closed loop's summary says that its latency hides
+//! stalls.
+//!
+//! # Three histograms
+//!
+//! Per message, in the open loop ([`latency`]): the **response time**
+//! from the due time to the complete echo (the headline `latency_us`), the
+//! **service time** from the actual send, and the **send lag**, actual
+//! send minus due: how late the generator was against its own schedule.
+//! A response time far above the service time means messages waited
+//! before they were sent — in the generator (then the send lag is large)
+//! or, with a small send lag, in the connection's queues behind a slow
+//! server. Each thread keeps its own HDR histograms (nanoseconds, 3
+//! significant digits); they are merged exactly with
+//! `hdrhistogram::Histogram::add`. Messages still unanswered when the
+//! window closes are recorded with their wait so far (a lower bound), so a
+//! stall at the very end is not dropped either.
+//!
+//! # The verdict
+//!
+//! An open-loop run ends with a verdict ([`verdict`]): `ok` when the
+//! achieved rate (echoes per second in the window) was at least 99 % of R
+//! and the send lag's p99 at most 1 ms; otherwise `generator_behind` if a
+//! generator thread used 90 % of a core or more (measured per thread with
+//! `CLOCK_THREAD_CPUTIME_ID`: then the figures describe the generator), or
+//! `server_behind`. A verdict other than `ok` prints the reasons and exits
+//! with status 3: a rate silently not met (wrk2#28) is not a result.
 //!
 //! # How a run goes
 //!
 //! ```text
 //!  start ── connecting ──┬── warm-up ──┬──── measured window ────┬── stop
 //!          (≤ 512 connects│  (--warmup) │      (--duration)        │ Ctx::stop:
-//!           in flight,    │  load runs, │  messages, latency and   │ flush, FIN,
-//!           ≤ 10 s)       │  not counted│  client CPU are counted  │ close, exit
+//!           in flight per │  load runs, │  messages, latency and   │ flush, FIN,
+//!           thread, ≤ 10 s│  not counted│  client CPU are counted  │ close, exit
 //! ```
 //!
+//! - **Threads.** `--threads T` runs T reactors on T threads; thread `t`
+//!   opens connections `t, t + T, t + 2T, ...`, so schedules and payloads
+//!   are staggered over all of them as if one thread ran them. The threads
+//!   share nothing on the hot path: they meet once when all have connected
+//!   (the last one starts everyone's warm-up, so all measure the same
+//!   window), once a second to merge the progress line ([`progress`]), and
+//!   at the end, when their histograms and counters are merged into one
+//!   summary. A signal reaches the first thread, which tells the others.
 //! - **Connecting.** `--conns` non-blocking connects are started, at most
-//!   512 in progress at once (a new one starts when one completes), so the
-//!   server's accept queue is not flooded. A connection that is still not
-//!   up 10 s after the start counts as failed, and so does a refused or
-//!   reset one; failures are reported, not fatal, unless no connection
-//!   opened at all (exit status 1 with the reason). More than 20 000
-//!   connections to a loopback IPv4 address are spread over the source
-//!   addresses 127.0.0.1, 127.0.0.2, ... (one source address has only about
-//!   28 000 ephemeral ports).
+//!   512 in progress per thread (a new one starts when one completes), so
+//!   the server's accept queue is not flooded. A connection that is not up
+//!   within 10 s counts as failed, and so does a refused or reset one;
+//!   failures are reported, not fatal, unless no connection opened at all
+//!   (exit status 1 with the reason). More than 20 000 connections to a
+//!   loopback IPv4 address are spread over the source addresses 127.0.0.1,
+//!   127.0.0.2, ... (one source address has only about 28 000 ephemeral
+//!   ports).
 //! - **Warm-up, then the window.** The load starts on each connection as
 //!   soon as it opens. Once every connect has resolved, the warm-up runs for
 //!   `--warmup` seconds, then the measured window for `--duration` seconds:
@@ -27,19 +103,13 @@
 //!   rates divide by the window's real length (read from the clock when the
 //!   phase changes, on a 10 ms tick). Then every connection is closed
 //!   gracefully and the summary printed: human lines on stdout, or one JSON
-//!   object with `--json`. A progress line goes to stderr every second.
-//!
-//! # The closed loop
-//!
-//! Each connection keeps exactly `--depth` messages in flight: when it
-//! opens, `depth` messages are queued at once; afterwards every message
-//! that comes back completely is answered by one new message, and all the
-//! new messages one read produced are queued together (the reactor writes
-//! a connection's queue with one `sendmsg` per loop iteration). So the offered
-//! load adapts to the server: a faster server gets more messages per
-//! second, never a backlog, and the numbers measure the server's round trip
-//! rather than queues in the generator (a closed-loop or "ping-pong"
-//! benchmark; depth > 1 is pipelining).
+//!   object with `--json`. A progress line goes to stderr every second:
+//!   messages per second (and the target), MB/s, the p99 of that second,
+//!   live connections, messages in flight (and queued in the generator).
+//! - **Files.** `--hgrm FILE` writes the response-time distribution in
+//!   HdrHistogram's percentile text format ([`hgrm`]); `--plot FILE.svg`
+//!   draws it on a "nines" axis beside messages per second and the p99 of
+//!   each second ([`plot`]).
 //!
 //! # Framing and verification
 //!
@@ -54,49 +124,36 @@
 //! number, so a server that corrupts, drops, duplicates, reorders or mixes
 //! up bytes is caught. A mismatch is counted, described on stderr (the
 //! first few), and closes that connection; any mismatch makes the exit
-//! status 1.
-//!
-//! # Latency
-//!
-//! Each message's send time is kept in a per-connection ring of `depth`
-//! slots; echoes come back in order (TCP, one stream), so the message
-//! completed next is always the oldest in flight (FIFO). Its latency is the
-//! time from the `send` call that queued it to the read that completed it,
-//! recorded in an HDR histogram (nanoseconds, 3 significant digits) and
-//! reported as p50/p90/p99/p99.9/max in microseconds. The clock is read
-//! once per read (per `on_frame` call), not per message.
+//! status 1, in either loop.
 //!
 //! # Why it is fair, and cheap
 //!
-//! - Every server gets the same byte stream, the same connection count and
-//!   depth, and is verified the same way; nothing depends on the server
-//!   beyond its echo.
-//! - The generator is one thread on one reactor, like the server it
-//!   measures, and its hot path does no allocation and no formatting: per
-//!   read, one clock reading; per message, a `memcmp`, a counter update and
-//!   a histogram record. Short messages (up to 2 KiB on the wire) are built
-//!   once, all 251 of them, and sent by reference with
-//!   [`crate::Ctx::send_shared`] — no copy, no output buffer — when a read
-//!   completes up to 4 of them; more are copied into one buffer and queued
-//!   with one [`crate::Ctx::send`]. On a 2-core machine the generator is
-//!   still often the bottleneck, so the
-//!   summary reports the generator's own CPU time in the window
-//!   (`client.cpu_util` near 1.0 means it was saturated, and the server's
-//!   figure is a lower bound): pin the server and the generator to
-//!   different cores (`taskset -c 0` / `taskset -c 1`) and compare servers
-//!   under identical settings, alternating them.
+//! - Every server gets the same byte stream, the same connection count,
+//!   depth or schedule, and is verified the same way.
+//! - The hot path does no allocation (beyond the in-flight queue growing to
+//!   its high-water mark) and no formatting: per read, one clock reading;
+//!   per message, a `memcmp`, a counter update and three histogram records.
+//!   Short messages (up to 2 KiB on the wire) are built once, all 251 of
+//!   them, and sent by reference with [`crate::Ctx::send_shared`] — no
+//!   copy — when a wake-up sends up to 4 of them; more are copied into one
+//!   buffer and queued with one [`crate::Ctx::send`].
+//! - The summary reports the generator's own CPU time in the window, per
+//!   thread: pin the server and the generator to different cores
+//!   (`taskset -c 0` / `taskset -c 1`) and compare servers under identical
+//!   settings, alternating them.
 //! - Latencies include the generator's own queueing (the time until its
-//!   loop gets to a read), the same for every server.
+//!   loop gets to a read), the same for every server; the send lag shows
+//!   how much of it was the generator's.
 
-mod generator;
-mod hgrm;
-mod latency;
+pub mod generator;
+pub mod hgrm;
+pub mod latency;
 pub mod pattern;
-mod plot;
-mod progress;
-mod report;
+pub mod plot;
+pub mod progress;
+pub mod report;
 pub mod schedule;
-mod verdict;
+pub mod verdict;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
