@@ -7,7 +7,8 @@
 #
 # Builds the release binary and the C driver (scripts/chat/fanout.c, see
 # its header for the method), then for each M starts a fresh
-# `edgeloop chat --stats 1`, runs the driver (1 s warm-up, DURATION s
+# `edgeloop chat --stats 1 --chat-rate 0` (flood control off: this
+# measures the server flat out, senders unthrottled), runs the driver (1 s warm-up, DURATION s
 # measured) and prints one row:
 #
 #   deliveries/s   message lines received by all members per second
@@ -85,7 +86,7 @@ for m in "${runs[@]}"; do
     mkfifo "$out/stderr.fifo"
     while IFS= read -r line; do echo "$EPOCHREALTIME $line"; done <"$out/stderr.fifo" >"$out/server.err" &
     stamper_pid=$!
-    "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 >"$out/server.out" 2>"$out/stderr.fifo" &
+    "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 >"$out/server.out" 2>"$out/stderr.fifo" &
     server_pid=$!
     for _ in $(seq 100); do
         grep -q '^listening on' "$out/server.out" 2>/dev/null && break

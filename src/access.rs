@@ -29,6 +29,7 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
+    /// Whether `ip` is inside this network.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)
     }
@@ -37,11 +38,14 @@ impl Cidr {
 /// The allow and deny lists of a server.
 #[derive(Clone, Debug, Default)]
 pub struct AccessList {
+    /// When not empty, only peers inside one of these are served.
     pub allow: Vec<Cidr>,
+    /// Peers inside any of these are refused (wins over `allow`).
     pub deny: Vec<Cidr>,
 }
 
 impl AccessList {
+    /// Whether a peer at `ip` is served.
     pub fn permits(&self, ip: IpAddr) -> bool {
         // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; match
         // them against IPv4 networks.

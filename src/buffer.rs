@@ -45,6 +45,7 @@ pub struct BufPool {
 }
 
 impl BufPool {
+    /// A pool of buffers of `size` bytes, keeping at most `max_free`.
     pub fn new(size: usize, max_free: usize) -> BufPool {
         BufPool { size, max_free, free: Vec::new() }
     }
@@ -80,6 +81,7 @@ impl ReadBuf {
         &self.buf[self.start as usize..]
     }
 
+    /// Nothing is waiting to be delivered.
     pub fn is_empty(&self) -> bool {
         self.buf.len() == self.start as usize
     }
@@ -143,6 +145,7 @@ impl ReadBuf {
         std::mem::take(self)
     }
 
+    /// Return the buffer [`ReadBuf::take`] moved out.
     pub fn put_back(&mut self, buf: ReadBuf) {
         *self = buf;
     }
@@ -219,7 +222,7 @@ impl OutQueue {
         self.0.is_none()
     }
 
-    /// What the queue costs, as judged against `max_outbuf`: its bytes plus
+    /// What the queue costs, as judged against its output limit: its bytes plus
     /// a fixed charge per chunk (the queue slot, an `Rc`'s header, malloc's
     /// rounding). Without the charge a stream of tiny shared messages would
     /// hold many times the limit in bookkeeping.

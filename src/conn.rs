@@ -114,16 +114,21 @@ pub struct Extra {
 
 /// A connection's entry in the reactor's slab.
 pub struct Conn {
+    /// The socket; dropping it closes it (and leaves the epoll set).
     pub fd: OwnedFd,
+    /// The [`flag`] bits.
     pub flags: u32,
     /// Index of the handler it belongs to.
     pub handler: u8,
     /// How a graceful close in progress will be reported.
     pub closing: Closing,
+    /// How the input is cut into frames.
     pub framing: Framing,
     /// Frames left to deliver under `Active::Once`/`N` (with `COUNTED`).
     pub active_left: u32,
+    /// Bytes read and not yet delivered.
     pub input: ReadBuf,
+    /// Bytes queued and not yet written.
     pub output: OutQueue,
     /// Idle-timeout deadline, pushed back by every byte in or out.
     pub idle_deadline: Micros,
@@ -133,10 +138,12 @@ pub struct Conn {
     pub write_deadline: Micros,
     /// The earliest deadline this connection is in the heap for.
     pub scheduled: Micros,
+    /// Rarely used state, allocated on first use.
     pub extra: Option<Box<Extra>>,
 }
 
 impl Conn {
+    /// A fresh connection on `fd`, owned by handler `handler`.
     pub fn new(fd: OwnedFd, framing: Framing, handler: u8) -> Conn {
         Conn {
             fd,
@@ -154,14 +161,17 @@ impl Conn {
         }
     }
 
+    /// Whether any of `bits` is set.
     pub fn has(&self, bits: u32) -> bool {
         self.flags & bits != 0
     }
 
+    /// Set `bits`.
     pub fn set(&mut self, bits: u32) {
         self.flags |= bits;
     }
 
+    /// Clear `bits`.
     pub fn clear(&mut self, bits: u32) {
         self.flags &= !bits;
     }

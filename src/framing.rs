@@ -130,7 +130,12 @@ impl fmt::Display for Framing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// A frame (for `line`, the line with its `\n`) longer than allowed.
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The frame's length (at least; a line may be longer).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -159,7 +164,10 @@ pub enum Decoded {
     Frame(Frame),
     /// Not enough bytes yet. `need` is the total buffer length that the
     /// next frame is known to require (0 when unknown, as for a line).
-    Incomplete { need: usize },
+    Incomplete {
+        /// See above.
+        need: usize,
+    },
 }
 
 /// Find the first frame in `buf`.

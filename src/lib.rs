@@ -6,6 +6,82 @@
 //! timeouts, half-close — with every connection in a slab and every byte in
 //! buffers you can see.
 //!
+//! ## A whole server
+//!
+//! A [`Handler`] gets frames as slices of the connection's read buffer and
+//! answers through [`Ctx`]; the [`Reactor`] does the rest — accepting,
+//! buffering, flushing, half-close, timeouts:
+//!
+//! ```
+//! use std::io::{BufRead, BufReader, Write};
+//! use edgeloop::{Config, ConnId, Ctx, Framing, Handler, ListenOptions, Reactor};
+//!
+//! /// Answers every line in capitals.
+//! struct Shout;
+//!
+//! impl Handler for Shout {
+//!     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &[u8]) {
+//!         // Refused only if the connection is closing: nothing to do then.
+//!         let _ = ctx.send(id, &line.to_ascii_uppercase());
+//!     }
+//! }
+//!
+//! let mut reactor = Reactor::new(Config::default())?;
+//! let shout = reactor.add_handler(Shout);
+//! let options = ListenOptions { framing: Framing::Line, ..ListenOptions::default() };
+//! let addr = reactor.listen(&"127.0.0.1:0".parse().unwrap(), shout, options)?;
+//!
+//! // A client on another thread, which then stops the server (a program
+//! // would rather set `Config::handle_signals` and wait for SIGTERM).
+//! let handle = reactor.handle();
+//! let client = std::thread::spawn(move || -> std::io::Result<String> {
+//!     let mut stream = std::net::TcpStream::connect(addr)?;
+//!     stream.write_all(b"hello\n")?;
+//!     let mut reply = String::new();
+//!     BufReader::new(stream).read_line(&mut reply)?;
+//!     handle.stop()?;
+//!     Ok(reply)
+//! });
+//! reactor.run()?; // until stopped and every connection closed
+//! assert_eq!(client.join().unwrap()?, "HELLO\n");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! ## From gen_tcp
+//!
+//! | gen_tcp / inet | edgeloop |
+//! |---|---|
+//! | `gen_tcp:listen/2`, `accept/1` | [`Reactor::listen`] (several per reactor, each with its handler); accepted connections arrive in [`Handler::on_open`] |
+//! | `gen_tcp:connect/4` with a timeout | [`Ctx::connect`] with [`ConnectOptions::timeout`]; failure is [`CloseReason::ConnectFailed`] with the errno (refused, timed out, unreachable) |
+//! | `{tcp, S, Data}` | [`Handler::on_frame`]: a slice of the read buffer, no copy |
+//! | `{tcp_closed, S}`, `{tcp_error, S, R}` | [`Handler::on_close`] with a [`CloseReason`] |
+//! | `{active, true \| false \| once \| N}` | [`Ctx::set_active`] with [`Active::On`], [`Active::Off`], [`Active::Once`], [`Active::N`] |
+//! | `{tcp_passive, S}` | [`Handler::on_passive`] |
+//! | `{packet, raw \| line \| 1 \| 2 \| 4}` | [`Framing`]: `Raw`, `Line`, `Len1`, `Len2`, `Len4`; per listener ([`ListenOptions::framing`]), per connect, or [`Ctx::set_framing`] at any time |
+//! | `{packet_size, N}` | [`Config::max_frame`]: a longer frame is [`CloseReason::FrameTooLarge`], a longer length header is refused before any memory is reserved |
+//! | `gen_tcp:recv(S, N)` | [`Framing::Exact`]`(n)`: the next n bytes as one frame |
+//! | `gen_tcp:send/2` | [`Ctx::send`] (queued, never blocks), [`Ctx::send_now`] (no copy), [`Ctx::send_shared`] (one buffer, many recipients) |
+//! | `{send_timeout, T}`, `{send_timeout_close, true}` | [`Config::send_timeout`]; the close says how much was unsent ([`CloseReason::SendTimeout`]) |
+//! | `{high_watermark, H}`, `{low_watermark, L}` (busy/ready) | [`OutputPolicy`]'s watermarks with [`Handler::on_busy`] and [`Handler::on_ready`]; past the limit [`OverLimit`] pauses, disconnects or refuses; per connection with [`Ctx::set_output_policy`] |
+//! | `{exit_on_close, false}` | [`Ctx::set_exit_on_close`]`(id, false)`: the peer's FIN is [`Handler::on_eof`] and the connection stays writable |
+//! | `gen_tcp:shutdown(S, write)` | [`Ctx::shutdown_write`], and [`Handler::on_shutdown`] when the FIN has followed the data |
+//! | `gen_tcp:close/1` | [`Ctx::close`]: flush, `SHUT_WR`, linger for the peer's FIN |
+//! | `{linger, {true, 0}}` then close | [`Ctx::abort`]: reset, queued output dropped |
+//! | `{show_econnreset, true}` | always: [`CloseReason::Error`]`(Errno::ECONNRESET)` |
+//! | `{nodelay, true}` | [`SocketOptions::nodelay`], on by default |
+//! | `{keepalive, true}` (and the `TCP_KEEP*` raw options) | [`SocketOptions::keepalive`] with idle, interval and count |
+//! | `{sndbuf, N}`, `{recbuf, N}` | [`SocketOptions::send_buffer`], [`SocketOptions::recv_buffer`] |
+//! | `{reuseaddr, true}` | always on listeners |
+//! | `{reuseport, true}` | [`ListenOptions::reuse_port`] (several reactors on one address) |
+//! | `{ipv6_v6only, B}` | [`ListenOptions::v6_only`] |
+//! | `{backlog, N}` | [`ListenOptions::backlog`] |
+//! | `inet:setopts/2`, `inet:getopts/2` | [`Ctx::set_socket_options`], [`Ctx::socket_options`] |
+//! | `inet:peername/1`, `inet:sockname/1` | [`Ctx::peer_addr`], [`Ctx::local_addr`] |
+//! | `gen_tcp:controlling_process/2` | [`Ctx::hand_over`]: no frame reaches the old handler after the call, and the new one gets `on_open` before any (gen_tcp's race, where messages already in the old owner's mailbox stay there, cannot happen) |
+//! | `erlang:send_after/3` to oneself | [`Ctx::set_timer`], [`Ctx::cancel_timer`], [`Handler::on_timer`] (microseconds) |
+//! | a crash of the socket's owner | a panic in a callback aborts only its connection ([`CloseReason::Panic`]); see [`Handler`] |
+//! | a message from another process | [`Handle::submit`], [`Handle::stop`] from another thread |
+//!
 //! ## How one byte flows through
 //!
 //! ```text
@@ -28,7 +104,7 @@
 //!                  ▼
 //!   kernel send queue ──TCP──▶ peer
 //!      (what the kernel refuses stays queued; the next EPOLLOUT edge
-//!       resumes it; past max_outbuf the connection stops being read)
+//!       resumes it; past its output limit the connection stops being read)
 //! ```
 //!
 //! ## The modules, in reading order
@@ -36,14 +112,22 @@
 //! - [`sys`] — the system-call layer and the only `unsafe`: thin wrappers
 //!   on `nix` (epoll, sockets, eventfd, signalfd, rlimit), and `libc` where
 //!   nix has no call or would cost a copy or a system call.
-//! - [`reactor`] — the loop: dispatch, draining, the ready and dirty lists,
-//!   safe closing, accept with `EMFILE` handling, shutdown. Its docs are
-//!   the place to learn edge-triggered epoll.
+//! - [`reactor`] — the loop: dispatch, the ready and dirty lists, safe
+//!   closing, deferred events, panics, shutdown. Its docs are the place to
+//!   learn edge-triggered epoll; its files follow the loop:
+//!   [`reactor::input`] (draining, delivery, end of stream),
+//!   [`reactor::output`] (flushing, output policy, closing),
+//!   [`reactor::accept`] (listeners, filters, `EMFILE`, connects),
+//!   [`reactor::ctx`] (the application's API), [`reactor::waker`] (the
+//!   cross-thread handle).
+//! - [`options`] — the reactor's settings and the listener, connect,
+//!   socket, output and delivery options.
 //! - [`conn`] — one connection's flags and its half-close state machine.
 //! - [`buffer`] — read buffer, output queue, buffer pool.
 //! - [`framing`] — the zero-copy decoder, with a diagram of each framing.
-//! - [`timer`] — idle, send-timeout and linger deadlines in a lazy heap.
-//! - [`handler`] — the trait an application implements.
+//! - [`timer`] — idle, send-timeout, connect, linger and application
+//!   deadlines in one lazy heap, in microseconds.
+//! - [`handler`] — the trait an application implements, and its events.
 //! - [`servers`] — echo and chat; [`load`] — the load generator.
 //!
 //! ## Why edge-triggered
@@ -67,10 +151,14 @@
 //!
 //! ## Memory
 //!
-//! An idle connection holds no buffer: its slab entry is a 112-byte
+//! An idle connection holds no buffer: its slab entry is a 96-byte
 //! [`conn::Conn`] (plus the slab's tag), and nothing else in user space.
-//! Buffers come from pools when bytes are pending and return when they are
-//! gone. See the README for the measured figure.
+//! Buffers — and the output queue itself — come from pools when bytes are
+//! pending and return when they are gone; what few connections use (an
+//! application timer, an output policy of their own) is boxed apart. See
+//! the README for the measured figure.
+
+#![warn(missing_docs)]
 
 pub mod access;
 pub mod buffer;

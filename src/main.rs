@@ -45,6 +45,9 @@ enum Command {
         /// pass the same options to both servers.
         #[arg(long, default_value = "line", value_parser = ["line"])]
         framing: String,
+        /// Lines per second handled from each client, bursts up to twice that; 0: no limit.
+        #[arg(long, default_value_t = edgeloop::servers::chat::DEFAULT_RATE, value_name = "R")]
+        chat_rate: u32,
     },
     /// Drive an echo server with N connections and report throughput and latency.
     Load(edgeloop::load::LoadArgs),
@@ -120,12 +123,12 @@ fn main() -> ExitCode {
         Command::Echo { server, framing } => {
             serve(&server, server.config(OverLimit::Pause), server.listen_options(framing), Echo::new(framing))
         }
-        Command::Chat { server, .. } => {
+        Command::Chat { server, chat_rate, .. } => {
             // A chat line read is written N times (fan-out): one read's
             // worth per sender per turn keeps each loop iteration short.
             let config =
                 Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, ..server.config(OverLimit::Disconnect) };
-            serve(&server, config, server.listen_options(Framing::Line), Chat::default())
+            serve(&server, config, server.listen_options(Framing::Line), Chat::new(chat_rate))
         }
         Command::Load(args) => edgeloop::load::run(args),
     }

@@ -5,6 +5,8 @@ use std::fmt::Write;
 use crate::handler::CloseReason;
 
 #[derive(Clone, Debug, Default)]
+/// What one reactor counts: plain integers, touched only by its own
+/// thread, read by `--stats` (and summed over workers).
 pub struct Counters {
     /// Connections accepted by `accept4` (including those refused after).
     pub accepted: u64,
@@ -19,12 +21,19 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
+    /// Chat: times a client was paused for exceeding `--chat-rate`.
+    pub throttled: u64,
+    /// Payload bytes read.
     pub bytes_in: u64,
+    /// Payload bytes written.
     pub bytes_out: u64,
+    /// Frames delivered to handlers.
     pub frames_in: u64,
     /// System calls of the data path.
     pub reads: u64,
+    /// `send`/`sendmsg` calls.
     pub writes: u64,
+    /// `epoll_wait` calls.
     pub waits: u64,
     /// Times a connection was paused because its output passed the limit.
     pub flow_pauses: u64,
@@ -43,7 +52,7 @@ impl Counters {
         let mut s = format!(
             "stats live={live} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={}",
+             panics={} throttled={}",
             self.accepted,
             self.refused_full,
             self.refused_denied,
@@ -57,6 +66,7 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
+            self.throttled,
         );
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");

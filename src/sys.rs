@@ -48,12 +48,17 @@ fn invalid_data(what: &'static str) -> io::Error {
 
 // ---------------------------------------------------------------- epoll
 
-/// Readiness bits, re-exported with the names `epoll(7)` uses.
+/// Readable (data, or the peer's FIN).
 pub const EPOLLIN: u32 = EpollFlags::EPOLLIN.bits() as u32;
+/// Writable (room in the send buffer, or a connect completed).
 pub const EPOLLOUT: u32 = EpollFlags::EPOLLOUT.bits() as u32;
+/// The peer shut down its write side (it may still read).
 pub const EPOLLRDHUP: u32 = EpollFlags::EPOLLRDHUP.bits() as u32;
+/// An error is pending on the socket (`SO_ERROR`).
 pub const EPOLLERR: u32 = EpollFlags::EPOLLERR.bits() as u32;
+/// Both directions are finished (or a connect failed).
 pub const EPOLLHUP: u32 = EpollFlags::EPOLLHUP.bits() as u32;
+/// Edge-triggered: report changes, once.
 pub const EPOLLET: u32 = EpollFlags::EPOLLET.bits() as u32;
 
 /// One event slot as `epoll_wait` fills it: the readiness bits and the
@@ -87,6 +92,7 @@ pub struct Epoll {
 }
 
 impl Epoll {
+    /// A new epoll instance (`EPOLL_CLOEXEC`).
     pub fn new() -> io::Result<Epoll> {
         Ok(Epoll { inner: epoll::Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)? })
     }
@@ -244,6 +250,7 @@ pub fn set_nodelay(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::TcpNoDelay, &on)?)
 }
 
+/// Whether `TCP_NODELAY` is set.
 pub fn nodelay(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(socket::getsockopt(&fd, sockopt::TcpNoDelay)?)
 }
@@ -253,6 +260,7 @@ pub fn set_keepalive(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::KeepAlive, &on)?)
 }
 
+/// Whether `SO_KEEPALIVE` is set.
 pub fn keepalive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(socket::getsockopt(&fd, sockopt::KeepAlive)?)
 }
@@ -282,6 +290,7 @@ pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::SndBuf, &bytes)?)
 }
 
+/// `SO_SNDBUF`, as the kernel reports it (doubled).
 pub fn send_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(socket::getsockopt(&fd, sockopt::SndBuf)?)
 }
@@ -291,6 +300,7 @@ pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::RcvBuf, &bytes)?)
 }
 
+/// `SO_RCVBUF`, as the kernel reports it (doubled).
 pub fn recv_buffer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(socket::getsockopt(&fd, sockopt::RcvBuf)?)
 }

@@ -42,6 +42,7 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock starting now.
     pub fn new() -> Clock {
         // Start at 1 so that 0 can mean "no deadline".
         Clock { origin: Instant::now(), now: 1 }
@@ -53,6 +54,7 @@ impl Clock {
         self.now
     }
 
+    /// This iteration's "now".
     pub fn now(&self) -> Micros {
         self.now
     }

@@ -285,7 +285,8 @@ fn every_member_sees_the_same_order() {
 /// interactive client does.
 fn slow_consumer_scenario(window: Option<usize>) {
     const LINES: usize = 20_000;
-    let server = Server::start(&["chat", "--max-outbuf", "65536"]);
+    // Flood control off: this is the slow-consumer policy alone.
+    let server = Server::start(&["chat", "--max-outbuf", "65536", "--chat-rate", "0"]);
     let (mut sender, mut reader) = pair(&server);
     let (slow, slow_nick) = Client::join(&server);
     sender.expect(&format!("* {slow_nick} joined"));

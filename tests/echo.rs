@@ -695,6 +695,12 @@ fn assert_usage_error(args: &[&str]) {
     assert!(stderr.to_lowercase().contains("usage"), "no usage message for {args:?}:\n{stderr}");
 }
 
+/// Chat-only options are refused by echo, with a usage message.
+#[test]
+fn echo_rejects_chat_options() {
+    assert_usage_error(&["echo", "--chat-rate", "10"]);
+}
+
 /// An unknown option or subcommand exits with status 2 and a usage message on stderr.
 #[test]
 fn unknown_option_exits_2_with_usage() {

@@ -2,7 +2,7 @@
 //! own thread, and the test talks to it over real sockets on 127.0.0.1.
 //!
 //! These check the promises the command-line servers do not reach:
-//! `pause_reading`/`resume_reading`, a framing switch with bytes already
+//! `Active::Off`/`Active::On`, a framing switch with bytes already
 //! buffered, `shutdown_write`, `send_shared`, client `connect`.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -316,6 +316,12 @@ impl Ctx<'_> {
         &self.core.counters
     }
 
+    /// The reactor's counters, for an application's own figures (the
+    /// chat's `throttled`).
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.core.counters
+    }
+
     /// The loop's clock: read once per iteration, so cheap to ask.
     pub fn now(&self) -> Instant {
         self.core.clock.instant()

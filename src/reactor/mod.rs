@@ -89,11 +89,11 @@
 //! timers ([`Ctx::set_timer`]) can pace work below a millisecond. All
 //! deadlines share one lazy min-heap (see [`crate::timer`]).
 
-mod accept;
-mod ctx;
-mod input;
-mod output;
-mod waker;
+pub mod accept;
+pub mod ctx;
+pub mod input;
+pub mod output;
+pub mod waker;
 
 use std::io;
 use std::net::SocketAddr;
@@ -135,6 +135,9 @@ const WAKER_TOKEN: u64 = u64::MAX - 1;
 /// Listener `i` has token `LISTENER_TOKEN - i`; connections have their
 /// slab keys, which never come near.
 const LISTENER_TOKEN: u64 = u64::MAX - 2;
+/// At most this many listeners on one reactor (tokens below the listeners'
+/// are connections').
+const MAX_LISTENERS: u64 = 1 << 16;
 const EVENTS_PER_WAIT: usize = 1024;
 const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
 
@@ -282,6 +285,9 @@ impl Reactor {
     pub fn add_listener(&mut self, fd: OwnedFd, handler: HandlerId, options: ListenOptions) -> io::Result<SocketAddr> {
         if handler.0 as usize >= self.handlers.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such handler"));
+        }
+        if self.core.listeners.len() as u64 >= MAX_LISTENERS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners on one reactor"));
         }
         let local = sys::local_addr(fd.as_fd())?;
         let token = LISTENER_TOKEN - self.core.listeners.len() as u64;
@@ -578,10 +584,6 @@ impl Reactor {
         }
     }
 }
-
-/// At most this many listeners on one reactor (tokens below the listeners'
-/// are connections').
-const MAX_LISTENERS: u64 = 1 << 16;
 
 impl Core {
     /// The earliest moment the loop must wake for, if any.

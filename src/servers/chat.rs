@@ -101,6 +101,25 @@
 //! reactor offers the queue to the kernel, so a burst queued in one loop
 //! iteration does not cut off a member that reads promptly.
 //!
+//! # Flood control
+//!
+//! A room is only as fast as its slowest reader allows: one client writing
+//! flat out (millions of lines a second on loopback) fills every other
+//! member's output queue past `--max-outbuf` within a second, and they,
+//! not the flooder, are disconnected. So each client has a token bucket
+//! (`--chat-rate R` lines per second, bursts of up to 2R; commands count;
+//! 0 turns it off), refilled lazily from the loop's clock — no system
+//! call, no timer while a client stays within its budget. The line that
+//! empties the bucket is handled, then the client's delivery is turned
+//! off ([`crate::Active::Off`]): its further lines wait in its read buffer
+//! (at most one read's worth), the reactor stops reading it, and TCP
+//! pushes back on the flooder. A per-connection timer re-arms it when
+//! about 10 ms' worth of lines (at least one) is available again; the
+//! buffered lines are delivered at once, in order. Nothing is dropped and
+//! nobody is disconnected for flooding; a member that reads R lines per
+//! second per sender keeps up. Each throttling is counted
+//! (`throttled=` in `--stats`).
+//!
 //! # Leaving
 //!
 //! `/quit` is announced at once, when the command is handled: the reactor
@@ -114,17 +133,23 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use crate::{CloseReason, ConnId, Ctx, Handler};
+use crate::{Active, CloseReason, ConnId, Ctx, Handler};
 
 /// The room every client joins on connect.
 pub const LOBBY: &str = "lobby";
 /// The longest nickname or room name, in characters.
 pub const MAX_NAME: usize = 32;
 
+/// The default `--chat-rate`: lines per second from each client.
+pub const DEFAULT_RATE: u32 = 1000;
+
 /// The chat server: see the module docs for the protocol.
 #[derive(Debug, Default)]
 pub struct Chat {
+    /// Lines per second handled from each client (0: no limit).
+    rate: f64,
     /// Per-connection state, indexed by [`ConnId::index`] (slab keys are
     /// dense). `None` for free slots and for members that have quit.
     members: Vec<Option<Member>>,
@@ -143,6 +168,10 @@ pub struct Chat {
 struct Member {
     nick: String,
     room: String,
+    /// Lines the client may send now (the token bucket; see "Flood control").
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -165,11 +194,15 @@ impl Handler for Chat {
         if self.members.len() <= id.index() {
             self.members.resize_with(id.index() + 1, || None);
         }
-        self.members[id.index()] = Some(Member { nick, room: LOBBY.to_string() });
+        let member = Member { nick, room: LOBBY.to_string(), tokens: 2.0 * self.rate, refilled: ctx.now() };
+        self.members[id.index()] = Some(member);
         self.enter(ctx, id, LOBBY);
     }
 
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        if self.rate > 0.0 {
+            self.spend_token(ctx, id);
+        }
         let line = strip_line_end(frame);
         if line.is_empty() {
             return;
@@ -191,6 +224,11 @@ impl Handler for Chat {
         fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
     }
 
+    /// The throttled client's budget has refilled: its waiting lines now.
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        ctx.set_active(id, Active::On);
+    }
+
     fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
         // None: the member quit, and was announced then.
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
@@ -205,6 +243,29 @@ impl Handler for Chat {
 }
 
 impl Chat {
+    /// A chat server handling at most `rate` lines per second from each
+    /// client, in bursts of up to `2 * rate`; 0 means no limit.
+    pub fn new(rate: u32) -> Chat {
+        Chat { rate: rate.into(), ..Chat::default() }
+    }
+
+    /// Charge one line to the client's bucket; when it runs dry, stop
+    /// delivering its lines until about 10 ms' worth have refilled.
+    fn spend_token(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else { return };
+        let now = ctx.now();
+        let burst = 2.0 * self.rate;
+        member.tokens = (member.tokens + (now - member.refilled).as_secs_f64() * self.rate).min(burst);
+        member.refilled = now;
+        member.tokens -= 1.0;
+        if member.tokens < 1.0 {
+            let wanted = (self.rate / 100.0).clamp(1.0, burst);
+            ctx.set_active(id, Active::Off);
+            ctx.set_timer(id, Duration::from_secs_f64((wanted - member.tokens) / self.rate));
+            ctx.counters_mut().throttled += 1;
+        }
+    }
+
     fn member(&self, id: ConnId) -> Option<&Member> {
         self.members.get(id.index()).and_then(Option::as_ref)
     }
