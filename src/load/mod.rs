@@ -47,7 +47,7 @@
 //!
 //! # Three histograms
 //!
-//! Per message, in the open loop ([`latency`]): the **response time**
+//! Per message, in the open loop (`src/load/latency.rs`): the **response time**
 //! from the due time to the complete echo (the headline `latency_us`), the
 //! **service time** from the actual send, and the **send lag**, actual
 //! send minus due: how late the generator was against its own schedule.
@@ -62,7 +62,7 @@
 //!
 //! # The verdict
 //!
-//! An open-loop run ends with a verdict ([`verdict`]): `ok` when the
+//! An open-loop run ends with a verdict (`src/load/verdict.rs`): `ok` when the
 //! achieved rate (echoes per second in the window) was at least 99 % of R
 //! and the send lag's p99 at most 1 ms; otherwise `generator_behind` if a
 //! generator thread used 90 % of a core or more (measured per thread with
@@ -84,7 +84,7 @@
 //!   are staggered over all of them as if one thread ran them. The threads
 //!   share nothing on the hot path: they meet once when all have connected
 //!   (the last one starts everyone's warm-up, so all measure the same
-//!   window), once a second to merge the progress line ([`progress`]), and
+//!   window), once a second to merge the progress line (`src/load/progress.rs`), and
 //!   at the end, when their histograms and counters are merged into one
 //!   summary. A signal reaches the first thread, which tells the others.
 //! - **Connecting.** `--conns` non-blocking connects are started, at most
@@ -107,9 +107,9 @@
 //!   messages per second (and the target), MB/s, the p99 of that second,
 //!   live connections, messages in flight (and queued in the generator).
 //! - **Files.** `--hgrm FILE` writes the response-time distribution in
-//!   HdrHistogram's percentile text format ([`hgrm`]); `--plot FILE.svg`
+//!   HdrHistogram's percentile text format (`src/load/hgrm.rs`); `--plot FILE.svg`
 //!   draws it on a "nines" axis beside messages per second and the p99 of
-//!   each second ([`plot`]).
+//!   each second (`src/load/plot.rs`).
 //!
 //! # Framing and verification
 //!
@@ -145,15 +145,15 @@
 //!   loop gets to a read), the same for every server; the send lag shows
 //!   how much of it was the generator's.
 
-pub mod generator;
-pub mod hgrm;
-pub mod latency;
+mod generator;
+mod hgrm;
+mod latency;
 pub mod pattern;
-pub mod plot;
-pub mod progress;
-pub mod report;
+mod plot;
+mod progress;
+mod report;
 pub mod schedule;
-pub mod verdict;
+mod verdict;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
