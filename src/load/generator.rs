@@ -2,7 +2,8 @@
 //! the closed or the open loop, the checks, the clock of the run. See the
 //! module docs of [`crate::load`].
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,6 +162,10 @@ pub struct Generator {
     slots: Vec<Slot>,
     /// Outgoing messages are assembled here, then queued in one `send`.
     scratch: Vec<u8>,
+    /// Open loop: (next due time, connection) of every schedule, a
+    /// min-heap with lazy deletion (an entry whose time is not its
+    /// schedule's next is stale and skipped). See [`Generator::catch_up`].
+    due: BinaryHeap<Reverse<(u64, usize)>>,
     phase: Phase,
     measuring: bool,
     next_ordinal: u64,
@@ -197,6 +202,7 @@ impl Generator {
         Generator {
             slots: Vec::with_capacity(plan.my_conns() as usize),
             scratch: Vec::with_capacity(pattern.wire_len() * plan.depth as usize),
+            due: BinaryHeap::new(),
             next_ordinal: plan.first as u64,
             plan,
             pattern,
@@ -450,16 +456,14 @@ impl Generator {
         }
     }
 
-    /// Open loop, on the connection's timer: send every message that is
-    /// due by now, each stamped with its own due time (a late wake-up
+    /// Open loop: send every message of `id` that is due by `now` (the
+    /// actual time), each stamped with its own due time (a late wake-up
     /// catches up at once, and its lateness shows in every message it
     /// delayed), then set the timer for the next one.
-    fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+    fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId, now: u64) {
         if self.phase == Phase::Done {
             return;
         }
-        // The actual time, not the loop's: the send lag is measured here.
-        let now = self.ns(Instant::now());
         let Some(Slot::Open(flow)) = self.slots.get_mut(id.index()) else { return };
         let Some(schedule) = flow.schedule.as_mut() else { return };
         let mut count = 0;
@@ -476,10 +480,39 @@ impl Generator {
                 self.window_sent += count;
             }
         }
+        self.due.push(Reverse((next, id.index())));
         // The timer counts from the loop's clock (read at the top of this
         // iteration), in whole microseconds: round up, never fire early.
         let after_ns = next.saturating_sub(self.ns(ctx.now()));
         ctx.set_timer(id, Duration::from_micros(after_ns.div_ceil(1000)));
+    }
+
+    /// Open loop: send what is due on *any* connection, now. A timer runs
+    /// only when the loop gets to its deadlines, after every event of the
+    /// iteration; at a high rate an iteration handles many reads, and the
+    /// schedules due meanwhile would wait for all of them. So every
+    /// callback ends by catching up — never early: only messages whose due
+    /// time has passed are sent.
+    fn catch_up(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(&Reverse((first, _))) = self.due.peek() else { return };
+        let mut now = self.ns(Instant::now());
+        if first > now {
+            return;
+        }
+        while let Some(&Reverse((due, i))) = self.due.peek() {
+            if due > now {
+                break;
+            }
+            self.due.pop();
+            let current = matches!(
+                self.slots.get(i),
+                Some(Slot::Open(Flow { schedule: Some(s), .. })) if s.due() == due
+            );
+            if current {
+                self.pump(ctx, ConnId(i), now);
+                now = self.ns(Instant::now());
+            }
+        }
     }
 }
 
@@ -542,7 +575,7 @@ impl Handler for Generator {
                 }
                 *self.slot_mut(id) = Slot::Open(flow);
                 if !closed {
-                    self.pump(ctx, id);
+                    self.pump(ctx, id, now);
                 }
                 self.start_connects(ctx);
                 if self.connecting == 0 {
@@ -616,6 +649,7 @@ impl Handler for Generator {
             self.mismatch(id, msg, off, detail);
             ctx.close(id);
         }
+        self.catch_up(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
@@ -666,7 +700,9 @@ impl Handler for Generator {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        self.pump(ctx, id);
+        let now = self.ns(Instant::now());
+        self.pump(ctx, id, now);
+        self.catch_up(ctx);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
