@@ -19,6 +19,8 @@ use super::progress::Second;
 
 /// The deepest percentile drawn: 99.999 %.
 const NINES: f64 = 5.0;
+/// The lowest latency drawn, in microseconds.
+const FLOOR_US: f64 = 1.0;
 
 /// What one plot shows.
 pub struct Plot<'a> {
@@ -48,7 +50,7 @@ fn nines_label(x: f64) -> String {
 
 /// A latency tick: as many decimals as its size needs.
 fn micros_label(us: f64) -> String {
-    if us >= 10.0 {
+    if us == 0.0 || us >= 10.0 {
         format!("{us:.0}")
     } else if us >= 1.0 {
         format!("{us:.1}")
@@ -65,7 +67,9 @@ fn points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     }
     for v in h.iter_quantiles(5) {
         let q = v.quantile_iterated_to();
-        let us = (v.value_iterated_to() as f64 / 1000.0).max(0.001);
+        // Below a microsecond is "no wait" here (a send lag of 0): the
+        // floor keeps the log axis on the values that matter.
+        let us = (v.value_iterated_to() as f64 / 1000.0).max(FLOOR_US);
         pts.push((if q >= 1.0 { NINES } else { nines(q) }, us));
         if q >= 1.0 || nines(q) >= NINES {
             break;
@@ -146,20 +150,33 @@ fn draw(path: &std::path::Path, plot: &Plot<'_>) -> Result<(), Box<dyn std::erro
 
     let p99: Vec<(f64, f64)> = plot.seconds.iter().filter(|s| s.p99_us > 0.0).map(|s| (s.t, s.p99_us)).collect();
     let (lo, hi) = p99.iter().fold((f64::MAX, 0f64), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
-    let (lo, hi) = if hi > 0.0 { (lo / 1.5, hi * 1.5) } else { (1.0, 1000.0) };
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption("p99 of each second", ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..end, (lo..hi).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("p99 (µs)")
-        .y_label_formatter(&|y| micros_label(*y))
-        .draw()?;
-    chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
+    let builder = |area| {
+        let mut b = ChartBuilder::on(area);
+        b.caption("p99 of each second", ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(80);
+        b
+    };
+    // A log axis only when the values span a decade or more: within one,
+    // it would have no labelled tick at all.
+    if hi > 0.0 && hi / lo >= 10.0 {
+        let mut chart = builder(&bottom).build_cartesian_2d(0f64..end, (lo / 1.5..hi * 1.5).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since start")
+            .y_desc("p99 (µs)")
+            .y_label_formatter(&|y| micros_label(*y))
+            .draw()?;
+        chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
+    } else {
+        let top = if hi > 0.0 { hi * 1.2 } else { 1000.0 };
+        let mut chart = builder(&bottom).build_cartesian_2d(0f64..end, 0f64..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since start")
+            .y_desc("p99 (µs)")
+            .y_label_formatter(&|y| micros_label(*y))
+            .draw()?;
+        chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
+    }
     root.present()?;
     Ok(())
 }
