@@ -48,7 +48,7 @@ echo "server: edgeloop echo on $SERVER_ADDR (pid $SERVER_PID)" >&2
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 # jq-free JSON field: json_get FILE a.b.c
 json_get() { python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."): v=v[k]
+for k in sys.argv[2].split("."): v=v[int(k)] if isinstance(v, list) else v[k]
 print(v)' "$1" "$2"; }
 cpu_of() { sed -n 's/^cpu_s=//p' "$1" | tail -1; }
 
@@ -102,7 +102,7 @@ for g in edgeloop tcpkali; do
     rows=$(awk -v g="$g" '$1 == g' "$BENCH_OUT/cost.tsv")
     [[ -n $rows ]] || continue
     cpu=$(cut -f3 <<<"$rows" | median)
-    own=$(cut -f4 <<<"$rows" | grep -v '^-$' | median)
+    own=$(cut -f4 <<<"$rows" | { grep -v '^-$' || true; } | median)
     ach=$(cut -f5 <<<"$rows" | median)
     ver=$(cut -f6 <<<"$rows" | sort | uniq -c | awk '{ printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1 }')
     per=$(awk -v c="$cpu" -v n="$offered" 'BEGIN { printf "%.2f", c * 1e6 / n }')
