@@ -171,11 +171,13 @@ fn human_summary_and_progress() {
     assert!(run.stdout.contains("hides stalls") && run.stdout.contains("coordinated omission"), "{}", run.stdout);
     // The open loop's progress line: target, p99 of the second, in flight.
     let run = load(server.addr, &["--conns", "2", "--duration", "1.2", "--warmup", "0", "--rate", "500"]);
-    assert!(run.status.success(), "stderr:\n{}", run.stderr);
+    // (Whether the verdict is ok is another test's business: a busy
+    // machine makes it server_behind, exit 3, with the same lines.)
+    assert!(matches!(run.status.code(), Some(0 | 3)), "stderr:\n{}", run.stderr);
     for word in ["(target 500)", " p99 ", " conns", " in flight"] {
         assert!(run.stderr.contains(word), "{word} missing from:\n{}", run.stderr);
     }
-    for word in ["open loop", "response us", "service us", "send lag us", "verdict     ok"] {
+    for word in ["open loop", "response us", "service us", "send lag us", "verdict     "] {
         assert!(run.stdout.contains(word), "{word} missing from:\n{}", run.stdout);
     }
 }
