@@ -185,6 +185,8 @@ pub struct Generator {
     cpu: Duration,
     window_msgs: u64,
     window_sent: u64,
+    /// Messages echoed in the whole run.
+    total_msgs: u64,
     unanswered: u64,
     in_flight: u64,
     hist: Histograms,
@@ -224,6 +226,7 @@ impl Generator {
             cpu: Duration::ZERO,
             window_msgs: 0,
             window_sent: 0,
+            total_msgs: 0,
             unanswered: 0,
             in_flight: 0,
             hist: Histograms::default(),
@@ -394,6 +397,17 @@ impl Generator {
         }
         self.phase = Phase::Done;
         self.survived = self.live;
+        // With -v: how the loop spent its wake-ups (a cost per message
+        // that is the machine's, see BENCHMARKS.md).
+        let c = ctx.counters();
+        log::info!(
+            "thread {}: {} messages echoed, {} waits, {} reads, {} writes",
+            self.plan.first,
+            self.total_msgs,
+            c.waits,
+            c.reads,
+            c.writes
+        );
         self.report_second(ctx, now);
         if !self.done_reported {
             self.done_reported = true;
@@ -550,6 +564,7 @@ impl Handler for Generator {
         if done > 0 {
             self.in_flight -= done;
             self.second_msgs += done;
+            self.total_msgs += done;
             if self.measuring {
                 self.window_msgs += done;
             }
