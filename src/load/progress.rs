@@ -49,7 +49,9 @@ pub struct Report<'a> {
     pub live: u32,
     pub in_flight: u64,
     /// Of those in flight, messages still in the generator's own output
-    /// queue (the kernel's send buffer was full).
+    /// queues at that instant: handed to the reactor, not yet written to
+    /// the socket (the kernel's send buffer was full, or the loop had not
+    /// flushed them yet).
     pub queued: u64,
     pub phase: &'static str,
     pub measured: bool,
