@@ -12,8 +12,16 @@
 #   DURATION    measured window of each run, seconds (default 5; QUICK: 2)
 #   WARMUP      warm-up before it, seconds (default 1; QUICK: 0.5)
 #   SCENARIOS   subset of: pingpong pipelined bulk conns2k idle (default: all)
-#   SERVERS     subset of: edgeloop c-epoll-echo tokio-echo go-echo erlang-echo
-#               (default: edgeloop and every peer scripts/peers/build.sh built)
+#   SERVERS     subset of: edgeloop edgeloop-before c-epoll-echo tokio-echo go-echo
+#               erlang-echo (default: edgeloop, edgeloop-before if EDGELOOP_BEFORE
+#               is set, and every peer scripts/peers/build.sh built)
+#   EDGELOOP_BEFORE  path (absolute, or relative to the repository root) of another
+#               edgeloop binary, e.g. a build of the commit before a change; it
+#               runs as the server "edgeloop-before" (`$EDGELOOP_BEFORE echo
+#               --listen 127.0.0.1:0 --max-conns 100000`), alternated with the
+#               others; its "÷ edgeloop" columns are before ÷ this build. The load
+#               generator is always this build's target/release/edgeloop.
+#               scripts/idle-memory.sh edgeloop-before uses it too.
 #   IDLE_CONNS  connections of the idle-memory scenario (default 10000)
 #
 # Scenarios (conns × messages in flight per conn × message size):
@@ -70,7 +78,8 @@ bench_build
 bench_tune
 SERVERS=${SERVERS:-$(bench_servers | tr '\n' ' ')}
 for s in $SERVERS; do
-    [[ $s == edgeloop || -x $PEERS_BIN/$s ]] || { echo "error: no server $s" >&2; exit 2; }
+    [[ $s == edgeloop || -x $PEERS_BIN/$s || ($s == edgeloop-before && -x $EDGELOOP_BEFORE) ]] ||
+        { echo "error: no server $s (edgeloop-before needs EDGELOOP_BEFORE=path/to/edgeloop)" >&2; exit 2; }
 done
 
 load_scenarios=()
@@ -130,7 +139,7 @@ fi
     echo "## edgeloop echo vs peers — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     bench_header
-    echo "- command: \`$( ((QUICK)) && echo 'QUICK=1 ')REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP scripts/compare.sh\`" \
+    echo "- command: \`$( ((QUICK)) && echo 'QUICK=1 ')$([[ -n $EDGELOOP_BEFORE ]] && echo "EDGELOOP_BEFORE=$EDGELOOP_BEFORE ")REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP scripts/compare.sh\`" \
         "(servers: $SERVERS; $(($(date +%s) - started)) s)"
     echo "- load generator: \`edgeloop load --conns N --depth D --size S --duration $DURATION --warmup $WARMUP --json\`"
     echo

@@ -4,6 +4,8 @@
 #
 #   scripts/idle-memory.sh                      # edgeloop and every built peer
 #   scripts/idle-memory.sh edgeloop go-echo     # some of them
+#   EDGELOOP_BEFORE=path/to/edgeloop scripts/idle-memory.sh edgeloop edgeloop-before
+#       # another edgeloop build, run with `echo` like this one
 #   scripts/idle-memory.sh "path/to/server --opt"   # any server binary that
 #       takes IP:PORT as its last argument and prints "listening on IP:PORT"
 #   IDLE_CONNS=5000 scripts/idle-memory.sh

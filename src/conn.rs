@@ -80,6 +80,14 @@ pub mod flag {
     pub const EOF_TOLD: u32 = 1 << 14;
     /// The queue is above the high watermark (`on_busy` was called).
     pub const BUSY: u32 = 1 << 15;
+    /// Counts towards `max_conns` (accepted on a counted listener).
+    pub const COUNTED_CONN: u32 = 1 << 16;
+    /// Accepted on an uncounted listener (metrics): left out of the
+    /// counters, which describe the service.
+    pub const QUIET: u32 = 1 << 17;
+    /// Handed to another handler whose `on_open` has not run yet: nothing
+    /// is read or delivered until it has (see `Ctx::hand_over`).
+    pub const HANDING_OVER: u32 = 1 << 18;
 }
 
 /// How a graceful close will be reported once it completes.
@@ -182,12 +190,12 @@ impl Conn {
         if self.has(flag::READ_EOF | flag::DEAD | flag::CONNECTING) {
             return false;
         }
-        self.has(flag::CLOSING) || !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED)
+        self.has(flag::CLOSING) || !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED | flag::HANDING_OVER)
     }
 
     /// Whether buffered frames may be handed to the application now.
     pub fn may_deliver(&self) -> bool {
-        !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED | flag::CLOSING | flag::DEAD)
+        !self.has(flag::APP_PAUSED | flag::FLOW_PAUSED | flag::HANDING_OVER | flag::CLOSING | flag::DEAD)
     }
 
     /// The extra state, allocated on first use.

@@ -230,4 +230,9 @@ pub trait Handler: Any {
     /// Called every [`crate::Config::tick`], if set (progress lines, the
     /// end of a timed run).
     fn on_tick(&mut self, _ctx: &mut Ctx<'_>) {}
+
+    /// The reactor is shutting down: its listeners are closed, and every
+    /// connection is about to close gracefully, so what is sent now is
+    /// still flushed (a goodbye, a last message to a backend).
+    fn on_stop(&mut self, _ctx: &mut Ctx<'_>) {}
 }

@@ -166,12 +166,14 @@ pub mod conn;
 pub mod framing;
 pub mod handler;
 pub mod load;
+pub mod metrics;
 pub mod options;
 pub mod reactor;
 pub mod servers;
 pub mod stats;
 pub mod sys;
 pub mod timer;
+pub mod workers;
 
 pub use access::{AccessList, Cidr};
 pub use framing::Framing;
@@ -181,4 +183,4 @@ pub use options::{
     AcceptFilter, Active, Config, ConnectOptions, Keepalive, ListenOptions, OutputPolicy, OverLimit, SocketOptions,
 };
 pub use reactor::{Ctx, Handle, Reactor};
-pub use stats::Counters;
+pub use stats::{ChatCounters, Counters};

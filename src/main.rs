@@ -1,7 +1,6 @@
 //! The `edgeloop` command line. Only argument parsing and wiring live
 //! here; everything else is the library.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::sync::Arc;
 
 use edgeloop::servers::chat::Chat;
 use edgeloop::servers::echo::Echo;
-use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit, Reactor};
+use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit};
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +82,12 @@ struct ServerArgs {
     /// Print a line of counters to stderr every SECS seconds (0: off).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     stats: u64,
+    /// N reactors on N threads, one listening socket each (SO_REUSEPORT); 0: one per CPU.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// Serve Prometheus metrics over HTTP on ADDR (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -93,9 +98,15 @@ impl ServerArgs {
             output: OutputPolicy::new(self.max_outbuf, over_limit),
             send_timeout: Duration::from_millis(self.send_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
-            stats_interval: Duration::from_secs(self.stats),
-            handle_signals: true,
             ..Config::default()
+        }
+    }
+
+    fn workers(&self) -> usize {
+        if self.workers == 0 {
+            edgeloop::workers::default_workers()
+        } else {
+            self.workers
         }
     }
 
@@ -121,14 +132,21 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     match cli.command {
         Command::Echo { server, framing } => {
-            serve(&server, server.config(OverLimit::Pause), server.listen_options(framing), Echo::new(framing))
+            // Fault injection for the crash-isolation tests: a frame equal
+            // to this makes the echo handler panic.
+            let panic_on = std::env::var_os("EDGELOOP_PANIC_ON").map(|v| v.into_encoded_bytes());
+            let config = server.config(OverLimit::Pause);
+            serve(&server, config, framing, move |_| Echo::new(framing).panicking_on(panic_on.clone()))
         }
         Command::Chat { server, chat_rate, .. } => {
+            if server.workers() > 1 {
+                usage_exit("chat --workers N with N > 1 needs --redis: rooms span workers through Redis");
+            }
             // A chat line read is written N times (fan-out): one read's
             // worth per sender per turn keeps each loop iteration short.
             let config =
                 Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, ..server.config(OverLimit::Disconnect) };
-            serve(&server, config, server.listen_options(Framing::Line), Chat::new(chat_rate))
+            serve(&server, config, Framing::Line, move |_| Chat::new(chat_rate))
         }
         Command::Load(args) => edgeloop::load::run(args),
     }
@@ -151,26 +169,37 @@ fn usage_error(e: clap::Error) -> ! {
     std::process::exit(2);
 }
 
-/// Listen, announce the address, run until a signal has drained everything.
-fn serve<H: Handler>(server: &ServerArgs, config: Config, listen: ListenOptions, handler: H) -> ExitCode {
+/// A usage error found after parsing: the message, the subcommand's usage,
+/// exit 2.
+fn usage_exit(msg: &str) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let sub = std::env::args().nth(1).and_then(|name| cli.find_subcommand_mut(&name).map(|s| s.render_usage()));
+    eprintln!("error: {msg}\n\n{}", sub.unwrap_or_else(|| cli.render_usage()));
+    std::process::exit(2);
+}
+
+/// Listen (on every worker), announce the address, run until a signal
+/// has drained everything.
+fn serve<H, F>(server: &ServerArgs, config: Config, framing: Framing, make_handler: F) -> ExitCode
+where
+    H: Handler,
+    F: Fn(usize) -> H + Send + Sync + 'static,
+{
     if let Err(e) = edgeloop::sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
-    let mut reactor = match Reactor::new(config) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("cannot start the reactor: {e}")),
+    let run = edgeloop::workers::Server {
+        workers: server.workers(),
+        listen: server.listen,
+        listen_options: server.listen_options(framing),
+        config,
+        metrics: server.metrics,
+        stats: Duration::from_secs(server.stats),
     };
-    let addr = &server.listen;
-    let handler = reactor.add_handler(handler);
-    let local = match reactor.listen(addr, handler, listen) {
-        Ok(local) => local,
-        Err(e) => return fail(format_args!("cannot listen on {addr}: {}", edgeloop::sys::describe(&e))),
-    };
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on {local}").and_then(|_| stdout.flush());
-    match reactor.run() {
+    match run.run(make_handler) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format_args!("event loop failed: {e}")),
+        Err(e) => fail(format_args!("{e}")),
     }
 }
 

@@ -5,12 +5,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::buffer::READ_BUF_SIZE;
 use crate::framing::Framing;
 use crate::handler::HandlerId;
+use crate::stats::Counters;
 use crate::sys;
 
 /// Settings of a reactor; the command line maps onto these one to one.
@@ -20,8 +22,12 @@ pub struct Config {
     /// (larger values are clamped: read-buffer offsets are 32-bit).
     /// gen_tcp's `packet_size`.
     pub max_frame: usize,
-    /// Connections beyond this many are accepted and closed at once.
+    /// Connections beyond this many are accepted and closed at once (only
+    /// those of listeners that count, see [`ListenOptions::counted`]).
     pub max_conns: usize,
+    /// Share the `max_conns` count with other reactors (workers), so that
+    /// the limit holds for the whole server; `None`: this reactor alone.
+    pub conn_count: Option<Arc<ConnCount>>,
     /// The output policy of every connection that does not set its own.
     pub output: OutputPolicy,
     /// Close a connection whose pending output makes no progress this
@@ -31,8 +37,9 @@ pub struct Config {
     /// Close a connection that neither sends nor receives this long. Zero
     /// disables.
     pub idle_timeout: Duration,
-    /// Print a `--stats` line this often; zero disables.
-    pub stats_interval: Duration,
+    /// Publish a snapshot of the counters for other threads (`--stats`,
+    /// `/metrics`); `None`: keep them to the reactor.
+    pub publish: Option<Publish>,
     /// Call [`crate::Handler::on_tick`] this often; zero disables.
     pub tick: Duration,
     /// Handle SIGINT/SIGTERM with a `signalfd` (a program's only reactor;
@@ -51,10 +58,11 @@ impl Default for Config {
         Config {
             max_frame: 1 << 20,
             max_conns: 10_000,
+            conn_count: None,
             output: OutputPolicy::default(),
             send_timeout: Duration::from_secs(30),
             idle_timeout: Duration::ZERO,
-            stats_interval: Duration::ZERO,
+            publish: None,
             tick: Duration::ZERO,
             handle_signals: false,
             drain_timeout: Duration::from_secs(5),
@@ -62,6 +70,39 @@ impl Default for Config {
             accept_budget: 256,
         }
     }
+}
+
+/// The number of counted connections of several reactors: touched once
+/// per accept and once per close, never per message.
+#[derive(Debug, Default)]
+pub struct ConnCount(AtomicUsize);
+
+impl ConnCount {
+    /// Take a place if fewer than `max` are taken.
+    pub fn take(&self, max: usize) -> bool {
+        self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Give a place back.
+    pub fn release(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Places taken now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Where and how often a reactor copies its counters for other threads.
+/// The copy is the only thing shared: the hot path touches plain integers
+/// of its own reactor.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    /// How often (and once more when the reactor stops).
+    pub every: Duration,
+    /// The slot the snapshot is written to.
+    pub to: Arc<Mutex<Counters>>,
 }
 
 /// What happens when a connection's output queue passes its limit.
@@ -119,7 +160,8 @@ pub enum Active {
     Once,
     /// Deliver this many more frames (added to what is left, as gen_tcp
     /// does), then pause and call [`crate::Handler::on_passive`]
-    /// (`{active, N}`).
+    /// (`{active, N}`). `N(0)` with nothing left pauses and calls
+    /// `on_passive` at once (`{active, 0}`).
     N(u32),
     /// Deliver nothing and stop reading: TCP pushes back on the peer
     /// (`{active, false}`).
@@ -225,6 +267,9 @@ pub struct ListenOptions {
     /// Refuse peers before they are registered (`--allow`/`--deny` are
     /// one such filter). Refusals are counted.
     pub filter: Option<AcceptFilter>,
+    /// Its connections count towards [`Config::max_conns`] and the
+    /// `connections` figures (a metrics listener's do not).
+    pub counted: bool,
 }
 
 impl Default for ListenOptions {
@@ -236,6 +281,7 @@ impl Default for ListenOptions {
             v6_only: None,
             socket: SocketOptions::default(),
             filter: None,
+            counted: true,
         }
     }
 }
@@ -249,6 +295,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("v6_only", &self.v6_only)
             .field("socket", &self.socket)
             .field("filter", &self.filter.as_ref().map(|_| ".."))
+            .field("counted", &self.counted)
             .finish()
     }
 }

@@ -4,9 +4,24 @@ use std::fmt::Write;
 
 use crate::handler::CloseReason;
 
+/// The chat server's figures, kept on its reactor's [`Counters`].
 #[derive(Clone, Debug, Default)]
+pub struct ChatCounters {
+    /// Rooms with a member on this reactor (a gauge).
+    pub rooms: u64,
+    /// Members connected to this reactor (a gauge).
+    pub members: u64,
+    /// Message lines handled (sent to a room) from this reactor's members.
+    pub messages: u64,
+    /// Times a client was paused for exceeding `--chat-rate`.
+    pub throttled: u64,
+    /// With `--redis`: Redis is reachable now (always true without it).
+    pub backend_up: bool,
+}
+
 /// What one reactor counts: plain integers, touched only by its own
 /// thread, read by `--stats` (and summed over workers).
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     /// Connections accepted by `accept4` (including those refused after).
     pub accepted: u64,
@@ -21,8 +36,12 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
-    /// Chat: times a client was paused for exceeding `--chat-rate`.
-    pub throttled: u64,
+    /// The chat server's own figures (`None` for other applications).
+    pub chat: Option<ChatCounters>,
+    /// Counted connections open now (a gauge, updated when published).
+    pub connections: usize,
+    /// Bytes waiting in output queues (a gauge, updated when published).
+    pub output_queued: usize,
     /// Payload bytes read.
     pub bytes_in: u64,
     /// Payload bytes written.
@@ -42,17 +61,50 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Add another reactor's figures to these (a server's sum over its
+    /// workers): counters and gauges add up; the high-water mark is the
+    /// largest.
+    pub fn add(&mut self, other: &Counters) {
+        self.accepted += other.accepted;
+        self.refused_full += other.refused_full;
+        self.refused_denied += other.refused_denied;
+        self.accept_exhausted += other.accept_exhausted;
+        for (mine, theirs) in self.closed.iter_mut().zip(other.closed) {
+            *mine += theirs;
+        }
+        self.panics += other.panics;
+        self.connections += other.connections;
+        self.output_queued += other.output_queued;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.frames_in += other.frames_in;
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.waits += other.waits;
+        self.flow_pauses += other.flow_pauses;
+        self.outq_high_water = self.outq_high_water.max(other.outq_high_water);
+        if let Some(theirs) = &other.chat {
+            let mine = self.chat.get_or_insert_with(|| ChatCounters { backend_up: true, ..ChatCounters::default() });
+            mine.rooms += theirs.rooms;
+            mine.members += theirs.members;
+            mine.messages += theirs.messages;
+            mine.throttled += theirs.throttled;
+            mine.backend_up &= theirs.backend_up;
+        }
+    }
+
     /// Connections closed for this kind of reason (data aside).
     pub fn closed(&self, reason: CloseReason) -> u64 {
         self.closed[reason.index()]
     }
 
     /// One line for `--stats`: `key=value` pairs, grep- and awk-friendly.
-    pub fn line(&self, live: usize) -> String {
+    pub fn line(&self) -> String {
         let mut s = format!(
-            "stats live={live} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
+            "stats live={} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={} throttled={}",
+             panics={}",
+            self.connections,
             self.accepted,
             self.refused_full,
             self.refused_denied,
@@ -66,8 +118,14 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
-            self.throttled,
         );
+        if let Some(chat) = &self.chat {
+            let _ = write!(
+                s,
+                " rooms={} members={} messages={} throttled={} backend_up={}",
+                chat.rooms, chat.members, chat.messages, chat.throttled, chat.backend_up as u8
+            );
+        }
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");
         }

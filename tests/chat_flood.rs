@@ -78,6 +78,43 @@ fn flood(writer: TcpStream, mut own: BufReader<TcpStream>, stop: Arc<AtomicBool>
     })
 }
 
+/// A reader and a flooder in the lobby, the flood under way.
+struct Flood {
+    reader: BufReader<TcpStream>,
+    _reader_writer: TcpStream,
+    flooder: String,
+    stop: Arc<AtomicBool>,
+    writer: thread::JoinHandle<u64>,
+    start: Instant,
+}
+
+impl Flood {
+    fn start(server: &Server) -> Flood {
+        let (mut reader, reader_writer, _) = join(server);
+        let (flooder_reader, flooder_writer, flooder) = join(server);
+        assert_eq!(read_line(&mut reader).unwrap(), format!("* {flooder} joined"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = flood(flooder_writer, flooder_reader, Arc::clone(&stop));
+        Flood { reader, _reader_writer: reader_writer, flooder, stop, writer, start: Instant::now() }
+    }
+
+    /// The reader's next line, read no faster than 4 000 lines a second
+    /// (a fast terminal); `None` once disconnected.
+    fn paced_line(&mut self, received: u64) -> Option<String> {
+        let due = self.start + Duration::from_secs_f64(received as f64 / 4000.0);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        read_line(&mut self.reader)
+    }
+
+    /// Stop flooding; how many lines were written.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.writer.join().unwrap()
+    }
+}
+
 /// The measurement of the issue as a test: with the default rate, a reader
 /// that reads about 4 000 lines a second stays connected through 5 s of
 /// flooding and receives the flooder's lines in order, none missing; the
@@ -85,32 +122,20 @@ fn flood(writer: TcpStream, mut own: BufReader<TcpStream>, stop: Arc<AtomicBool>
 #[test]
 fn a_flooder_cannot_get_a_human_paced_reader_disconnected() {
     let server = Server::start(&["chat", "--stats", "1"]);
-    let (mut reader, _reader_writer, _) = join(&server);
-    let (flooder_reader, flooder_writer, flooder) = join(&server);
-    assert_eq!(read_line(&mut reader).unwrap(), format!("* {flooder} joined"));
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = flood(flooder_writer, flooder_reader, Arc::clone(&stop));
-    let start = Instant::now();
+    let mut flood = Flood::start(&server);
     let mut received = 0u64;
     let mut at_one_second = None;
-    let prefix = format!("{flooder}: ");
-    while start.elapsed() < Duration::from_secs(5) {
-        // About 4 000 lines a second: a fast terminal.
-        let due = start + Duration::from_secs_f64(received as f64 / 4000.0);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
-        let line = read_line(&mut reader).expect("the reader was disconnected");
+    let prefix = format!("{}: ", flood.flooder);
+    while flood.start.elapsed() < Duration::from_secs(5) {
+        let line = flood.paced_line(received).expect("the reader was disconnected");
         let number = line.strip_prefix(&prefix).and_then(|l| l.get(..8)).unwrap_or_else(|| panic!("{line:?}"));
         assert_eq!(number.parse::<u64>().unwrap(), received, "a line missing or out of order");
         received += 1;
-        if at_one_second.is_none() && start.elapsed() >= Duration::from_secs(1) {
+        if at_one_second.is_none() && flood.start.elapsed() >= Duration::from_secs(1) {
             at_one_second = Some(received);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let sent = writer.join().unwrap();
+    let sent = flood.stop();
     // After the first second (the burst allowance of 2 000 lines), about
     // 1 000 lines a second.
     let steady = (received - at_one_second.unwrap()) as f64 / 4.0;
@@ -151,26 +176,16 @@ fn chat_rate_holds_a_client_to_its_rate_after_the_burst() {
 #[test]
 fn without_a_rate_the_slow_reader_is_cut() {
     let server = Server::start(&["chat", "--chat-rate", "0", "--max-outbuf", "65536", "--stats", "1"]);
-    let (mut reader, _reader_writer, _) = join(&server);
-    let (flooder_reader, flooder_writer, flooder) = join(&server);
-    assert_eq!(read_line(&mut reader).unwrap(), format!("* {flooder} joined"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = flood(flooder_writer, flooder_reader, Arc::clone(&stop));
-    let start = Instant::now();
+    let mut flood = Flood::start(&server);
     let mut received = 0u64;
     let cut = loop {
-        assert!(start.elapsed() < Duration::from_secs(20), "the slow reader was never cut");
-        let due = start + Duration::from_secs_f64(received as f64 / 4000.0);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            thread::sleep(wait);
-        }
-        match read_line(&mut reader) {
+        assert!(flood.start.elapsed() < Duration::from_secs(20), "the slow reader was never cut");
+        match flood.paced_line(received) {
             Some(_) => received += 1,
-            None => break start.elapsed(),
+            None => break flood.start.elapsed(),
         }
     };
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    flood.stop();
     eprintln!("cut after {cut:?} and {received} lines");
     common::wait_until(Duration::from_secs(5), "the cut counted", || {
         last_stat(&server, "closed_outbuf_full") == Some(1)

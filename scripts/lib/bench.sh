@@ -7,7 +7,8 @@
 #   bench_tune               as root, raise netdev_max_backlog / somaxconn;
 #                            raise this shell's open-file soft limit to the hard one
 #   bench_header             machine info and the sysctls in force (markdown)
-#   bench_servers            the servers that exist: edgeloop + built peers
+#   bench_servers            the servers that exist: edgeloop (+ edgeloop-before
+#                            when EDGELOOP_BEFORE is set) + built peers
 #   server_start NAME        start NAME pinned to CPU 0; sets SERVER_PID, SERVER_ADDR
 #   server_stop              SIGTERM (then SIGKILL) the server started last
 #   cpu_ns PID               ns on CPU, all threads (/proc/PID/task/*/schedstat)
@@ -20,6 +21,9 @@
 
 BENCH_OUT=${BENCH_OUT:-target/bench}
 EDGELOOP=target/release/edgeloop
+# Another edgeloop binary (e.g. an older commit's build) to run as the server
+# "edgeloop-before"; the load generator is always $EDGELOOP.
+EDGELOOP_BEFORE=${EDGELOOP_BEFORE:-}
 PEERS_BIN=scripts/peers/bin
 PIN_SERVER=() PIN_LOAD=()
 if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
@@ -92,6 +96,7 @@ bench_header() {
 bench_servers() {
     local s
     echo edgeloop
+    [[ -n $EDGELOOP_BEFORE && -x $EDGELOOP_BEFORE ]] && echo edgeloop-before
     for s in c-epoll-echo tokio-echo go-echo erlang-echo; do
         [[ -x $PEERS_BIN/$s ]] && echo "$s"
     done
@@ -104,6 +109,7 @@ bench_servers() {
 server_cmd() {
     case $1 in
     edgeloop) echo "$EDGELOOP echo --listen 127.0.0.1:0 --max-conns 100000" ;;
+    edgeloop-before) echo "$EDGELOOP_BEFORE echo --listen 127.0.0.1:0 --max-conns 100000" ;;
     c-epoll-echo | tokio-echo | go-echo | erlang-echo) echo "$PEERS_BIN/$1 127.0.0.1:0" ;;
     *) echo "$1 127.0.0.1:0" ;;
     esac

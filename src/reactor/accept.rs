@@ -27,6 +27,10 @@
 //! reactor's `max_conns` are checked right after `accept4`, before the
 //! socket is registered or any handler hears of it: a refused peer costs
 //! one `accept4` and one `close`, and sees an immediate end of stream.
+//! `max_conns` counts the connections of counted listeners only (a metrics
+//! listener is not), and with [`crate::options::ConnCount`] it counts them
+//! over several reactors: one atomic operation per accept and per close,
+//! none per message, and the limit is exact for the whole server.
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,13 +54,13 @@ impl Reactor {
     }
 
     /// Accept until `EAGAIN`, the budget, or descriptor exhaustion.
-    fn accept(&mut self, index: usize) {
+    pub(super) fn accept(&mut self, index: usize) {
         self.core.accept_paused_until = 0;
         for _ in 0..self.core.config.accept_budget {
             let Some(listener) = self.core.listeners.get(index) else { return };
             match sys::accept(listener.fd.as_fd()) {
                 Ok((fd, peer)) => {
-                    self.core.counters.accepted += 1;
+                    self.core.counters.accepted += listener.options.counted as u64;
                     self.admit(index, fd, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -90,21 +94,26 @@ impl Reactor {
             debug!("refused {peer}: not allowed");
             return;
         }
-        if core.conns.len() >= core.config.max_conns {
+        let counted = listener.options.counted;
+        if counted && !core.take_place() {
             core.counters.refused_full += 1;
-            debug!("refused {peer}: {} connections open", core.conns.len());
+            debug!("refused {peer}: {} connections open", core.config.max_conns);
             return;
         }
+        let listener = &core.listeners[index];
         if let Err(e) = listener.options.socket.apply(fd.as_fd()) {
             debug!("{peer}: socket options: {e}");
         }
-        let (framing, handler) = (listener.options.framing, listener.handler);
-        let key = core.conns.insert(Conn::new(fd, framing, handler));
+        let mut conn = Conn::new(fd, listener.options.framing, listener.handler);
+        conn.set(if counted { flag::COUNTED_CONN } else { flag::QUIET });
+        let key = core.conns.insert(conn);
         // Registering a socket that already has data reports it at once:
         // epoll checks readiness on EPOLL_CTL_ADD, so no edge is lost.
         if let Err(e) = core.epoll.add(core.conns[key].fd.as_fd(), key as u64, INTEREST) {
             warn!("epoll_ctl: {e}");
-            core.conns.remove(key);
+            if core.conns.remove(key).has(flag::COUNTED_CONN) {
+                core.release_place();
+            }
             return;
         }
         core.touch(key);

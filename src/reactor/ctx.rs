@@ -133,6 +133,7 @@ impl Ctx<'_> {
         let delivering = self.core.delivering == id.0;
         let Some(conn) = self.core.conns.get_mut(id.0) else { return };
         let was_paused = conn.has(flag::APP_PAUSED);
+        let mut passive = false;
         match active {
             Active::On => conn.clear(flag::APP_PAUSED | flag::COUNTED | flag::ONCE),
             Active::Off => conn.set(flag::APP_PAUSED),
@@ -141,16 +142,26 @@ impl Ctx<'_> {
                 conn.set(flag::COUNTED | flag::ONCE);
                 conn.active_left = 1;
             }
-            Active::N(0) => {}
             Active::N(n) => {
                 let left = if conn.has(flag::COUNTED) && !conn.has(flag::ONCE) { conn.active_left } else { 0 };
-                conn.clear(flag::APP_PAUSED | flag::ONCE);
-                conn.set(flag::COUNTED);
-                conn.active_left = left.saturating_add(n);
+                if left.saturating_add(n) == 0 {
+                    // A count explicitly set to 0 goes passive at once,
+                    // with `tcp_passive`, as in gen_tcp.
+                    conn.clear(flag::COUNTED | flag::ONCE);
+                    conn.set(flag::APP_PAUSED);
+                    passive = true;
+                } else {
+                    conn.clear(flag::APP_PAUSED | flag::ONCE);
+                    conn.set(flag::COUNTED);
+                    conn.active_left = left.saturating_add(n);
+                }
             }
         }
         if was_paused && !conn.has(flag::APP_PAUSED) && !delivering {
             self.core.push_ready(id.0);
+        }
+        if passive {
+            self.core.notice(id.0, Notice::Passive);
         }
     }
 
@@ -236,6 +247,7 @@ impl Ctx<'_> {
         if (to.0 as usize) < self.core.handlers {
             if let Some(conn) = self.core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
                 conn.handler = to.0;
+                conn.set(flag::HANDING_OVER);
                 self.core.notice(id.0, Notice::Open);
             }
         }
@@ -295,10 +307,11 @@ impl Ctx<'_> {
         Ok(ConnId(key))
     }
 
-    /// Begin the shutdown a SIGTERM begins: stop accepting, close every
+    /// Begin the shutdown a SIGTERM begins, once this callback returns:
+    /// every handler's `on_stop`, then stop accepting and close every
     /// connection gracefully; `run` returns when all are closed.
     pub fn stop(&mut self) {
-        self.core.begin_shutdown();
+        self.core.stop_requested = true;
     }
 
     /// Bytes queued for `id` and not yet written.

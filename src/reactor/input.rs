@@ -117,7 +117,8 @@ impl Reactor {
         loop {
             let conn = &mut self.core.conns[key];
             // A connection handed to another handler waits for its new
-            // owner's on_open (see `Ctx::hand_over`).
+            // owner's on_open (see `Ctx::hand_over`): `may_deliver` is
+            // false until then, here and in later reads of this wake-up.
             if !conn.may_deliver() || conn.handler != handler {
                 break;
             }

@@ -149,6 +149,8 @@ enum Notice {
     Shutdown,
     /// The connection was handed over: its new handler's `on_open`.
     Open,
+    /// `Active::N` brought the count to 0 at once: `on_passive`.
+    Passive,
 }
 
 struct Listener {
@@ -184,10 +186,15 @@ struct Core {
     /// none): re-arming it needs no trip through the ready list.
     delivering: usize,
     accept_paused_until: Micros,
+    /// A shutdown was asked for (signal, `Ctx::stop`, `Handle::stop`); the
+    /// loop carries it out when no callback is running.
+    stop_requested: bool,
     /// Shutdown in progress: no accepting, connections closing gracefully.
     draining: bool,
     drain_deadline: Micros,
-    next_stats: Micros,
+    /// Counted connections open (see `ListenOptions::counted`).
+    counted: usize,
+    next_publish: Micros,
     next_tick: Micros,
     counters: Counters,
 }
@@ -214,7 +221,7 @@ impl Reactor {
         let waker = Arc::new(waker::Shared::new()?);
         epoll.add(waker.fd(), WAKER_TOKEN, sys::EPOLLIN | sys::EPOLLET)?;
         let clock = Clock::new();
-        let next_stats = clock.after(config.stats_interval);
+        let next_publish = clock.after(config.publish.as_ref().map_or(Duration::ZERO, |p| p.every));
         let next_tick = clock.after(config.tick);
         Ok(Reactor {
             core: Core {
@@ -236,9 +243,11 @@ impl Reactor {
                 notices: Vec::new(),
                 delivering: usize::MAX,
                 accept_paused_until: 0,
+                stop_requested: false,
                 draining: false,
                 drain_deadline: 0,
-                next_stats,
+                counted: 0,
+                next_publish,
                 next_tick,
                 counters: Counters::default(),
                 config,
@@ -323,8 +332,10 @@ impl Reactor {
             self.call(h as u8, None, "on_start", |h, ctx| h.on_start(ctx));
         }
         self.settle();
+        self.core.publish();
         loop {
             if self.core.draining && self.core.conns.is_empty() {
+                self.core.publish();
                 return Ok(());
             }
             let accept_due = self.core.listeners.iter().any(|l| l.pending) && self.core.accept_paused_until == 0;
@@ -465,9 +476,13 @@ impl Reactor {
                 continue;
             }
             let timer = conn.timer();
-            let fired = timer != 0 && timer <= now;
+            let fired = timer != 0 && timer <= now && !conn.has(flag::HANDING_OVER);
             if fired {
                 conn.extra().timer = 0;
+            } else if timer != 0 && timer <= now {
+                // Handed over in this turn: fire once the new owner's
+                // on_open has run (next iteration).
+                conn.extra().timer = now + 1;
             }
             core.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
             if fired {
@@ -481,9 +496,8 @@ impl Reactor {
             let conns = &core.conns;
             core.deadlines.retain(|key, due| conns.get(key).is_some_and(|c| c.scheduled == due));
         }
-        if core.next_stats != 0 && core.next_stats <= now {
-            eprintln!("{}", core.counters.line(core.conns.len()));
-            core.next_stats = core.clock.after(core.config.stats_interval);
+        if core.next_publish != 0 && core.next_publish <= now {
+            core.publish();
         }
         if core.draining && core.drain_deadline <= now {
             core.drain_expired();
@@ -500,6 +514,9 @@ impl Reactor {
     /// none has work: `on_close` may send (a chat "left" notice), and a
     /// flush may fail and kill.
     fn settle(&mut self) {
+        if self.core.stop_requested && !self.core.draining {
+            self.shut_down();
+        }
         while !(self.core.notices.is_empty() && self.core.dead.is_empty() && self.core.dirty.is_empty()) {
             // Callbacks may queue more notices: the list grows while walked.
             let mut i = 0;
@@ -528,18 +545,37 @@ impl Reactor {
     }
 
     fn notify(&mut self, key: usize, notice: Notice) {
-        if self.core.conns.get(key).is_none_or(|c| c.has(flag::DEAD)) {
+        // A connection closed during this iteration is reaped only after the
+        // notices: a new owner still hears `on_open` before its `on_close`,
+        // and a completed `shutdown_write` is still told (the close may be
+        // its consequence); busy and ready no longer matter.
+        let Some(conn) = self.core.conns.get(key) else { return };
+        let dead = conn.has(flag::DEAD);
+        if dead && matches!(notice, Notice::Busy | Notice::Ready | Notice::Passive) {
             return;
+        }
+        // Handed over in this turn: the new owner hears `on_open` first (its
+        // notice is further down this list), then this.
+        if conn.has(flag::HANDING_OVER) && notice != Notice::Open {
+            return self.core.notice(key, notice);
         }
         let id = ConnId(key);
         match notice {
             Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
             Notice::Shutdown => self.call_conn(key, "on_shutdown", |h, ctx| h.on_shutdown(ctx, id)),
+            // Unless re-armed meanwhile, as after a frame (see `deliver_frame`).
+            Notice::Passive if conn_paused(&self.core, key) => {
+                self.call_conn(key, "on_passive", |h, ctx| h.on_passive(ctx, id));
+            }
+            Notice::Passive => {}
             Notice::Open => {
+                self.core.conns[key].clear(flag::HANDING_OVER);
                 self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
                 // Frames held back while the connection changed hands.
-                self.core.push_ready(key);
+                if !dead {
+                    self.core.push_ready(key);
+                }
             }
         }
     }
@@ -551,7 +587,12 @@ impl Reactor {
         let core = &mut self.core;
         conn.output.clear(&mut core.out_pool);
         conn.input.discard(&mut core.read_pool);
-        core.counters.closed[reason.index()] += 1;
+        if !conn.has(flag::QUIET) {
+            core.counters.closed[reason.index()] += 1;
+        }
+        if conn.has(flag::COUNTED_CONN) {
+            core.release_place();
+        }
         // A descriptor was just freed: accepting may resume.
         core.accept_paused_until = 0;
         // Notices for this key must not reach a connection that reuses it.
@@ -559,6 +600,35 @@ impl Reactor {
         let handler = conn.handler;
         drop(conn);
         self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, ConnId(key), reason));
+    }
+
+    /// Stop accepting and close every connection gracefully.
+    ///
+    /// Each listener is accepted from until `EAGAIN` before it is closed:
+    /// when a listening socket closes, the kernel resets the connections
+    /// still in its accept queue (with `SO_REUSEPORT` they are not moved to
+    /// a sibling unless `net.ipv4.tcp_migrate_req` is 1), so taking them
+    /// first lets them be served their graceful close like everyone else.
+    /// The window that remains is the microseconds between that last
+    /// `accept4` and the `close`: a handshake completing then is reset.
+    /// Handlers hear `on_stop` before their connections start closing, so
+    /// that what they queue then (a chat's "left" notices to Redis) is
+    /// flushed by the graceful close.
+    fn shut_down(&mut self) {
+        for i in 0..self.core.listeners.len() {
+            self.core.listeners[i].pending = true;
+            while self.core.listeners[i].pending {
+                let before = self.core.counters.accepted;
+                self.accept(i);
+                if self.core.counters.accepted == before {
+                    break; // EAGAIN, or out of descriptors
+                }
+            }
+        }
+        for h in 0..self.handlers.len() {
+            self.call(h as u8, None, "on_stop", |h, ctx| h.on_stop(ctx));
+        }
+        self.core.begin_shutdown();
     }
 
     fn read_signals(&mut self) {
@@ -569,7 +639,7 @@ impl Reactor {
             stop = true;
         }
         if stop {
-            self.core.begin_shutdown();
+            self.core.stop_requested = true;
         }
     }
 
@@ -580,7 +650,7 @@ impl Reactor {
             self.call(0, None, "a job", |_, ctx| job(ctx));
         }
         if stop {
-            self.core.begin_shutdown();
+            self.core.stop_requested = true;
         }
     }
 }
@@ -588,7 +658,7 @@ impl Reactor {
 impl Core {
     /// The earliest moment the loop must wake for, if any.
     fn next_wakeup(&self) -> Option<Micros> {
-        let mut due = earliest(self.next_stats, self.next_tick);
+        let mut due = earliest(self.next_publish, self.next_tick);
         if self.draining {
             due = earliest(due, self.drain_deadline);
         }
@@ -645,6 +715,34 @@ impl Core {
         }
     }
 
+    /// Copy the counters, with the gauges brought up to date, to the slot
+    /// other threads read (`--stats`, `/metrics`).
+    fn publish(&mut self) {
+        let Some(publish) = &self.config.publish else { return };
+        self.counters.connections = self.counted;
+        self.counters.output_queued = self.conns.iter().map(|(_, c)| c.output.len()).sum();
+        publish.to.lock().unwrap_or_else(|e| e.into_inner()).clone_from(&self.counters);
+        self.next_publish = self.clock.after(publish.every);
+    }
+
+    /// Take a place for a counted connection, if `max_conns` allows.
+    fn take_place(&mut self) -> bool {
+        let max = self.config.max_conns;
+        let taken = match &self.config.conn_count {
+            Some(shared) => shared.take(max),
+            None => self.counted < max,
+        };
+        self.counted += taken as usize;
+        taken
+    }
+
+    fn release_place(&mut self) {
+        self.counted -= 1;
+        if let Some(shared) = &self.config.conn_count {
+            shared.release();
+        }
+    }
+
     fn drain_expired(&mut self) {
         let left: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         if !left.is_empty() {
@@ -659,6 +757,12 @@ impl Core {
             self.kill(key, CloseReason::Shutdown);
         }
     }
+}
+
+/// Whether the application has paused connection `key` (`Active::Off`, or
+/// a count run out).
+fn conn_paused(core: &Core, key: usize) -> bool {
+    core.conns.get(key).is_some_and(|c| c.has(flag::APP_PAUSED))
 }
 
 /// The errno of an OS error (EIO if it carries none).

@@ -135,7 +135,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::{Active, CloseReason, ConnId, Ctx, Handler};
+use crate::{Active, ChatCounters, CloseReason, ConnId, Ctx, Handler};
 
 /// The room every client joins on connect.
 pub const LOBBY: &str = "lobby";
@@ -182,6 +182,10 @@ struct Room {
 }
 
 impl Handler for Chat {
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        figures(ctx).backend_up = true;
+    }
+
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let nick = loop {
             self.guests += 1;
@@ -222,6 +226,7 @@ impl Handler for Chat {
         };
         assemble(&mut self.scratch, &[&member.nick, ": ", line]);
         fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
+        figures(ctx).messages += 1;
     }
 
     /// The throttled client's budget has refilled: its waiting lines now.
@@ -236,6 +241,7 @@ impl Handler for Chat {
         };
         self.nicks.remove(&member.nick);
         self.remove_from_room(id, &member.room);
+        self.gauges(ctx);
         if reason != CloseReason::Shutdown {
             self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
         }
@@ -262,7 +268,7 @@ impl Chat {
             let wanted = (self.rate / 100.0).clamp(1.0, burst);
             ctx.set_active(id, Active::Off);
             ctx.set_timer(id, Duration::from_secs_f64((wanted - member.tokens) / self.rate));
-            ctx.counters_mut().throttled += 1;
+            figures(ctx).throttled += 1;
         }
     }
 
@@ -345,6 +351,7 @@ impl Chat {
         };
         self.nicks.remove(&member.nick);
         self.remove_from_room(id, &member.room);
+        self.gauges(ctx);
         self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
     }
 
@@ -354,6 +361,14 @@ impl Chat {
         let Some(member) = self.member(id) else { return };
         let nick = member.nick.clone();
         self.broadcast(ctx, room, &["* ", &nick, " joined"]);
+        self.gauges(ctx);
+    }
+
+    /// Rooms and members now, for `--stats` and metrics.
+    fn gauges(&self, ctx: &mut Ctx<'_>) {
+        let figures = figures(ctx);
+        figures.rooms = self.rooms.len() as u64;
+        figures.members = self.nicks.len() as u64;
     }
 
     /// Take `id` out of `room`; an empty room ceases to exist.
@@ -379,6 +394,11 @@ impl Chat {
         assemble(&mut self.scratch, parts);
         fan_out(ctx, self.rooms.get(room), &self.scratch);
     }
+}
+
+/// The chat's figures on the reactor's counters.
+fn figures<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut ChatCounters {
+    ctx.counters_mut().chat.get_or_insert_with(ChatCounters::default)
 }
 
 /// `line` to every member of `room`: copied once into a shared buffer,

@@ -17,17 +17,30 @@ use crate::{ConnId, Ctx, Framing, Handler};
 #[derive(Debug)]
 pub struct Echo {
     framing: Framing,
+    /// Fault injection: a frame equal to this panics (see
+    /// [`Echo::panicking_on`]).
+    panic_on: Option<Vec<u8>>,
 }
 
 impl Echo {
     /// An echo server for connections of this framing.
     pub fn new(framing: Framing) -> Echo {
-        Echo { framing }
+        Echo { framing, panic_on: None }
+    }
+
+    /// Panic on a frame equal to `frame` (the command line sets it from
+    /// `EDGELOOP_PANIC_ON`): how the tests show that a panicking handler
+    /// costs only the connection it was serving.
+    pub fn panicking_on(self, frame: Option<Vec<u8>>) -> Echo {
+        Echo { panic_on: frame, ..self }
     }
 }
 
 impl Handler for Echo {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        if self.panic_on.as_deref() == Some(frame) {
+            panic!("{id}: EDGELOOP_PANIC_ON matched (fault injection)");
+        }
         // A refused send means the connection is closing (or the frame
         // cannot fit its own header, impossible for an echo): nothing to do.
         let _ = if self.framing == Framing::Raw { ctx.send_now(id, frame) } else { ctx.send(id, frame) };
