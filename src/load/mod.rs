@@ -29,7 +29,9 @@
 //!   in the reactor and counted (the progress line's "queued"), never
 //!   dropped or skipped. A wake-up that comes late sends every message
 //!   that fell due meanwhile at once, each still timed from when it was
-//!   due.
+//!   due; and every callback (a read, a timer) ends by sending what has
+//!   fallen due on any connection, so a busy loop iteration does not hold
+//!   the sends back until its timers run. Nothing is ever sent early.
 //!
 //! # Coordinated omission
 //!
