@@ -95,7 +95,10 @@ pub fn judge(e: &Evidence) -> (Verdict, Vec<String>) {
         ));
         if e.lag_p99 > MAX_LAG_P99 {
             // Late sends from idle threads: something else had the CPU.
-            why.push("sends were late although no generator thread was busy: check for other processes competing for the cores".to_string());
+            why.push(
+                "sends were late although no generator thread was busy: other processes competing for the cores are the usual cause"
+                    .to_string(),
+            );
         }
         (Verdict::ServerBehind, why)
     } else {

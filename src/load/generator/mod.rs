@@ -506,7 +506,9 @@ impl Handler for Generator {
                 }
                 *self.slot_mut(id) = Slot::Open(flow);
                 if !closed {
-                    self.pump(ctx, id, now);
+                    // Sets its timer (nothing is due yet: the schedule
+                    // starts at or after now).
+                    self.pump(ctx, id, now, 0);
                 }
                 self.start_connects(ctx);
                 if self.connecting == 0 {
@@ -632,9 +634,7 @@ impl Handler for Generator {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        let now = self.ns(Instant::now());
-        self.pump(ctx, id, now);
-        self.catch_up(ctx);
+        self.on_due(ctx, id);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
