@@ -12,9 +12,14 @@
 #   DURATION    measured window of each run, seconds (default 5; QUICK: 2)
 #   WARMUP      warm-up before it, seconds (default 1; QUICK: 0.5)
 #   SCENARIOS   subset of: pingpong pipelined bulk conns2k idle (default: all)
-#   SERVERS     subset of: edgeloop edgeloop-before c-epoll-echo tokio-echo go-echo
-#               erlang-echo (default: edgeloop, edgeloop-before if EDGELOOP_BEFORE
-#               is set, and every peer scripts/peers/build.sh built)
+#   SERVERS     subset of: edgeloop edgeloop-wN edgeloop-before c-epoll-echo tokio-echo
+#               go-echo erlang-echo (default: edgeloop, edgeloop-before if
+#               EDGELOOP_BEFORE is set, and every peer scripts/peers/build.sh built).
+#               The first is the reference of the ratio columns.
+#               edgeloop-wN (N = 1, 2, ...) is this build as `echo --workers N`:
+#               N reactor threads, all on the server's one CPU (see Method), so
+#               it measures the cost per message of N shared-nothing workers,
+#               not a speed-up: SERVERS="edgeloop-w1 edgeloop-w2 ..."
 #   EDGELOOP_BEFORE  path (absolute, or relative to the repository root) of another
 #               edgeloop binary, e.g. a build of the commit before a change; it
 #               runs as the server "edgeloop-before" (`$EDGELOOP_BEFORE echo
@@ -40,7 +45,8 @@
 #   - Runs alternate: for each repetition, for each scenario, every server in
 #     turn (A B C A B C ...), so slow drifts of a shared machine hit all
 #     servers alike. The table gives medians over repetitions; the ratios are
-#     paired (peer ÷ edgeloop within the same repetition, then the median).
+#     paired (peer ÷ the first of SERVERS within the same repetition, then
+#     the median).
 #   - msg/s, MB/s (one direction) and latency come from `edgeloop load
 #     --json` and cover its measured window only (the warm-up is excluded).
 #   - Server CPU: the ns on CPU of all the server's threads
@@ -78,9 +84,11 @@ bench_build
 bench_tune
 SERVERS=${SERVERS:-$(bench_servers | tr '\n' ' ')}
 for s in $SERVERS; do
-    [[ $s == edgeloop || -x $PEERS_BIN/$s || ($s == edgeloop-before && -x $EDGELOOP_BEFORE) ]] ||
+    [[ $s == edgeloop || $s =~ ^edgeloop-w[0-9]+$ || -x $PEERS_BIN/$s ||
+        ($s == edgeloop-before && -x $EDGELOOP_BEFORE) ]] ||
         { echo "error: no server $s (edgeloop-before needs EDGELOOP_BEFORE=path/to/edgeloop)" >&2; exit 2; }
 done
+read -r reference _ <<<"$SERVERS" # the baseline of the ratios
 
 load_scenarios=()
 for sc in $SCENARIOS; do
@@ -144,8 +152,8 @@ fi
     echo "- load generator: \`edgeloop load --conns N --depth D --size S --duration $DURATION --warmup $WARMUP --json\`"
     echo
     if ((${#load_scenarios[@]})); then
-        echo "Medians over $REPS repetition(s). Ratios: peer ÷ edgeloop in the same repetition, median;"
-        echo "msg/s ÷ edgeloop > 1 means the peer echoed more; CPU/msg ÷ edgeloop > 1 means the peer"
+        echo "Medians over $REPS repetition(s). Ratios: peer ÷ $reference in the same repetition, median;"
+        echo "msg/s ÷ $reference > 1 means the peer echoed more; CPU/msg ÷ $reference > 1 means the peer"
         echo "spent more server CPU per message. \"generator CPU\" near 100% means the load generator,"
         echo "not the server, was the limit. errors: summed over repetitions (from the generator)."
         echo "TCP retrans in window / listen drops: kernel counters of the whole loopback (other programs"
@@ -153,7 +161,7 @@ fi
         echo "teardown's are left out), and SYNs dropped by a full accept queue during the whole run"
         echo "(while connecting); either stalls a connection for 200 ms-3 s, visible in p99/max."
         echo
-        python3 scripts/lib/bench.py compare-table "$runs" edgeloop
+        python3 scripts/lib/bench.py compare-table "$runs" "$reference"
         echo
     fi
     if [[ -n $idle_md ]]; then

@@ -179,7 +179,7 @@ def cmd_compare_table(path, reference):
     for r in rows:
         by.setdefault((r["scenario"], r["server"]), []).append(r)
     print("| scenario | server | msg/s | MB/s | p50 µs | p99 µs | server CPU ns/msg "
-          "| server CPU | generator CPU | msg/s ÷ edgeloop | CPU/msg ÷ edgeloop | runs ok "
+          f"| server CPU | generator CPU | msg/s ÷ {reference} | CPU/msg ÷ {reference} | runs ok "
           "| TCP retrans in window / listen drops | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for sc in scenarios:

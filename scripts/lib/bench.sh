@@ -103,13 +103,15 @@ bench_servers() {
     return 0
 }
 
-# The command line of a server, listening on 127.0.0.1:0. A name that is not
-# a known server is taken as a command (word-split) to which the address is
-# appended, like the peers: `scripts/idle-memory.sh "path/to/bin --opt"`.
+# The command line of a server, listening on 127.0.0.1:0. `edgeloop-wN` is
+# this build with `--workers N` (all N threads on the server's CPU). A name
+# that is not a known server is taken as a command (word-split) to which the
+# address is appended, like the peers: `scripts/idle-memory.sh "path/to/bin --opt"`.
 server_cmd() {
     case $1 in
     edgeloop) echo "$EDGELOOP echo --listen 127.0.0.1:0 --max-conns 100000" ;;
     edgeloop-before) echo "$EDGELOOP_BEFORE echo --listen 127.0.0.1:0 --max-conns 100000" ;;
+    edgeloop-w[0-9]*) echo "$EDGELOOP echo --workers ${1#edgeloop-w} --listen 127.0.0.1:0 --max-conns 100000" ;;
     c-epoll-echo | tokio-echo | go-echo | erlang-echo) echo "$PEERS_BIN/$1 127.0.0.1:0" ;;
     *) echo "$1 127.0.0.1:0" ;;
     esac
