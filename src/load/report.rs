@@ -1,22 +1,15 @@
-//! The summary at the end of a run: a few human lines, or one JSON object.
+//! The summary at the end of a run, merged over the threads: a few human
+//! lines, or one JSON object.
+
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::generator::{Errors, Outcome};
+use super::latency::{Histograms, Percentiles};
+use super::schedule::Arrival;
+use super::verdict::{self, Evidence, Verdict};
 use super::LoadArgs;
-
-/// Latency percentiles in microseconds.
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub mean: f64,
-    /// Messages whose latency was recorded (those echoed in the window).
-    pub samples: u64,
-}
 
 #[derive(Debug, Serialize)]
 pub struct ErrorCounts {
@@ -33,12 +26,16 @@ impl From<Errors> for ErrorCounts {
 }
 
 /// What the generator itself cost: tells whether it, not the server, was
-/// the bottleneck (a `client_cpu_util` near 1.0 means one full core).
+/// the bottleneck.
 #[derive(Debug, Serialize)]
 pub struct ClientCost {
+    /// CPU time of the generator threads inside the window, added up.
     pub cpu_s: f64,
+    /// `cpu_s` over the window: cores' worth used.
     pub cpu_util: f64,
     pub cpu_us_per_msg: f64,
+    /// Each thread's CPU time over the window (1.0: a whole core).
+    pub thread_cpu_util: Vec<f64>,
 }
 
 /// The summary of a run, as printed by `--json`.
@@ -46,7 +43,10 @@ pub struct ClientCost {
 pub struct Summary {
     pub generator: &'static str,
     pub version: &'static str,
+    /// `closed` or `open`.
+    pub mode: &'static str,
     pub target: String,
+    pub threads: u32,
     pub conns: u32,
     pub depth: u32,
     /// `--size`: bytes per message (for 1|2|4 the payload, without header).
@@ -68,26 +68,127 @@ pub struct Summary {
     pub msgs_per_sec: f64,
     /// `msgs_per_sec * wire_bytes / 1e6`, one direction.
     pub mb_per_sec: f64,
-    pub latency_us: Latency,
+    /// Closed loop: from each message's send. Open loop: the response
+    /// time, from each message's due time.
+    pub latency_us: Percentiles,
+    /// Open loop: `--rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<Arrival>,
+    /// Open loop: messages echoed per second (= `msgs_per_sec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub achieved_rate: Option<f64>,
+    /// Open loop: messages sent per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<Percentiles>,
+    /// Open loop: messages unanswered at the end of the window, recorded
+    /// with their wait so far (included in `latency_us.samples`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdict_reasons: Vec<String>,
     pub errors: ErrorCounts,
     pub client: ClientCost,
     /// Ended early by SIGINT/SIGTERM.
     pub interrupted: bool,
 }
 
+/// The threads' outcomes, merged.
+pub struct Merged {
+    pub errors: Errors,
+    pub connect_error: Option<String>,
+    pub opened: u32,
+    pub survived: u32,
+    pub messages: u64,
+    pub sent: u64,
+    pub unanswered: u64,
+    pub window: Duration,
+    pub hist: Histograms,
+    pub thread_cpu: Vec<Duration>,
+    pub thread_window: Vec<Duration>,
+    pub interrupted: bool,
+}
+
+impl Merged {
+    pub fn new(outcomes: &[Outcome]) -> Merged {
+        let mut m = Merged {
+            errors: Errors::default(),
+            connect_error: None,
+            opened: 0,
+            survived: 0,
+            messages: 0,
+            sent: 0,
+            unanswered: 0,
+            window: Duration::ZERO,
+            hist: Histograms::default(),
+            thread_cpu: Vec::new(),
+            thread_window: Vec::new(),
+            interrupted: false,
+        };
+        let mut span: Option<(Instant, Instant)> = None;
+        for o in outcomes {
+            m.errors.add(&o.errors);
+            if m.connect_error.is_none() {
+                m.connect_error.clone_from(&o.connect_error);
+            }
+            m.opened += o.opened;
+            m.survived += o.survived;
+            m.messages += o.messages;
+            m.sent += o.sent;
+            m.unanswered += o.unanswered;
+            m.hist.add(&o.hist);
+            m.thread_cpu.push(o.cpu);
+            m.thread_window.push(o.window.map_or(Duration::ZERO, |(a, b)| b - a));
+            m.interrupted |= o.interrupted;
+            // The window is from the first thread's start to the last one's end.
+            if let Some((a, b)) = o.window {
+                span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+            }
+        }
+        m.window = span.map_or(Duration::ZERO, |(a, b)| b - a);
+        m
+    }
+}
+
 impl Summary {
-    pub fn new(args: &LoadArgs, wire_bytes: usize, out: &Outcome) -> Summary {
-        let window = out.window.as_secs_f64();
-        let rate = if window > 0.0 { out.messages as f64 / window } else { 0.0 };
-        let h = &out.latency;
-        let us = |ns: u64| (ns as f64 / 1000.0 * 10.0).round() / 10.0;
-        let empty = h.is_empty();
-        let q = |q: f64| if empty { 0.0 } else { us(h.value_at_quantile(q)) };
-        let cpu = out.cpu.as_secs_f64();
+    pub fn new(args: &LoadArgs, wire_bytes: usize, m: &Merged, elapsed: Duration) -> Summary {
+        let window = m.window.as_secs_f64();
+        let per_sec = |n: u64| if window > 0.0 { n as f64 / window } else { 0.0 };
+        let rate = per_sec(m.messages);
+        let cpu: f64 = m.thread_cpu.iter().map(Duration::as_secs_f64).sum();
+        let thread_util: Vec<f64> = m
+            .thread_cpu
+            .iter()
+            .zip(&m.thread_window)
+            .map(|(c, w)| if w.is_zero() { 0.0 } else { round3(c.as_secs_f64() / w.as_secs_f64()) })
+            .collect();
+        let open = args.rate.is_some();
+        let (verdict, reasons) = match args.rate {
+            Some(asked) => {
+                let lag_p99 = if m.hist.lag.is_empty() { 0 } else { m.hist.lag.value_at_quantile(0.99) };
+                let (v, why) = verdict::judge(&Evidence {
+                    rate: asked,
+                    achieved: rate,
+                    lag_p99: Duration::from_nanos(lag_p99),
+                    thread_util: thread_util.clone(),
+                });
+                (Some(v), why)
+            }
+            None => (None, Vec::new()),
+        };
         Summary {
             generator: "edgeloop load",
             version: env!("CARGO_PKG_VERSION"),
+            mode: if open { "open" } else { "closed" },
             target: args.connect.to_string(),
+            threads: args.threads,
             conns: args.conns,
             depth: args.depth,
             size: args.size,
@@ -96,67 +197,123 @@ impl Summary {
             duration_s: args.duration.as_secs_f64(),
             warmup_s: args.warmup.as_secs_f64(),
             window_s: round3(window),
-            elapsed_s: round3(out.elapsed.as_secs_f64()),
-            connected: out.opened,
-            messages: out.messages,
+            elapsed_s: round3(elapsed.as_secs_f64()),
+            connected: m.opened,
+            messages: m.messages,
             msgs_per_sec: rate.round(),
             mb_per_sec: round3(rate * wire_bytes as f64 / 1e6),
-            latency_us: Latency {
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                p999: q(0.999),
-                max: if empty { 0.0 } else { us(h.max()) },
-                mean: if empty { 0.0 } else { (h.mean() / 100.0).round() / 10.0 },
-                samples: h.len(),
-            },
-            errors: out.errors.into(),
+            latency_us: Percentiles::of(&m.hist.response),
+            rate: args.rate,
+            arrival: open.then_some(args.arrival),
+            achieved_rate: open.then_some(rate.round()),
+            sent_rate: open.then(|| per_sec(m.sent).round()),
+            service_us: open.then(|| Percentiles::of(&m.hist.service)),
+            send_lag_us: open.then(|| Percentiles::of(&m.hist.lag)),
+            unanswered: open.then_some(m.unanswered),
+            verdict,
+            verdict_reasons: reasons,
+            errors: m.errors.into(),
             client: ClientCost {
                 cpu_s: round3(cpu),
                 cpu_util: if window > 0.0 { round3(cpu / window) } else { 0.0 },
-                cpu_us_per_msg: if out.messages > 0 { round3(cpu * 1e6 / out.messages as f64) } else { 0.0 },
+                cpu_us_per_msg: if m.messages > 0 { round3(cpu * 1e6 / m.messages as f64) } else { 0.0 },
+                thread_cpu_util: thread_util,
             },
-            interrupted: out.interrupted,
+            interrupted: m.interrupted,
         }
     }
 
     /// The human-readable summary.
     pub fn text(&self) -> String {
-        let l = &self.latency_us;
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            s.push_str(&format!("{k:<12}{v}\n"));
+        };
+        let pct = |p: &Percentiles| {
+            format!("p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}", p.p50, p.p90, p.p99, p.p999, p.max)
+        };
+        match (self.rate, self.arrival) {
+            (Some(rate), Some(arrival)) => line(
+                "mode",
+                format!("open loop, {arrival} arrivals at {rate} msg/s; latency from each message's due time"),
+            ),
+            _ => line(
+                "mode",
+                "closed loop: measures throughput; its latency hides stalls (coordinated omission: \
+                 a stalled server delays only the few messages in flight); use --rate to measure latency"
+                    .to_string(),
+            ),
+        }
+        line(
+            "target",
+            format!(
+                "{} ({} conns x depth {} on {} thread{}, {} B {} messages, {} B on the wire)",
+                self.target,
+                self.conns,
+                self.depth,
+                self.threads,
+                if self.threads == 1 { "" } else { "s" },
+                self.size,
+                self.framing,
+                self.wire_bytes
+            ),
+        );
+        line(
+            "window",
+            format!(
+                "{:.2} s after {} s warm-up{}",
+                self.window_s,
+                self.warmup_s,
+                if self.interrupted { " (interrupted)" } else { "" }
+            ),
+        );
+        match (self.rate, self.sent_rate) {
+            (Some(rate), Some(sent)) => line(
+                "messages",
+                format!(
+                    "{} ({:.0} msg/s achieved of {rate} asked, {sent:.0} msg/s sent)",
+                    self.messages, self.msgs_per_sec
+                ),
+            ),
+            _ => line("messages", format!("{} ({:.0} msg/s)", self.messages, self.msgs_per_sec)),
+        }
+        line("throughput", format!("{:.2} MB/s each way", self.mb_per_sec));
+        match (&self.service_us, &self.send_lag_us) {
+            (Some(service), Some(lag)) => {
+                line("response us", format!("{}  (from due time)", pct(&self.latency_us)));
+                line("service us", format!("{}  (from actual send)", pct(service)));
+                line("send lag us", format!("{}  (actual send - due)", pct(lag)));
+                if let Some(n) = self.unanswered.filter(|&n| n > 0) {
+                    line("unanswered", format!("{n} at the end of the window (counted with their wait so far)"));
+                }
+            }
+            _ => line("latency us", pct(&self.latency_us)),
+        }
         let e = &self.errors;
-        format!(
-            "target      {} ({} conns x depth {}, {} B {} messages, {} B on the wire)\n\
-             window      {:.2} s after {} s warm-up{}\n\
-             messages    {} ({:.0} msg/s)\n\
-             throughput  {:.2} MB/s each way\n\
-             latency us  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}\n\
-             errors      connect_failed {}  reset {}  closed {}  mismatch {}\n\
-             client cpu  {:.2} s ({:.0}% of a core, {:.2} us/msg)\n",
-            self.target,
-            self.conns,
-            self.depth,
-            self.size,
-            self.framing,
-            self.wire_bytes,
-            self.window_s,
-            self.warmup_s,
-            if self.interrupted { " (interrupted)" } else { "" },
-            self.messages,
-            self.msgs_per_sec,
-            self.mb_per_sec,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            e.connect_failed,
-            e.reset,
-            e.closed,
-            e.mismatch,
-            self.client.cpu_s,
-            self.client.cpu_util * 100.0,
-            self.client.cpu_us_per_msg,
-        )
+        line(
+            "errors",
+            format!(
+                "connect_failed {}  reset {}  closed {}  mismatch {}",
+                e.connect_failed, e.reset, e.closed, e.mismatch
+            ),
+        );
+        let busiest = self.client.thread_cpu_util.iter().copied().fold(0.0, f64::max);
+        line(
+            "client cpu",
+            format!(
+                "{:.2} s ({:.2} us/msg; busiest thread {:.0}% of a core)",
+                self.client.cpu_s,
+                self.client.cpu_us_per_msg,
+                busiest * 100.0
+            ),
+        );
+        if let Some(v) = self.verdict {
+            line("verdict", v.name().to_string());
+            for why in &self.verdict_reasons {
+                line("", format!("- {why}"));
+            }
+        }
+        s
     }
 }
 

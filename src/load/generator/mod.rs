@@ -1,14 +1,23 @@
-//! The generator as a [`Handler`]: connections, the closed loop, the
-//! checks, the clock of the run. See the module docs of [`crate::load`].
+//! One thread's generator as a [`Handler`]: its share of the connections,
+//! the closed or the open loop, the checks, the clock of the run. See the
+//! module docs of [`crate::load`].
 
-use std::io::{self, Write};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::pattern::Pattern;
-use crate::{CloseReason, ConnId, Ctx, Handler};
+use crate::load::latency::{self, Histograms};
+use crate::load::pattern::Pattern;
+use crate::load::progress::{Report, Shared};
+use crate::load::schedule::{Arrival, Schedule};
+mod send;
+
+use crate::{CloseReason, ConnId, ConnectOptions, Ctx, Handler};
+use send::write_messages;
 
 /// Connects in progress at once: enough to open thousands of connections
 /// per second, few enough not to overflow the server's accept queue.
@@ -18,15 +27,28 @@ const CONNECT_WINDOW: u32 = 512;
 const SHARED_SENDS: u64 = 4;
 /// Mismatches described on stderr (all are counted).
 const MISMATCH_REPORTS: u64 = 5;
-/// Largest latency the histogram keeps exactly (larger ones are clamped).
-const MAX_LATENCY_NS: u64 = 60_000_000_000;
 
-/// What to run: the command line, checked.
+/// The open loop's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Open {
+    /// Messages per second on each connection (`--rate / --conns`).
+    pub rate_per_conn: f64,
+    pub arrival: Arrival,
+}
+
+/// What one thread runs: the command line, checked, and its share.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub addr: SocketAddr,
+    /// Connections over all threads.
     pub conns: u32,
+    /// This thread opens the connections `first, first + stride, ...`
+    /// below `conns` (their ordinals stagger schedules and patterns).
+    pub first: u32,
+    pub stride: u32,
     pub depth: u32,
+    /// `None`: the closed loop.
+    pub open: Option<Open>,
     pub warmup: Duration,
     pub duration: Duration,
     /// Connections not up after this long count as failed.
@@ -34,8 +56,17 @@ pub struct Plan {
     /// Bind client sockets to 127.0.0.1 .. 127.0.0.`n` in turn (0: don't
     /// bind): one source address has only ~28 000 ephemeral ports.
     pub source_addrs: u8,
-    /// Print the progress line every second.
-    pub progress: bool,
+}
+
+impl Plan {
+    /// How many connections this thread opens.
+    fn my_conns(&self) -> u32 {
+        if self.first >= self.conns {
+            0
+        } else {
+            (self.conns - self.first).div_ceil(self.stride)
+        }
+    }
 }
 
 /// Errors seen during the whole run (warm-up included).
@@ -52,18 +83,29 @@ pub struct Errors {
     pub mismatch: u64,
 }
 
+impl Errors {
+    pub fn add(&mut self, o: &Errors) {
+        self.connect_failed += o.connect_failed;
+        self.reset += o.reset;
+        self.closed += o.closed;
+        self.mismatch += o.mismatch;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
+    /// This thread's connects have resolved; others' may not have.
+    Waiting,
     Warmup,
     Measuring,
     /// The run is over; `Ctx::stop` closes what is left.
     Done,
 }
 
-/// One closed-loop flow of messages on one connection.
+/// The messages of one connection.
 struct Flow {
-    /// Messages sent and messages fully echoed; `sent - recvd <= depth`.
+    /// Messages sent, and messages fully echoed.
     sent: u64,
     recvd: u64,
     /// Bytes of message `recvd` already echoed and checked.
@@ -71,11 +113,13 @@ struct Flow {
     /// Template rotations of the next message to send and to receive.
     send_rot: u16,
     recv_rot: u16,
-    /// Send times (nanoseconds since the start) of the messages in flight,
-    /// a ring of `depth` slots: messages come back in order (FIFO).
-    sent_at: Box<[u64]>,
-    send_slot: usize,
-    recv_slot: usize,
+    /// (due, sent) of each message in flight, in nanoseconds since the
+    /// origin, oldest first: echoes come back in order (TCP, one stream).
+    /// In the closed loop at most `depth` long; in the open loop as long as
+    /// the server lets it grow.
+    in_flight: VecDeque<(u64, u64)>,
+    /// The open loop's schedule.
+    schedule: Option<Schedule>,
 }
 
 /// What the generator knows about a reactor connection id.
@@ -89,37 +133,42 @@ enum Slot {
     Abandoned,
 }
 
-/// The measurements of a run, read after [`crate::Reactor::run`] returns.
+/// One thread's measurements, read after [`crate::Reactor::run`] returns.
 pub struct Outcome {
     pub errors: Errors,
     /// A reason connections failed to connect, when one is known.
     pub connect_error: Option<String>,
-    /// Connections that opened.
     pub opened: u32,
     /// Connections still open when the run ended.
     pub survived: u32,
     /// Messages echoed inside the measured window.
     pub messages: u64,
-    /// The measured window (zero if it never began).
-    pub window: Duration,
-    /// Nanoseconds, messages echoed inside the window.
-    pub latency: Histogram<u64>,
-    /// CPU time (user + system) the generator used inside the window.
+    /// Messages sent inside the measured window.
+    pub sent: u64,
+    /// Open loop: messages still unanswered when the window closed (their
+    /// wait so far is recorded, a lower bound: a stall at the very end is
+    /// not hidden).
+    pub unanswered: u64,
+    /// The measured window, on this thread's clock (zero if it never began).
+    pub window: Option<(Instant, Instant)>,
+    pub hist: Histograms,
+    /// CPU time this thread used inside the window.
     pub cpu: Duration,
-    /// From start to the end of the run (connecting included).
-    pub elapsed: Duration,
-    /// The run was ended early by a signal.
     pub interrupted: bool,
 }
 
-/// The load generator's [`Handler`].
+/// The load generator's [`Handler`] (one per thread).
 pub struct Generator {
     plan: Plan,
     pattern: Pattern,
+    shared: Arc<Shared>,
     slots: Vec<Slot>,
     /// Outgoing messages are assembled here, then queued in one `send`.
     scratch: Vec<u8>,
-    start: Instant,
+    /// Open loop: (next due time, connection) of every schedule, a
+    /// min-heap with lazy deletion (an entry whose time is not its
+    /// schedule's next is stale and skipped). See [`Generator::catch_up`].
+    due: BinaryHeap<Reverse<(u64, usize)>>,
     phase: Phase,
     measuring: bool,
     next_ordinal: u64,
@@ -132,33 +181,38 @@ pub struct Generator {
     window_due: Instant,
     window_start: Option<Instant>,
     window_end: Option<Instant>,
-    cpu_start: u64,
-    cpu_end: u64,
-    total_msgs: u64,
+    cpu_start: Duration,
+    cpu: Duration,
     window_msgs: u64,
-    latency: Histogram<u64>,
+    window_sent: u64,
+    /// Messages echoed in the whole run.
+    total_msgs: u64,
+    unanswered: u64,
+    in_flight: u64,
+    hist: Histograms,
+    /// Response times of the current second (progress line, plot).
+    second_hist: Histogram<u64>,
+    second_msgs: u64,
+    second: u64,
+    second_at: Instant,
     errors: Errors,
     connect_error: Option<String>,
     interrupted: bool,
-    next_progress: Instant,
-    progress_at: Instant,
-    progress_msgs: u64,
+    done_reported: bool,
 }
 
 impl Generator {
-    pub fn new(plan: Plan, pattern: Pattern) -> Generator {
+    pub fn new(plan: Plan, pattern: Pattern, shared: Arc<Shared>) -> Generator {
         let now = Instant::now();
-        // ok: constant, valid bounds; no input reaches this.
-        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("valid histogram bounds");
         Generator {
-            slots: Vec::with_capacity(plan.conns as usize),
+            slots: Vec::with_capacity(plan.my_conns() as usize),
             scratch: Vec::with_capacity(pattern.wire_len() * plan.depth as usize),
+            due: BinaryHeap::new(),
+            next_ordinal: plan.first as u64,
             plan,
             pattern,
-            start: now,
             phase: Phase::Connecting,
             measuring: false,
-            next_ordinal: 0,
             connecting: 0,
             connect_deadline: now,
             live: 0,
@@ -168,38 +222,48 @@ impl Generator {
             window_due: now,
             window_start: None,
             window_end: None,
-            cpu_start: 0,
-            cpu_end: 0,
-            total_msgs: 0,
+            cpu_start: Duration::ZERO,
+            cpu: Duration::ZERO,
             window_msgs: 0,
-            latency,
+            window_sent: 0,
+            total_msgs: 0,
+            unanswered: 0,
+            in_flight: 0,
+            hist: Histograms::default(),
+            second_hist: latency::histogram(),
+            second_msgs: 0,
+            second: 1,
+            second_at: shared.origin,
+            shared,
             errors: Errors::default(),
             connect_error: None,
             interrupted: false,
-            next_progress: now + Duration::from_secs(1),
-            progress_at: now,
-            progress_msgs: 0,
+            done_reported: false,
         }
     }
 
     /// The results; meaningful once the reactor's `run` has returned.
     pub fn outcome(&self) -> Outcome {
-        let window = match (self.window_start, self.window_end) {
-            (Some(a), Some(b)) => b - a,
-            _ => Duration::ZERO,
-        };
+        let window = self.window_start.zip(self.window_end);
         Outcome {
             errors: self.errors,
             connect_error: self.connect_error.clone(),
             opened: self.opened,
             survived: self.survived,
-            messages: if window.is_zero() { 0 } else { self.window_msgs },
+            messages: if window.is_some() { self.window_msgs } else { 0 },
+            sent: if window.is_some() { self.window_sent } else { 0 },
+            unanswered: self.unanswered,
             window,
-            latency: self.latency.clone(),
-            cpu: Duration::from_micros(self.cpu_end.saturating_sub(self.cpu_start)),
-            elapsed: self.start.elapsed(),
+            hist: self.hist.clone(),
+            cpu: self.cpu,
             interrupted: self.interrupted,
         }
+    }
+
+    /// Nanoseconds since the run's origin.
+    #[inline]
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.shared.origin).as_nanos() as u64
     }
 
     fn slot_mut(&mut self, id: ConnId) -> &mut Slot {
@@ -225,9 +289,14 @@ impl Generator {
             && self.next_ordinal < self.plan.conns as u64
         {
             let ordinal = self.next_ordinal;
-            self.next_ordinal += 1;
-            let source = self.source_for(ordinal);
-            let options = crate::ConnectOptions { local: source, ..Default::default() };
+            self.next_ordinal += self.plan.stride as u64;
+            // The connect timeout is the reactor's (a failure it reports);
+            // `abandon_connects` is the backstop for the whole phase.
+            let options = ConnectOptions {
+                local: self.source_for(ordinal),
+                timeout: Some(self.plan.connect_timeout),
+                ..Default::default()
+            };
             match ctx.connect(&self.plan.addr, &options) {
                 Ok(id) => {
                     *self.slot_mut(id) = Slot::Connecting { ordinal };
@@ -241,21 +310,34 @@ impl Generator {
         }
     }
 
+    fn all_started(&self) -> bool {
+        self.next_ordinal >= self.plan.conns as u64
+    }
+
     /// Move through the phases as time passes and connections come and go.
     fn advance(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        if self.phase != Phase::Done && self.shared.stopping() {
+            self.interrupted = true;
+            return self.finish(ctx, now);
+        }
         loop {
             match self.phase {
                 Phase::Done => return,
                 Phase::Connecting => {
-                    let resolved = self.connecting == 0 && self.next_ordinal == self.plan.conns as u64;
-                    if !resolved {
+                    if self.connecting > 0 || !self.all_started() {
                         if now < self.connect_deadline {
                             return;
                         }
                         self.abandon_connects();
                     }
+                    self.phase = Phase::Waiting;
+                    self.shared.resolved(now);
+                }
+                Phase::Waiting => {
+                    let Some(go) = self.shared.go() else { return };
                     self.phase = Phase::Warmup;
-                    self.warmup_end = now + self.plan.warmup;
+                    self.warmup_end = go + self.plan.warmup;
+                    self.window_due = self.warmup_end + self.plan.duration;
                 }
                 Phase::Warmup => {
                     if self.live == 0 {
@@ -267,10 +349,10 @@ impl Generator {
                     self.phase = Phase::Measuring;
                     self.measuring = true;
                     self.window_start = Some(now);
-                    self.window_due = now + self.plan.duration;
                     self.window_msgs = 0;
-                    self.latency.reset();
-                    self.cpu_start = crate::sys::process_cpu_micros();
+                    self.window_sent = 0;
+                    self.hist.reset();
+                    self.cpu_start = Duration::from_micros(crate::sys::thread_cpu_micros());
                 }
                 Phase::Measuring => {
                     if self.live == 0 || now >= self.window_due {
@@ -290,9 +372,10 @@ impl Generator {
                 self.errors.connect_failed += 1;
             }
         }
-        let unstarted = self.plan.conns as u64 - self.next_ordinal;
-        self.errors.connect_failed += unstarted;
-        self.next_ordinal = self.plan.conns as u64;
+        while !self.all_started() {
+            self.errors.connect_failed += 1;
+            self.next_ordinal += self.plan.stride as u64;
+        }
         self.connecting = 0;
         let secs = self.plan.connect_timeout.as_secs_f64();
         self.connect_error.get_or_insert_with(|| format!("not connected within {secs} s"));
@@ -303,41 +386,83 @@ impl Generator {
         if self.measuring {
             self.measuring = false;
             self.window_end = Some(now);
-            self.cpu_end = crate::sys::process_cpu_micros();
+            self.cpu = Duration::from_micros(crate::sys::thread_cpu_micros()).saturating_sub(self.cpu_start);
+            if self.plan.open.is_some() {
+                self.record_unanswered(now);
+            }
+        }
+        if self.phase == Phase::Connecting {
+            // Connects not resolved yet must not hold the other threads.
+            self.shared.resolved(now);
         }
         self.phase = Phase::Done;
         self.survived = self.live;
+        // With -v: how the loop spent its wake-ups (a cost per message
+        // that is the machine's, see BENCHMARKS.md).
+        let c = ctx.counters();
+        log::info!(
+            "thread {}: {} messages echoed, {} waits, {} reads, {} writes",
+            self.plan.first,
+            self.total_msgs,
+            c.waits,
+            c.reads,
+            c.writes
+        );
+        self.report_second(ctx, now);
+        if !self.done_reported {
+            self.done_reported = true;
+            self.shared.thread_done(self.plan.first);
+        }
         ctx.stop();
     }
 
-    fn progress(&mut self, now: Instant) {
-        let dt = (now - self.progress_at).as_secs_f64();
-        let msgs = self.total_msgs - self.progress_msgs;
-        self.progress_at = now;
-        self.progress_msgs = self.total_msgs;
-        self.next_progress += Duration::from_secs(1);
-        if self.next_progress <= now {
-            self.next_progress = now + Duration::from_secs(1);
+    /// Open loop: a message still unanswered at the end of the window has
+    /// waited at least until now. Leaving it out would hide a stall that
+    /// is still going on when the window closes.
+    fn record_unanswered(&mut self, now: Instant) {
+        let end = self.ns(now);
+        for slot in &self.slots {
+            if let Slot::Open(flow) = slot {
+                for &(due, sent) in &flow.in_flight {
+                    self.hist.record(due, sent, end);
+                    self.unanswered += 1;
+                }
+            }
         }
-        if !self.plan.progress || dt <= 0.0 {
-            return;
-        }
-        let rate = msgs as f64 / dt;
-        let mb = rate * self.pattern.wire_len() as f64 / 1e6;
-        let tag = match self.phase {
-            Phase::Connecting => "  (connecting)",
+    }
+
+    /// Tell the others about the second that just ended.
+    fn report_second(&mut self, ctx: &Ctx<'_>, now: Instant) {
+        let dt = now.saturating_duration_since(self.second_at).as_secs_f64();
+        let wire = self.pattern.wire_len();
+        let queued: usize = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Open(_)))
+            .map(|(i, _)| ctx.pending_output(ConnId(i)))
+            .sum();
+        let phase = match self.phase {
+            Phase::Connecting | Phase::Waiting => "  (connecting)",
             Phase::Warmup => "  (warm-up)",
             Phase::Measuring | Phase::Done => "",
         };
-        let _ = writeln!(
-            io::stderr().lock(),
-            "[{:>3}s] {:.0} msg/s  {:.1} MB/s  {} conns{}",
-            (now - self.start).as_secs(),
-            rate,
-            mb,
-            self.live,
-            tag
-        );
+        self.shared.report(Report {
+            thread: self.plan.first,
+            second: self.second,
+            dt,
+            msgs: self.second_msgs,
+            hist: &self.second_hist,
+            live: self.live,
+            in_flight: self.in_flight,
+            queued: queued.div_ceil(wire) as u64,
+            phase,
+            measured: self.measuring || self.phase == Phase::Done && self.window_start.is_some(),
+        });
+        self.second_hist.reset();
+        self.second_msgs = 0;
+        self.second += 1;
+        self.second_at = now;
     }
 
     /// Report a mismatch on a connection (which is then closed).
@@ -349,40 +474,6 @@ impl Generator {
     }
 }
 
-/// Queue `count` new messages on a flow, stamped `now`: a few short ones
-/// by reference to their prebuilt copies, otherwise copied into one `send`.
-fn send_messages(
-    ctx: &mut Ctx<'_>,
-    id: ConnId,
-    flow: &mut Flow,
-    pattern: &Pattern,
-    scratch: &mut Vec<u8>,
-    count: u64,
-    now: u64,
-) {
-    let depth = flow.sent_at.len();
-    let by_reference = count <= SHARED_SENDS && pattern.prebuilt(0).is_some();
-    scratch.clear();
-    for _ in 0..count {
-        match pattern.prebuilt(flow.send_rot) {
-            Some(msg) if by_reference => {
-                let _ = ctx.send_shared(id, msg);
-            }
-            _ => pattern.write(flow.send_rot, scratch),
-        }
-        flow.send_rot = Pattern::next_rotation(flow.send_rot);
-        flow.sent_at[flow.send_slot] = now;
-        flow.send_slot += 1;
-        if flow.send_slot == depth {
-            flow.send_slot = 0;
-        }
-    }
-    flow.sent += count;
-    if !scratch.is_empty() {
-        let _ = ctx.send(id, scratch);
-    }
-}
-
 impl Handler for Generator {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         match std::mem::replace(self.slot_mut(id), Slot::Free) {
@@ -390,21 +481,35 @@ impl Handler for Generator {
                 self.connecting -= 1;
                 self.live += 1;
                 self.opened += 1;
-                let depth = self.plan.depth as usize;
                 let rot = Pattern::first_rotation(ordinal);
+                let now = self.ns(Instant::now());
+                let schedule = self
+                    .plan
+                    .open
+                    .map(|o| Schedule::new(o.arrival, o.rate_per_conn, ordinal, self.plan.conns as u64, now));
+                let closed = schedule.is_none();
                 let mut flow = Flow {
                     sent: 0,
                     recvd: 0,
                     off: 0,
                     send_rot: rot,
                     recv_rot: rot,
-                    sent_at: vec![0; depth].into_boxed_slice(),
-                    send_slot: 0,
-                    recv_slot: 0,
+                    in_flight: VecDeque::with_capacity(self.plan.depth as usize),
+                    schedule,
                 };
-                let now = self.start.elapsed().as_nanos() as u64;
-                send_messages(ctx, id, &mut flow, &self.pattern, &mut self.scratch, depth as u64, now);
+                if closed {
+                    // The closed loop: `depth` messages at once.
+                    let depth = self.plan.depth as u64;
+                    flow.in_flight.extend((0..depth).map(|_| (now, now)));
+                    write_messages(ctx, id, &mut flow, &self.pattern, &mut self.scratch, depth);
+                    self.in_flight += depth;
+                }
                 *self.slot_mut(id) = Slot::Open(flow);
+                if !closed {
+                    // Sets its timer (nothing is due yet: the schedule
+                    // starts at or after now).
+                    self.pump(ctx, id, now, 0);
+                }
                 self.start_connects(ctx);
                 if self.connecting == 0 {
                     self.advance(ctx, Instant::now());
@@ -419,23 +524,23 @@ impl Handler for Generator {
     }
 
     /// The hot path: check the echoed bytes against the pattern, count the
-    /// messages they complete, record their latency, send as many new ones.
+    /// messages they complete and record their times; in the closed loop,
+    /// send as many new ones.
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
-        let now = self.start.elapsed().as_nanos() as u64;
+        let now = self.ns(Instant::now());
         let Some(Slot::Open(flow)) = self.slots.get_mut(id.index()) else {
             return;
         };
         let pattern = &self.pattern;
         let wire = pattern.wire_len();
-        let depth = flow.sent_at.len();
         let mut data = frame;
         let mut done = 0u64;
         let mut bad = None;
         while !data.is_empty() {
-            if flow.recvd == flow.sent {
+            let Some(&(due, sent)) = flow.in_flight.front() else {
                 bad = Some((flow.recvd, 0, format!("{} bytes echoed that were never sent", data.len())));
                 break;
-            }
+            };
             let n = (wire - flow.off).min(data.len());
             let seg = &data[..n];
             if !pattern.matches(flow.recv_rot, flow.off, seg) {
@@ -450,37 +555,44 @@ impl Handler for Generator {
                 flow.off = 0;
                 flow.recvd += 1;
                 flow.recv_rot = Pattern::next_rotation(flow.recv_rot);
+                flow.in_flight.pop_front();
                 if self.measuring {
-                    let latency = now.saturating_sub(flow.sent_at[flow.recv_slot]);
-                    self.latency.saturating_record(latency.clamp(1, MAX_LATENCY_NS));
+                    self.hist.record(due, sent, now);
                 }
-                flow.recv_slot += 1;
-                if flow.recv_slot == depth {
-                    flow.recv_slot = 0;
-                }
+                latency::record(&mut self.second_hist, now.saturating_sub(due));
                 done += 1;
             }
         }
         if done > 0 {
+            self.in_flight -= done;
+            self.second_msgs += done;
             self.total_msgs += done;
             if self.measuring {
                 self.window_msgs += done;
             }
-            if bad.is_none() {
-                send_messages(ctx, id, flow, pattern, &mut self.scratch, done, now);
+            if bad.is_none() && flow.schedule.is_none() {
+                flow.in_flight.extend((0..done).map(|_| (now, now)));
+                write_messages(ctx, id, flow, pattern, &mut self.scratch, done);
+                self.in_flight += done;
+                if self.measuring {
+                    self.window_sent += done;
+                }
             }
         }
         if let Some((msg, off, detail)) = bad {
             self.mismatch(id, msg, off, detail);
             ctx.close(id);
         }
+        self.catch_up(ctx);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
         let slot = std::mem::replace(self.slot_mut(id), Slot::Free);
         let running = self.phase != Phase::Done;
         if running && reason == CloseReason::Shutdown {
-            // A signal began the shutdown: end the run where it stands.
+            // A signal began the shutdown: end the run where it stands, on
+            // every thread.
+            self.shared.stop();
             self.interrupted = true;
             self.finish(ctx, Instant::now());
         }
@@ -493,8 +605,9 @@ impl Handler for Generator {
                 }
                 self.start_connects(ctx);
             }
-            Slot::Open(_) => {
+            Slot::Open(flow) => {
                 self.live -= 1;
+                self.in_flight -= flow.in_flight.len() as u64;
                 if running {
                     match reason {
                         CloseReason::Error(_) => self.errors.reset += 1,
@@ -509,15 +622,26 @@ impl Handler for Generator {
     }
 
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        // The kernel may delay a timer by the thread's slack (50 us by
+        // default) to batch wake-ups: too much for microsecond schedules.
+        if let Err(e) = crate::sys::set_timer_slack_ns(1) {
+            log::warn!("cannot set the timer slack: {e}");
+        }
         self.connect_deadline = Instant::now() + self.plan.connect_timeout;
         self.start_connects(ctx);
+        // A thread with no connection of its own still takes part.
+        self.advance(ctx, Instant::now());
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        self.on_due(ctx, id);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         let now = Instant::now();
         self.advance(ctx, now);
-        if now >= self.next_progress {
-            self.progress(now);
+        if self.phase != Phase::Done && now >= self.shared.origin + Duration::from_secs(self.second) {
+            self.report_second(ctx, now);
         }
     }
 }
