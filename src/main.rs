@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
-use edgeloop::servers::chat::Chat;
+use edgeloop::servers::chat::{self, redis::RedisUrl, Chat};
 use edgeloop::servers::echo::Echo;
 use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit, Reactor};
 
@@ -48,6 +48,9 @@ enum Command {
         /// Lines per second handled from each client, bursts up to twice that; 0: no limit.
         #[arg(long, default_value_t = edgeloop::servers::chat::DEFAULT_RATE, value_name = "R")]
         chat_rate: u32,
+        /// Share rooms, nicknames and /who with every chat server on this Redis.
+        #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+        redis: Option<RedisUrl>,
     },
     /// Drive an echo server with N connections and report throughput and latency.
     Load(edgeloop::load::LoadArgs),
@@ -123,12 +126,17 @@ fn main() -> ExitCode {
         Command::Echo { server, framing } => {
             serve(&server, server.config(OverLimit::Pause), server.listen_options(framing), Echo::new(framing))
         }
-        Command::Chat { server, chat_rate, .. } => {
-            // A chat line read is written N times (fan-out): one read's
-            // worth per sender per turn keeps each loop iteration short.
-            let config =
-                Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, ..server.config(OverLimit::Disconnect) };
-            serve(&server, config, server.listen_options(Framing::Line), Chat::new(chat_rate))
+        Command::Chat { server, chat_rate, redis, .. } => {
+            let config = chat::tune(server.config(OverLimit::Disconnect), redis.is_some());
+            let chat = match redis {
+                // Redis must answer before anything is served.
+                Some(url) => match chat::redis::probe(&url, Duration::from_secs(5)) {
+                    Ok(addr) => Chat::with_redis(chat_rate, url, addr, config.max_frame),
+                    Err(why) => return fail(format_args!("cannot reach Redis at {}: {why}", url.text)),
+                },
+                None => Chat::new(chat_rate),
+            };
+            serve(&server, config, server.listen_options(Framing::Line), chat)
         }
         Command::Load(args) => edgeloop::load::run(args),
     }
