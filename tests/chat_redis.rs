@@ -216,6 +216,33 @@ fn a_join_while_another_streams_is_cut_in_the_same_place_everywhere() {
 }
 
 #[test]
+fn answers_come_in_order_with_the_senders_own_lines() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let (me, other) = (m[0].nick.clone(), m[1].nick.clone());
+    // All at once: each answer must come after the echo of the lines
+    // before it, as on one server.
+    m[0].writer.write_all(b"one\n/who\n/bogus\ntwo\n/nick\n/nick taken.\nthree\n").unwrap();
+    m[0].expect(&format!("{me}: one"));
+    m[0].expect(&format!("* members: {}", sorted(&[&me, &other])));
+    m[0].expect("! unknown command: /bogus (commands: /nick /join /who /quit)");
+    m[0].expect(&format!("{me}: two"));
+    m[0].expect("! usage: /nick NAME");
+    m[0].expect("! invalid name: use only A-Z a-z 0-9 _ -");
+    m[0].expect(&format!("{me}: three"));
+    m[0].send("four");
+    m[0].send("/quit");
+    m[0].expect(&format!("{me}: four"));
+    m[0].expect("* bye");
+    m[0].drain_to_eof();
+    for line in ["one", "two", "three", "four"] {
+        m[1].expect(&format!("{me}: {line}"));
+    }
+    m[1].expect(&format!("* {me} left"));
+}
+
+#[test]
 fn guest_numbers_are_unique_across_servers() {
     let Some(redis) = Redis::start() else { return };
     let servers = Arc::new([chat(&redis, &[]), chat(&redis, &[])]);
@@ -413,13 +440,40 @@ fn redis_restarted_on_the_same_port_delivery_resumes_without_reconnecting() {
     }
     // Registered again: names and membership.
     let other = m[1].nick.clone();
-    m[1].send("/who");
-    m[1].expect(&format!("* members: {}", sorted(&["ada", &other])));
     m[1].send("/nick ada");
     m[1].expect("! nickname ada is in use");
+    // (Once: the next line is the answer to the next command.)
+    m[1].send("/who");
+    m[1].expect(&format!("* members: {}", sorted(&["ada", &other])));
     // A newcomer gets a fresh number, not one of theirs.
     let c = Client::join(&a);
     assert!(c.nick != other && c.nick != "ada", "{}", c.nick);
+}
+
+#[test]
+fn a_redis_that_stops_answering_is_lost_and_found_again() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    // Stopped, not gone: the connections stay open and silent. The
+    // heartbeat's probe (or a reply) does not come back in time.
+    redis.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    for c in &mut m {
+        c.expect("* chat backend unavailable");
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(15), "noticed after {:?}", stopped.elapsed());
+    m[0].send("anyone?");
+    m[0].expect("! chat backend unavailable");
+    redis.signal(libc::SIGCONT);
+    for c in &mut m {
+        c.expect("* chat backend restored");
+    }
+    m[1].send("yes");
+    let nick = m[1].nick.clone();
+    for c in &mut m {
+        c.expect(&format!("{nick}: yes"));
+    }
 }
 
 #[test]

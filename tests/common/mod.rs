@@ -312,6 +312,14 @@ impl Redis {
         }
     }
 
+    /// Send it a signal (SIGSTOP: it stops answering, connections open).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
     /// Start it again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
@@ -336,6 +344,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
         self.stop();
     }
 }

@@ -143,7 +143,8 @@ pub enum Script {
     /// unlisted. ARGV: server.
     Retire,
     /// `/who`: the room's members on every server, as a private event
-    /// (`0 TAG NICK NICK ...`; the server sorts them). ARGV: room, tag.
+    /// (`0 TAG NICK NICK ...`; the server sorts them), or, past a limit
+    /// of bytes, a private refusal. ARGV: room, tag, limit, refusal tag.
     Who,
     /// A private line for one member, in the order of the room's events
     /// (`0 TAG LINE`). ARGV: room, tag, line.
@@ -308,7 +309,12 @@ return n
                 preamble!(),
                 r#"
 local nicks = redis.call('SMEMBERS', P .. 'room:' .. ARGV[1])
-tell(ARGV[1], ARGV[2], table.concat(nicks, ' ') .. '\n')
+local text = table.concat(nicks, ' ')
+if #text > tonumber(ARGV[3]) then
+  tell(ARGV[1], ARGV[4], '! too many members to list (' .. #nicks .. ')\n')
+else
+  tell(ARGV[1], ARGV[2], text .. '\n')
+end
 return 1
 "#
             ),

@@ -119,6 +119,42 @@
 //! left as well: the reactor sends what it is owed, then closes, and
 //! `on_close` announces it. At shutdown (SIGINT/SIGTERM) every connection
 //! is closing and can receive nothing more, so no notices are sent.
+//!
+//! # Across servers (`--redis`)
+//!
+//! With [`Chat::with_redis`], every chat server on one Redis database is
+//! one chat: the protocol above, byte for byte, with rooms, nicknames,
+//! `guestN` numbers and `/who` shared. The design, and why:
+//!
+//! - **Redis is the sequencer, not a cache.** Every room event is one Lua
+//!   script that numbers it and publishes it; a server shows its members
+//!   a room's lines only as they come back through its subscription — the
+//!   sender's own too. So every member, on every server, sees one order
+//!   ([`shared`], "Redis is the sequencer"; the scripts and keys are in
+//!   [`lua`]). A server that delivered locally first would show its own
+//!   members a different order than the others see.
+//! - **Its connections are the reactor's own.** Two per chat instance —
+//!   pipelined commands, and the subscription (a subscribed RESP2
+//!   connection accepts nothing else) — connected with
+//!   [`Ctx::connect`], read and written like any client, bounded like any
+//!   client: nothing blocks, nothing needs a thread ([`redis`]).
+//! - **RESP on the library's own framing.** RESP is lines and counted
+//!   bulk strings, exactly what `Line` and `Exact(n)` framing cut; a small
+//!   state machine on top reads replies zero-copy from the read buffer
+//!   ([`resp`]).
+//! - **Redis lost is an event, not a failure.** Clients stay connected
+//!   and are told; what needs Redis is refused rather than half done;
+//!   reconnection never gives up and registers everyone again
+//!   ([`shared`], "When Redis is lost").
+//! - **Servers die; their members leave.** A liveness key with a short
+//!   TTL per server, and one atomic script that any survivor may run, so
+//!   each member of a dead server is announced exactly once ([`redis`],
+//!   "Liveness").
+//!
+//! The fan-out itself stays local and copies nothing, as above: Redis
+//! carries one copy of a line per server, whatever the number of members.
+//! Flood control is applied by the client's own server before anything
+//! is published.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -130,7 +166,7 @@ pub mod flood;
 pub mod lua;
 pub mod redis;
 pub mod resp;
-mod shared;
+pub mod shared;
 
 use flood::Bucket;
 use redis::{Bus, RedisUrl};

@@ -13,7 +13,7 @@
 //! (P)(UN)SUBSCRIBE, PING and QUIT.
 //!
 //! - **Commands** are pipelined: each is written as soon as it is made,
-//!   and a FIFO ([`Pending`]) remembers what each reply is for — Redis
+//!   and a FIFO (`Pending`) remembers what each reply is for — Redis
 //!   answers in order. Scripts are called with `EVALSHA`; a `NOSCRIPT`
 //!   answer (the script cache was flushed: Redis restarted, or failed over
 //!   to a replica that never saw the script) sends the same call again
@@ -39,7 +39,7 @@
 //! each attempt bounded by [`CONNECT_TIMEOUT`] — and never gives up
 //! (ActionCable's listener gave up after one attempt, rails#27659).
 //!
-//! A new pair of connections goes through [`Link`]'s states: both
+//! A new pair of connections goes through the states of `Link`: both
 //! connected; then `SELECT` and `SCRIPT LOAD` on one, `SELECT` and
 //! `SUBSCRIBE` (every room, in batches) on the other; when every answer
 //! and acknowledgement is in, the chat registers its members again; a
@@ -87,8 +87,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const OUTBUF: usize = 64 << 20;
 /// Channels per `SUBSCRIBE` when re-subscribing after a reconnect.
 pub const SUBSCRIBE_BATCH: usize = 256;
-/// Elements of an array reply at most (a `/who` of a huge room).
+/// Elements of an array reply at most.
 pub const MAX_ARRAY: usize = 1 << 20;
+/// The longest `/who` answer, in bytes of names (a room of some 300 000
+/// members); a longer one is refused.
+pub const WHO_MAX: usize = 8 << 20;
 
 /// Every key and channel starts with this.
 pub const PREFIX: &str = "edgeloop:";
@@ -331,7 +334,10 @@ impl Bus {
         let server = server_id();
         // A bulk string carries a chat line (at most max_frame) plus its
         // sequence number, tag and nickname.
-        let limits = Limits { frame: max_frame, bulk: max_frame.saturating_add(4096), array: MAX_ARRAY };
+        // its sequence number, tag and nickname; an answer to `/who`, at
+        // most WHO_MAX bytes of names.
+        let bulk = max_frame.max(WHO_MAX).saturating_add(4096);
+        let limits = Limits { frame: max_frame, bulk, array: MAX_ARRAY };
         Bus {
             chan_prefix: format!("{PREFIX}{}:chan:", url.db),
             bodies: Script::ALL.iter().map(|s| s.body_for(url.db)).collect(),
@@ -438,12 +444,16 @@ impl Bus {
         std::mem::take(&mut self.pending)
     }
 
-    /// The link is up: the back-off starts again from its minimum.
+    /// The link is up: the back-off starts again from its minimum. The
+    /// first reaping waits a whole liveness TTL: if Redis was stalled or
+    /// restarted, every server's key expired at once, and the others are
+    /// reconnecting too (within [`BACKOFF_MAX`] and a handshake) — they
+    /// must not be reaped for being a moment slower than this one.
     pub fn up(&mut self, now: Instant) {
         self.link = Link::Up;
         self.backoff = BACKOFF_MIN;
         self.next_heartbeat = now + HEARTBEAT;
-        self.next_reap = now + REAP_EVERY / 2;
+        self.next_reap = now + ALIVE_TTL;
     }
 
     /// Remember that Redis must be given up for lost (the first reason
@@ -472,15 +482,27 @@ impl Bus {
         None
     }
 
-    /// Queue what `enc` holds on connection `which`.
-    fn send(&mut self, ctx: &mut Ctx<'_>, which: Which) {
+    /// Queue what `enc` holds on connection `which`; false if there is
+    /// no such connection now (nothing will answer).
+    fn send(&mut self, ctx: &mut Ctx<'_>, which: Which) -> bool {
         let id = match which {
             Which::Cmd => self.cmd,
             Which::Sub => self.sub,
         };
-        let Some(id) = id else { return };
+        let Some(id) = id else { return false };
         if let Err(e) = ctx.send(id, &self.enc.buf) {
             self.fail(format!("cannot send to Redis: {e}"));
+        }
+        true
+    }
+
+    /// Send what `enc` holds as a command whose reply is for `op`.
+    fn send_command(&mut self, ctx: &mut Ctx<'_>, op: Op, replay: Option<(Script, usize, usize)>) {
+        if self.send(ctx, Which::Cmd) {
+            self.pending.push_back(Pending { op, sent: ctx.now(), replay });
+        } else if let Some((_, len, _)) = replay {
+            // Never sent: its arguments are not kept either.
+            self.replay.truncate(self.replay.len() - len);
         }
     }
 
@@ -488,8 +510,7 @@ impl Bus {
     pub fn command(&mut self, ctx: &mut Ctx<'_>, args: &[&[u8]], op: Op) {
         self.enc.clear();
         self.enc.command(args);
-        self.send(ctx, Which::Cmd);
-        self.pending.push_back(Pending { op, sent: ctx.now(), replay: None });
+        self.send_command(ctx, op, None);
     }
 
     /// Load every script (their SHA1s come back in the replies).
@@ -497,8 +518,7 @@ impl Bus {
         for script in Script::ALL {
             self.enc.clear();
             self.enc.command(&[b"SCRIPT", b"LOAD", self.bodies[script.index()].as_bytes()]);
-            self.send(ctx, Which::Cmd);
-            self.pending.push_back(Pending { op: Op::Load(script), sent: ctx.now(), replay: None });
+            self.send_command(ctx, Op::Load(script), None);
             self.handshake_due += 1;
         }
     }
@@ -522,9 +542,8 @@ impl Bus {
             self.enc.arg(arg);
         }
         self.keep_for_replay(rest);
-        self.send(ctx, Which::Cmd);
         let replay = Some((script, self.enc.buf.len() - rest, args.len()));
-        self.pending.push_back(Pending { op, sent: ctx.now(), replay });
+        self.send_command(ctx, op, replay);
     }
 
     /// Keep the arguments of the command in `enc` (from `rest` on) until
@@ -551,8 +570,7 @@ impl Bus {
         let rest = self.enc.buf.len();
         self.enc.buf.extend_from_slice(&self.replay[from..self.replay_head]);
         self.keep_for_replay(rest);
-        self.send(ctx, Which::Cmd);
-        self.pending.push_back(Pending { op: pending.op, sent: ctx.now(), replay: pending.replay });
+        self.send_command(ctx, pending.op, pending.replay);
     }
 
     /// `SUBSCRIBE` (or `UNSUBSCRIBE`) these channels, in batches.
@@ -563,7 +581,9 @@ impl Bus {
             for channel in batch {
                 self.enc.arg(channel);
             }
-            self.send(ctx, Which::Sub);
+            if !self.send(ctx, Which::Sub) {
+                return;
+            }
             if self.acks_due == 0 {
                 self.acks_progress = ctx.now();
             }
@@ -576,8 +596,9 @@ impl Bus {
     pub fn select_sub(&mut self, ctx: &mut Ctx<'_>) {
         self.enc.clear();
         self.enc.command(&[b"SELECT", self.url.db.to_string().as_bytes()]);
-        self.send(ctx, Which::Sub);
-        self.handshake_due += 1;
+        if self.send(ctx, Which::Sub) {
+            self.handshake_due += 1;
+        }
     }
 
     /// A subscription acknowledgement came.

@@ -79,7 +79,7 @@ use log::{info, warn};
 use memchr::memchr;
 
 use super::lua::Script;
-use super::redis::{Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, REAP_EVERY};
+use super::redis::{Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, REAP_EVERY, WHO_MAX};
 use super::resp::{Item, Reply, Value};
 use super::{fan_out, figures, Chat, Member, Reg, Sub, LOBBY};
 use crate::{Active, CloseReason, ConnId, Ctx};
@@ -304,8 +304,10 @@ impl Chat {
     pub(super) fn who_everywhere(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let Chat { bus: Some(bus), members, .. } = self else { return };
         let Some(member) = members.get_mut(id.index()).and_then(Option::as_mut) else { return };
-        let mark = tag('W', &bus.server, id, member.serial);
-        bus.eval(ctx, Script::Who, &[member.room.as_bytes(), mark.as_bytes()], Op::Ignore);
+        let (mark, refused) = (tag('W', &bus.server, id, member.serial), tag('E', &bus.server, id, member.serial));
+        let limit = WHO_MAX.to_string();
+        let args = [&member.room, &mark, &limit, &refused].map(|a| a.as_bytes());
+        bus.eval(ctx, Script::Who, &args, Op::Ignore);
         member.unseen += 1;
     }
 
@@ -431,7 +433,8 @@ impl Chat {
         }
         let Some(name) = room_of(chan, &bus.chan_prefix) else { return };
         let Some(room) = rooms.get_mut(name).filter(|r| r.sub == Sub::On) else { return };
-        let Some((seq, tag, line)) = split_event(payload).filter(|(_, _, l)| memchr(b'\n', l) == Some(l.len() - 1))
+        let Some((seq, tag, line)) =
+            split_event(payload).filter(|(_, _, l)| l.last() == Some(&b'\n') && memchr(b'\n', l) == Some(l.len() - 1))
         else {
             warn!("room {name}: an event that is not SEQ TAG LINE was ignored");
             return;
@@ -506,7 +509,7 @@ impl Chat {
     /// Every tick: reconnect when due, time out what waits too long,
     /// heartbeat and reap when up.
     pub(super) fn link_tick(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(bus) = self.bus.as_deref_mut() else { return };
+        let Some(bus) = self.bus.as_deref_mut().filter(|b| !b.stopping) else { return };
         let now = ctx.now();
         if bus.retry_due(now) {
             bus.connect(ctx);
@@ -671,10 +674,9 @@ impl Chat {
             }
             Op::Nick { id, serial, name } => {
                 let Some(member) = self.member_at(id, serial) else { return };
+                // A refusal comes back through the room, in order.
                 if reply == Reply::Int(1) {
                     member.nick = name;
-                } else {
-                    self.reply(ctx, id, &["! nickname ", &name, " is in use"]);
                 }
                 self.release(ctx, id);
             }
