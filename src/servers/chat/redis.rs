@@ -321,6 +321,8 @@ pub(super) struct Bus {
     backoff: Duration,
     /// Commands are encoded here.
     pub enc: Encoder,
+    /// A message's tag is written here.
+    pub mark: String,
     /// Why Redis must be given up for lost, found while handling
     /// something else (a send that failed); acted on when that is done.
     pub failed: Option<String>,
@@ -368,6 +370,7 @@ impl Bus {
             retry_at: now,
             backoff: BACKOFF_MIN,
             enc: Encoder::default(),
+            mark: String::new(),
             failed: None,
             stopping: false,
         }

@@ -75,6 +75,8 @@
 //! back it registers its members again silently (its peers saw them leave;
 //! they reappear without a `joined`).
 
+use std::fmt::Write;
+
 use log::{info, warn};
 use memchr::memchr;
 
@@ -219,8 +221,12 @@ impl Chat {
             return self.reply(ctx, id, &[UNAVAILABLE]);
         };
         super::assemble(scratch, &[&member.nick, ": ", line]);
-        let mark = tag('M', &bus.server, id, member.serial);
+        // The hot path: the tag is written into a buffer kept for it.
+        let mut mark = std::mem::take(&mut bus.mark);
+        mark.clear();
+        let _ = write!(mark, "M.{}.{}.{}", bus.server, id.index(), member.serial);
         bus.eval(ctx, Script::Message, &[member.room.as_bytes(), mark.as_bytes(), scratch], Op::Message);
+        bus.mark = mark;
         if let Some(member) = members.get_mut(id.index()).and_then(Option::as_mut) {
             member.unseen += 1;
         }
