@@ -163,6 +163,7 @@ use std::rc::Rc;
 use crate::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
 
 pub mod flood;
+pub mod link;
 pub mod lua;
 pub mod redis;
 pub mod resp;
