@@ -2,6 +2,8 @@
 # Chat fan-out benchmark: one room of M members, K of them sending.
 #
 #   scripts/chat-fanout.sh                 # M = 10 100 1000, K = 4, 5 s each
+#   REDIS=1 scripts/chat-fanout.sh         # each M on one server, then on two
+#                                          # servers sharing one Redis
 #   MEMBERS="10 1000" SENDERS=2 DURATION=3 TEXT_BYTES=100 REPEAT=3 WINDOW=4096 \
 #       scripts/chat-fanout.sh
 #
@@ -11,22 +13,34 @@
 # measures the server flat out, senders unthrottled), runs the driver (1 s warm-up, DURATION s
 # measured) and prints one row:
 #
+#   mode           single: one server; redis: two servers on one Redis
+#                  (`--redis`), the members split between them, the senders
+#                  too — each message crosses Redis once and every server
+#                  fans it out to its own members
 #   deliveries/s   message lines received by all members per second
 #   msgs/s         messages sent per second (deliveries / M)
-#   srv CPU        the server's CPU use during the measurement (100% = one core)
+#   srv CPU        the server's CPU use during the measurement (100% = one
+#                  core; both servers together in redis mode)
 #   ns/delivery    server CPU time (utime+stime, /proc/PID/stat) per delivery
-#   deliv/sendmsg  deliveries per sendmsg, from the server's --stats counters:
+#                  (both servers; Redis's own CPU is the next column)
+#   redis CPU      redis-server's CPU use (redis mode)
+#   deliv/sendmsg  deliveries per sendmsg, from the servers' --stats counters:
 #                  how many queued messages one vectored write carried
+#   own p50/p99    how long a sender waits to see its own line come back,
+#                  in microseconds (queueing under this load included)
 #   drv CPU        the driver's CPU use: near 100% means the driver, not the
 #                  server, was the limit
 #
 # The server is pinned to CPU 0 and the driver to CPU 1 when taskset exists
-# and there are two CPUs. Note that on loopback the kernel's TCP receive
-# work for the driver's sockets mostly runs on the sending (server's) CPU
-# and counts as the server's system time. Run as root, it raises
-# net.core.netdev_max_backlog (see DESIGN-NOTES) and prints the values in
-# force. Every run is bounded by `timeout`; the whole script takes well
-# under two minutes.
+# and there are two CPUs; in redis mode both servers share CPU 0 (so the
+# servers have one core between them, as the single server has) and Redis
+# runs beside the driver on CPU 1. Each redis-mode row starts a fresh
+# `redis-server` (persistence off) on a free port. Note that on loopback
+# the kernel's TCP receive work for the driver's sockets mostly runs on the
+# sending (server's) CPU and counts as the server's system time. Run as
+# root, it raises net.core.netdev_max_backlog (see DESIGN-NOTES) and prints
+# the values in force. Every run is bounded by `timeout`; the whole script
+# takes about a minute (two with REDIS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +53,11 @@ TEXT_BYTES=${TEXT_BYTES:-32}
 # does not park hundreds of megabytes in socket buffers.
 WINDOW=${WINDOW:-}
 REPEAT=${REPEAT:-1} # rows per M (alternating over M), to see the spread
+MODES=single
+if [[ ${REDIS:-0} == 1 ]]; then
+    MODES="single redis"
+    command -v redis-server >/dev/null || { echo "REDIS=1 needs redis-server" >&2; exit 1; }
+fi
 
 out=target/chat-fanout
 mkdir -p "$out"
@@ -62,72 +81,115 @@ echo "# $(uname -sr), $(nproc) CPUs, pinning: ${pin_server[*]:-none} / ${pin_dri
     "somaxconn=$(cat /proc/sys/net/core/somaxconn)"
 echo "# K=$SENDERS senders, ${TEXT_BYTES}-byte texts, window ${WINDOW:-min(16384, 4000000/M)} messages," \
     "${DURATION}s measured per row"
-printf '%6s %3s %14s %10s %8s %12s %14s %8s %7s\n' \
-    M K deliveries/s msgs/s "srv CPU" ns/delivery deliv/sendmsg "drv CPU" closed
+printf '%-6s %6s %3s %14s %10s %8s %12s %9s %14s %9s %9s %8s %7s\n' \
+    mode M K deliveries/s msgs/s "srv CPU" ns/delivery "redis CPU" deliv/sendmsg "own p50" "own p99" \
+    "drv CPU" closed
 
-server_pid=
-stamper_pid=
+pids=()
 cleanup() {
-    [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null || true
-    [[ -n $stamper_pid ]] && kill "$stamper_pid" 2>/dev/null || true
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
 # The value of KEY=... in a line of key=value pairs.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
+# Start `edgeloop chat ARGS...` as server number $1 with time-stamped
+# --stats lines in $out/server$1.err; sets server_pid and port.
+start_server() {
+    local n=$1
+    shift
+    rm -f "$out/stderr$n.fifo"
+    mkfifo "$out/stderr$n.fifo"
+    # Stamp each --stats line with the time it arrived, to pick the ones
+    # printed during the measurement.
+    while IFS= read -r line; do echo "$EPOCHREALTIME $line"; done <"$out/stderr$n.fifo" >"$out/server$n.err" &
+    pids+=($!)
+    "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 "$@" \
+        >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
+    server_pid=$!
+    pids+=("$server_pid")
+    port=
+    for _ in $(seq 200); do
+        port=$(sed -n 's/^listening on .*://p' "$out/server$n.out" 2>/dev/null)
+        [[ -n $port ]] && break
+        sleep 0.05
+    done
+    [[ -n $port ]] || { echo "server $n did not start" >&2; cat "$out/server$n.err" >&2; exit 1; }
+}
+
+# Stop every process of the row, gently first.
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
 status=0
 runs=()
 for _ in $(seq "$REPEAT"); do runs+=($MEMBERS); done
 for m in "${runs[@]}"; do
-    # Stamp each --stats line with the time it arrived, to pick the ones
-    # printed during the measurement.
-    rm -f "$out/stderr.fifo"
-    mkfifo "$out/stderr.fifo"
-    while IFS= read -r line; do echo "$EPOCHREALTIME $line"; done <"$out/stderr.fifo" >"$out/server.err" &
-    stamper_pid=$!
-    "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 >"$out/server.out" 2>"$out/stderr.fifo" &
-    server_pid=$!
-    for _ in $(seq 100); do
-        grep -q '^listening on' "$out/server.out" 2>/dev/null && break
-        sleep 0.05
+    for mode in $MODES; do
+        redis_pid=
+        if [[ $mode == redis ]]; then
+            rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+            "${pin_driver[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+                >"$out/redis.log" 2>&1 &
+            redis_pid=$!
+            pids+=("$redis_pid")
+            for _ in $(seq 100); do
+                redis-cli -p "$rport" ping >/dev/null 2>&1 && break
+                sleep 0.05
+            done
+            start_server 1 --redis "redis://127.0.0.1:$rport"
+            p1=$port s1=$server_pid
+            start_server 2 --redis "redis://127.0.0.1:$rport"
+            ports="$p1,$port" spids="$s1,$server_pid"
+        else
+            start_server 1
+            ports=$port spids=$server_pid
+        fi
+
+        if ! FANOUT_OTHER_PID=$redis_pid timeout 90 "${pin_driver[@]}" "$out/fanout" 127.0.0.1 "$ports" "$m" \
+            "$SENDERS" "$DURATION" "$spids" "$TEXT_BYTES" \
+            "${WINDOW:-$((m * 16384 > 4000000 ? 4000000 / m : 16384))}" >"$out/driver.out"; then
+            status=1
+        fi
+        sleep 1.2 # one more --stats line after the measurement
+        stop_all
+
+        r=$(cat "$out/driver.out")
+        if [[ -z $r ]]; then
+            printf '%-6s %6s %3s  driver failed (see above)\n' "$mode" "$m" "$SENDERS"
+            continue
+        fi
+        from=$(field measure_wall_from "$r") to=$(field measure_wall_to "$r")
+        # The first and last --stats lines of each server inside the
+        # measurement; (nearly) every byte the servers wrote between them
+        # is a message line (in redis mode a few are commands to Redis).
+        per_write=- dbytes=0 dwrites=0
+        for f in "$out"/server[12].err; do
+            [[ $mode == single && $f == */server2.err ]] && continue
+            stats=$(awk -v a="$from" -v b="$to" '$1 > a && $1 < b && $2 == "stats"' "$f")
+            if [[ $(wc -l <<<"$stats") -ge 2 ]]; then
+                first=$(head -1 <<<"$stats") last=$(tail -1 <<<"$stats")
+                dbytes=$((dbytes + $(field bytes_out "$last") - $(field bytes_out "$first")))
+                dwrites=$((dwrites + $(field writes "$last") - $(field writes "$first")))
+            fi
+        done
+        ((dwrites > 0)) && per_write=$(awk -v b="$dbytes" -v w="$dwrites" -v l="$(field wire_bytes "$r")" \
+            'BEGIN { printf "%.1f", b / l / w }')
+        secs=$(field seconds "$r")
+        redis_cpu=-
+        [[ $mode == redis ]] && redis_cpu=$(awk -v c="$(field other_cpu_s "$r")" -v s="$secs" \
+            'BEGIN { printf "%.0f%%", 100 * c / s }')
+        printf '%-6s %6s %3s %14s %10.0f %7.0f%% %12s %9s %14s %9s %9s %7s%% %7s\n' \
+            "$mode" "$m" "$SENDERS" "$(field deliveries_per_s "$r")" \
+            "$(awk -v d="$(field deliveries_per_s "$r")" -v m="$m" 'BEGIN { print d / m }')" \
+            "$(awk -v c="$(field server_cpu_s "$r")" -v s="$secs" 'BEGIN { print 100 * c / s }')" \
+            "$(field server_ns_per_delivery "$r")" "$redis_cpu" "$per_write" \
+            "$(field own_p50_us "$r")" "$(field own_p99_us "$r")" "$(field driver_cpu_pct "$r")" \
+            "$(field closed "$r")"
     done
-    port=$(sed -n 's/^listening on .*://p' "$out/server.out")
-    [[ -n $port ]] || { echo "server did not start" >&2; exit 1; }
-
-    if ! timeout 90 "${pin_driver[@]}" "$out/fanout" 127.0.0.1 "$port" "$m" "$SENDERS" "$DURATION" \
-        "$server_pid" "$TEXT_BYTES" "${WINDOW:-$((m * 16384 > 4000000 ? 4000000 / m : 16384))}" \
-        >"$out/driver.out"; then
-        status=1
-    fi
-    sleep 1.2 # one more --stats line after the measurement
-    kill -TERM "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-    wait "$stamper_pid" 2>/dev/null || true
-    server_pid= stamper_pid=
-
-    r=$(cat "$out/driver.out")
-    if [[ -z $r ]]; then
-        printf '%6s %3s  driver failed (see above)\n' "$m" "$SENDERS"
-        continue
-    fi
-    from=$(field measure_wall_from "$r") to=$(field measure_wall_to "$r")
-    # The first and last --stats lines inside the measurement; every byte
-    # the server wrote between them is a message line of a fixed size.
-    stats=$(awk -v a="$from" -v b="$to" '$1 > a && $1 < b && $2 == "stats"' "$out/server.err")
-    per_write=-
-    if [[ $(wc -l <<<"$stats") -ge 2 ]]; then
-        first=$(head -1 <<<"$stats") last=$(tail -1 <<<"$stats")
-        wire=$(($(field line_bytes "$r") + ${#SENDERS} + 7)) # "guestN: " + text + "\n"
-        dbytes=$(($(field bytes_out "$last") - $(field bytes_out "$first")))
-        dwrites=$(($(field writes "$last") - $(field writes "$first")))
-        ((dwrites > 0)) && per_write=$(awk -v b="$dbytes" -v w="$dwrites" -v l="$wire" 'BEGIN { printf "%.1f", b / l / w }')
-    fi
-    secs=$(field seconds "$r")
-    printf '%6s %3s %14s %10.0f %7.0f%% %12s %14s %7s%% %7s\n' \
-        "$m" "$SENDERS" "$(field deliveries_per_s "$r")" \
-        "$(awk -v d="$(field deliveries_per_s "$r")" -v m="$m" 'BEGIN { print d / m }')" \
-        "$(awk -v c="$(field server_cpu_s "$r")" -v s="$secs" 'BEGIN { print 100 * c / s }')" \
-        "$(field server_ns_per_delivery "$r")" "$per_write" "$(field driver_cpu_pct "$r")" "$(field closed "$r")"
 done
 exit $status

@@ -128,7 +128,7 @@
 //! - [`timer`] — idle, send-timeout, connect, linger and application
 //!   deadlines in one lazy heap, in microseconds.
 //! - [`handler`] — the trait an application implements, and its events.
-//! - [`servers`] — echo and chat; [`load`] — the load generator.
+//! - [`servers`] — echo and chat (across servers on Redis: [`servers::chat`]); [`load`] — the load generator.
 //!
 //! ## Why edge-triggered
 //!

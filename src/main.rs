@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
-use edgeloop::servers::chat::Chat;
+use edgeloop::servers::chat::{self, redis::RedisUrl, Chat};
 use edgeloop::servers::echo::Echo;
 use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit};
 
@@ -47,6 +47,9 @@ enum Command {
         /// Lines per second handled from each client, bursts up to twice that; 0: no limit.
         #[arg(long, default_value_t = edgeloop::servers::chat::DEFAULT_RATE, value_name = "R")]
         chat_rate: u32,
+        /// Share rooms, nicknames and /who with every chat server on this Redis.
+        #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
+        redis: Option<RedisUrl>,
     },
     /// Drive an echo server with N connections and report throughput and latency.
     Load(edgeloop::load::LoadArgs),
@@ -138,15 +141,25 @@ fn main() -> ExitCode {
             let config = server.config(OverLimit::Pause);
             serve(&server, config, framing, move |_| Echo::new(framing).panicking_on(panic_on.clone()))
         }
-        Command::Chat { server, chat_rate, .. } => {
-            if server.workers() > 1 {
+        Command::Chat { server, chat_rate, redis, .. } => {
+            if server.workers() > 1 && redis.is_none() {
                 usage_exit("chat --workers N with N > 1 needs --redis: rooms span workers through Redis");
             }
-            // A chat line read is written N times (fan-out): one read's
-            // worth per sender per turn keeps each loop iteration short.
-            let config =
-                Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, ..server.config(OverLimit::Disconnect) };
-            serve(&server, config, Framing::Line, move |_| Chat::new(chat_rate))
+            let config = chat::tune(server.config(OverLimit::Disconnect), redis.is_some());
+            let max_frame = config.max_frame;
+            // Redis must answer before anything is served.
+            let redis = match redis {
+                Some(url) => match chat::redis::probe(&url, Duration::from_secs(5)) {
+                    Ok(addr) => Some((url, addr)),
+                    Err(why) => return fail(format_args!("cannot reach Redis at {}: {why}", url.text)),
+                },
+                None => None,
+            };
+            // Every worker is a chat server of its own on the same Redis.
+            serve(&server, config, Framing::Line, move |_| match &redis {
+                Some((url, addr)) => Chat::with_redis(chat_rate, url.clone(), *addr, max_frame),
+                None => Chat::new(chat_rate),
+            })
         }
         Command::Load(args) => edgeloop::load::run(args),
     }

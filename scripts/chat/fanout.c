@@ -2,7 +2,12 @@
  * fanout: a load driver for `edgeloop chat` — M members in one room, K of
  * them sending, everyone counting the lines it receives.
  *
- *   fanout IP PORT MEMBERS SENDERS SECONDS SERVER_PID [TEXT_BYTES] [WINDOW]
+ *   fanout IP PORTS MEMBERS SENDERS SECONDS SERVER_PIDS [TEXT_BYTES] [WINDOW]
+ *
+ * PORTS and SERVER_PIDS are comma-separated: with several servers (chat
+ * servers sharing one Redis), member i connects to PORTS[i % n], and the
+ * server CPU is the sum over SERVER_PIDS. FANOUT_OTHER_PID (environment)
+ * names one more process whose CPU is reported apart (Redis).
  *
  * Single-threaded, level-triggered epoll (this is the client, not the
  * subject). Phases:
@@ -20,6 +25,17 @@
  * prints one line of key=value pairs: deliveries per second and the
  * server's CPU time per delivery (utime + stime from /proc/PID/stat, in
  * clock ticks of sysconf(_SC_CLK_TCK), the same as `getconf CLK_TCK`).
+ *
+ * Own-line latency (phase 3, after the measurement, once every line has
+ * arrived): sender 0 alone sends one line at a time, waits for its own
+ * line to come back, and the next goes — up to 2 000 lines or 2 s, with
+ * every member still receiving each. Under the flat-out load of phase 2 a
+ * sender's wait is only the window divided by the throughput (Little's
+ * law), so this measures the path instead: the time a sender waits to see
+ * its own line in a busy room that is not saturated. A sender recognises
+ * its own lines by their "NICK: " (it learns its nickname from the first
+ * line it receives, its own joined notice). Percentiles come from a
+ * histogram of 1-microsecond buckets up to 1 s.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -82,11 +98,76 @@ static double self_cpu_s(void) {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-static int members, senders;
+#define HIST_US 1000000
+
+/* A sender's view of its own lines. */
+struct sender {
+    char prefix[64]; /* "NICK: " */
+    int plen;        /* 0 until its nickname is known */
+    int match;       /* bytes of the prefix matched at this line's start */
+    int skip;        /* inside a line already classified */
+    double *sent_at; /* ring of write times of its messages in flight */
+    long head, tail, cap;
+};
+
+static int members, senders, measuring;
+static struct sender *snd;
+static long long *hist, own_samples, own_over;
 static int *fds;
 static long long *lines; /* per member */
 static long long delivered, closed;
 static char *rbuf;
+
+/* One of sender s's own lines came back. */
+static void own_line(int s) {
+    struct sender *S = &snd[s];
+    if (S->head == S->tail) return; /* sent before the measurement began */
+    double at = S->sent_at[S->head % S->cap];
+    S->head++;
+    if (!measuring) return;
+    long us = (long)((now_s() - at) * 1e6);
+    if (us < HIST_US) hist[us]++;
+    else own_over++;
+    own_samples++;
+}
+
+/* Find sender s's own lines in what it read: the lines that start with
+ * its "NICK: " (a line may be split across reads). */
+static void scan_own(int s, const char *buf, size_t n) {
+    struct sender *S = &snd[s];
+    size_t i = 0;
+    if (S->plen == 0) {
+        /* Its first line is its own "* NICK joined". */
+        const char *nl = memchr(buf, '\n', n);
+        if (n > 2 && buf[0] == '*' && nl) {
+            const char *end = memmem(buf, nl - buf, " joined", 7);
+            int len = end ? (int)(end - buf - 2) : 0;
+            if (len > 0 && len < (int)sizeof S->prefix - 2) {
+                memcpy(S->prefix, buf + 2, len);
+                memcpy(S->prefix + len, ": ", 2);
+                S->plen = len + 2;
+            }
+        }
+        return;
+    }
+    while (i < n) {
+        if (S->skip) {
+            const char *nl = memchr(buf + i, '\n', n - i);
+            if (!nl) return;
+            i = nl - buf + 1;
+            S->skip = 0;
+            S->match = 0;
+            continue;
+        }
+        while (i < n && S->match < S->plen && buf[i] == S->prefix[S->match]) i++, S->match++;
+        if (S->match == S->plen) {
+            own_line(s);
+            S->skip = 1;
+        } else if (i < n) {
+            S->skip = 1; /* not its own; buf[i] may end the line */
+        }
+    }
+}
 
 /* Read everything a member has; count its lines. */
 static void drain(int i) {
@@ -97,6 +178,7 @@ static void drain(int i) {
             for (char *p = rbuf, *end = rbuf + n; (p = memchr(p, '\n', end - p)); p++) count++;
             lines[i] += count;
             delivered += count;
+            if (i < senders) scan_own(i, rbuf, n);
             if (n < READ_SIZE) return;
             continue;
         }
@@ -112,18 +194,20 @@ static void drain(int i) {
 
 int main(int argc, char **argv) {
     if (argc < 7) {
-        fprintf(stderr, "usage: %s IP PORT MEMBERS SENDERS SECONDS SERVER_PID [TEXT_BYTES] [WINDOW]\n", argv[0]);
+        fprintf(stderr, "usage: %s IP PORTS MEMBERS SENDERS SECONDS SERVER_PIDS [TEXT_BYTES] [WINDOW]\n", argv[0]);
         return 2;
     }
     const char *ip = argv[1];
-    int port = atoi(argv[2]);
+    int ports[8], nports = 0, pids[8], npids = 0;
+    for (char *p = argv[2]; *p && nports < 8; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) ports[nports++] = atoi(p);
+    for (char *p = argv[6]; *p && npids < 8; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) pids[npids++] = atoi(p);
     members = atoi(argv[3]);
     senders = atoi(argv[4]);
     double seconds = atof(argv[5]);
-    int server_pid = atoi(argv[6]);
+    int other_pid = getenv("FANOUT_OTHER_PID") ? atoi(getenv("FANOUT_OTHER_PID")) : 0;
     int text_bytes = argc > 7 ? atoi(argv[7]) : 32;
     long long window = argc > 8 ? atoll(argv[8]) : 1024;
-    if (members < 1 || senders < 1 || senders > members || text_bytes < 8) {
+    if (members < 1 || senders < 1 || senders > members || text_bytes < 8 || nports < 1 || npids < 1) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
@@ -133,15 +217,22 @@ int main(int argc, char **argv) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    snd = calloc(senders, sizeof *snd);
+    for (int s = 0; s < senders; s++) {
+        snd[s].cap = window + 4 * BURST;
+        snd[s].sent_at = calloc(snd[s].cap, sizeof(double));
+    }
+    hist = calloc(HIST_US, sizeof *hist);
     fds = calloc(members, sizeof *fds);
     lines = calloc(members, sizeof *lines);
     rbuf = malloc(READ_SIZE);
     int ep = epoll_create1(0);
     if (ep < 0) die("epoll_create1");
 
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET};
     inet_pton(AF_INET, ip, &sa.sin_addr);
     for (int i = 0; i < members; i++) {
+        sa.sin_port = htons(ports[i % nports]);
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd < 0) die("socket");
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
@@ -183,14 +274,16 @@ int main(int argc, char **argv) {
 
     long long sent = 0; /* whole messages written */
     double start = now_s(), measure_from = start + 1, until = measure_from + seconds;
-    int measuring = 0, turn = 0;
-    long long d0 = 0, c0 = 0, s0 = 0;
+    int turn = 0;
+    long long d0 = 0, c0 = 0, s0 = 0, o0 = 0;
     double t0 = 0, w0 = 0, self0 = 0;
     for (;;) {
         double t = now_s();
         if (!measuring && t >= measure_from) {
             measuring = 1;
-            d0 = delivered, s0 = sent, c0 = cpu_ticks(server_pid), t0 = t, w0 = wall_s(), self0 = self_cpu_s();
+            d0 = delivered, s0 = sent, c0 = 0, t0 = t, w0 = wall_s(), self0 = self_cpu_s();
+            for (int p = 0; p < npids; p++) c0 += cpu_ticks(pids[p]);
+            if (other_pid) o0 = cpu_ticks(other_pid);
         }
         if (t >= until) break;
         /* Send while the window has room: each sender in turn. */
@@ -203,7 +296,11 @@ int main(int argc, char **argv) {
             if (n < 0) continue; /* EAGAIN: its send buffer is full */
             size_t before = partial[s] / line_len;
             partial[s] += n;
-            sent += partial[s] / line_len - before;
+            size_t whole = partial[s] / line_len - before;
+            sent += whole;
+            double at = now_s();
+            for (size_t w = 0; w < whole && snd[s].tail - snd[s].head < snd[s].cap; w++)
+                snd[s].sent_at[snd[s].tail++ % snd[s].cap] = at;
             if (partial[s] == burst_len) partial[s] = 0;
             wrote = 1;
         }
@@ -212,16 +309,77 @@ int main(int argc, char **argv) {
         if (closed == members) break;
     }
     double t1 = now_s(), w1 = wall_s();
-    long long c1 = cpu_ticks(server_pid);
-    double self1 = self_cpu_s();
+    long long c1 = 0, o1 = other_pid ? cpu_ticks(other_pid) : 0;
+    for (int p = 0; p < npids; p++) c1 += cpu_ticks(pids[p]);
     long long deliveries = delivered - d0;
+
+    /* Phase 3: finish the bursts begun, let everything arrive, then one
+     * line at a time from sender 0. */
+    double give_up3 = now_s() + 20;
+    for (int k = 0; k < senders; k++) {
+        while (fds[k] >= 0 && partial[k] != 0 && now_s() < give_up3) {
+            ssize_t n = write(fds[k], burst + partial[k], burst_len - partial[k]);
+            if (n > 0) {
+                size_t before = partial[k] / line_len;
+                partial[k] += n;
+                size_t whole = partial[k] / line_len - before;
+                sent += whole;
+                for (size_t w = 0; w < whole && snd[k].tail - snd[k].head < snd[k].cap; w++)
+                    snd[k].sent_at[snd[k].tail++ % snd[k].cap] = now_s();
+                if (partial[k] == burst_len) partial[k] = 0;
+            }
+            int m = epoll_wait(ep, events, 1024, 1);
+            for (int e = 0; e < m; e++) drain(events[e].data.u32);
+        }
+    }
+    while (sent * members - closed * sent > delivered && now_s() < give_up3) {
+        int m = epoll_wait(ep, events, 1024, 10);
+        for (int e = 0; e < m; e++) drain(events[e].data.u32);
+    }
+    memset(hist, 0, HIST_US * sizeof *hist);
+    own_samples = own_over = 0;
+    double lat_until = now_s() + 2;
+    for (int k = 0; k < 2000 && fds[0] >= 0 && now_s() < lat_until; k++) {
+        long want = snd[0].head + 1;
+        long long everyone = delivered + members - closed;
+        if (write(fds[0], burst, line_len) != line_len) break; /* an empty send buffer takes it whole */
+        snd[0].sent_at[snd[0].tail++ % snd[0].cap] = now_s();
+        while (snd[0].head < want && now_s() < lat_until + 1) {
+            int m = epoll_wait(ep, events, 1024, 10);
+            /* The sender first: its line, not the driver's reading of
+             * every other member, is what is timed. */
+            drain(0);
+            for (int e = 0; e < m; e++)
+                if (events[e].data.u32 != 0) drain(events[e].data.u32);
+        }
+        /* Every member has the line before the next one goes: each is
+         * timed from a quiet room. */
+        while (delivered < everyone && now_s() < lat_until + 1) {
+            int m = epoll_wait(ep, events, 1024, 10);
+            for (int e = 0; e < m; e++) drain(events[e].data.u32);
+        }
+    }
+    /* Own-line latency percentiles. */
+    double p50 = -1, p99 = -1;
+    long long acc = 0;
+    for (long us = 0; us < HIST_US && own_samples; us++) {
+        acc += hist[us];
+        if (p50 < 0 && acc * 2 >= own_samples) p50 = us;
+        if (p99 < 0 && acc * 100 >= own_samples * 99) p99 = us;
+    }
+    double self1 = self_cpu_s();
     double elapsed = t1 - t0;
+    /* The bytes of one delivered line: "NICK: " + text + "\n", averaged
+     * over the senders. */
+    double wire = 0;
+    for (int k = 0; k < senders; k++) wire += (double)(snd[k].plen + line_len) / senders;
     double server_cpu = (double)(c1 - c0) / sysconf(_SC_CLK_TCK);
     printf("members=%d senders=%d seconds=%.2f messages=%lld deliveries=%lld deliveries_per_s=%.0f "
            "server_cpu_s=%.2f server_ns_per_delivery=%.1f driver_cpu_pct=%.0f closed=%lld "
-           "measure_wall_from=%.6f measure_wall_to=%.6f line_bytes=%d\n",
+           "measure_wall_from=%.6f measure_wall_to=%.6f line_bytes=%d own_samples=%lld own_p50_us=%.0f "
+           "own_p99_us=%.0f own_over_1s=%lld other_cpu_s=%.2f wire_bytes=%.1f\n",
            members, senders, elapsed, sent - s0, deliveries, deliveries / elapsed, server_cpu,
            deliveries ? server_cpu * 1e9 / deliveries : 0.0, 100 * (self1 - self0) / elapsed, closed, w0, w1,
-           line_len);
+           line_len, own_samples, p50, p99, own_over, (double)(o1 - o0) / sysconf(_SC_CLK_TCK), wire);
     return closed ? 1 : 0;
 }

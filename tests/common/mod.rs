@@ -247,3 +247,122 @@ pub fn assert_not_spinning(server: &Server, situation: &str) {
         ticks_per_second()
     );
 }
+
+// ---- a real Redis
+
+/// A program on the `PATH`, if installed.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// A `redis-server` of our own on a free loopback port, persistence off;
+/// killed when dropped (also when the test panics).
+pub struct Redis {
+    child: Option<Child>,
+    binary: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Redis {
+    /// `None` (after a note) when `redis-server` is not installed, unless
+    /// `CI` is set: then the test fails.
+    pub fn start() -> Option<Redis> {
+        let Some(binary) = find_program("redis-server") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (Debian: apt-get install redis-server); CI must run this test"
+            );
+            eprintln!("note: redis-server is not installed; skipping this test");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { child: None, binary, port };
+        redis.spawn();
+        Some(redis)
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while self.command(&["PING"]).as_deref() != Some("+PONG\r\n") {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "redis-server exited at start: {exited:?}");
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server does not answer on {}", self.port);
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill it (SIGKILL: no goodbye to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send it a signal (SIGSTOP: it stops answering, connections open).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
+    /// Start it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// One command, its whole reply as text (`None` if Redis cannot be
+    /// reached). For checks; replies up to 64 KiB.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut wire = format!("*{}\r\n", args.len());
+        for arg in args {
+            wire.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(wire.as_bytes()).ok()?;
+        let mut buf = vec![0u8; 65536];
+        let n = stream.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.stop();
+    }
+}
+
+/// `GET /metrics` from `addr` until `ready(body)` holds (10 s at most);
+/// returns that body.
+pub fn wait_for_metrics(addr: &str, mut ready: impl FnMut(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let mut stream = TcpStream::connect(addr).expect("connect to the metrics");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        if ready(&response) {
+            return response;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "metrics never matched:\n{response}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -103,22 +103,11 @@
 //!
 //! # Flood control
 //!
-//! A room is only as fast as its slowest reader allows: one client writing
-//! flat out (millions of lines a second on loopback) fills every other
-//! member's output queue past `--max-outbuf` within a second, and they,
-//! not the flooder, are disconnected. So each client has a token bucket
-//! (`--chat-rate R` lines per second, bursts of up to 2R; commands count;
-//! 0 turns it off), refilled lazily from the loop's clock — no system
-//! call, no timer while a client stays within its budget. The line that
-//! empties the bucket is handled, then the client's delivery is turned
-//! off ([`crate::Active::Off`]): its further lines wait in its read buffer
-//! (at most one read's worth), the reactor stops reading it, and TCP
-//! pushes back on the flooder. A per-connection timer re-arms it when
-//! about 10 ms' worth of lines (at least one) is available again; the
-//! buffered lines are delivered at once, in order. Nothing is dropped and
-//! nobody is disconnected for flooding; a member that reads R lines per
-//! second per sender keeps up. Each throttling is counted
-//! (`throttled=` in `--stats`).
+//! Each client has a token bucket (`--chat-rate R` lines per second,
+//! bursts of up to 2R; commands count; 0 turns it off); a client that
+//! empties it is not read until about 10 ms' worth has refilled, so TCP
+//! pushes back on a flooder and nobody else is slowed. See [`flood`].
+//! Each throttling is counted (`throttled=` in `--stats`).
 //!
 //! # Leaving
 //!
@@ -130,12 +119,58 @@
 //! left as well: the reactor sends what it is owed, then closes, and
 //! `on_close` announces it. At shutdown (SIGINT/SIGTERM) every connection
 //! is closing and can receive nothing more, so no notices are sent.
+//!
+//! # Across servers (`--redis`)
+//!
+//! With [`Chat::with_redis`], every chat server on one Redis database is
+//! one chat: the protocol above, byte for byte, with rooms, nicknames,
+//! `guestN` numbers and `/who` shared. The design, and why:
+//!
+//! - **Redis is the sequencer, not a cache.** Every room event is one Lua
+//!   script that numbers it and publishes it; a server shows its members
+//!   a room's lines only as they come back through its subscription — the
+//!   sender's own too. So every member, on every server, sees one order
+//!   ([`shared`], "Redis is the sequencer"; the scripts and keys are in
+//!   [`lua`]). A server that delivered locally first would show its own
+//!   members a different order than the others see.
+//! - **Its connections are the reactor's own.** Two per chat instance —
+//!   pipelined commands, and the subscription (a subscribed RESP2
+//!   connection accepts nothing else) — connected with
+//!   [`Ctx::connect`], read and written like any client, bounded like any
+//!   client: nothing blocks, nothing needs a thread ([`redis`]).
+//! - **RESP on the library's own framing.** RESP is lines and counted
+//!   bulk strings, exactly what `Line` and `Exact(n)` framing cut; a small
+//!   state machine on top reads replies zero-copy from the read buffer
+//!   ([`resp`]).
+//! - **Redis lost is an event, not a failure.** Clients stay connected
+//!   and are told; what needs Redis is refused rather than half done;
+//!   reconnection never gives up and registers everyone again
+//!   ([`shared`], "When Redis is lost").
+//! - **Servers die; their members leave.** A liveness key with a short
+//!   TTL per server, and one atomic script that any survivor may run, so
+//!   each member of a dead server is announced exactly once ([`redis`],
+//!   "Liveness").
+//!
+//! The fan-out itself stays local and copies nothing, as above: Redis
+//! carries one copy of a line per server, whatever the number of members.
+//! Flood control is applied by the client's own server before anything
+//! is published.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
-use crate::{Active, ChatCounters, CloseReason, ConnId, Ctx, Handler};
+use crate::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
+
+pub mod flood;
+pub mod link;
+pub mod lua;
+pub mod redis;
+pub mod resp;
+pub mod shared;
+
+use flood::Bucket;
+use redis::{Bus, RedisUrl};
 
 /// The room every client joins on connect.
 pub const LOBBY: &str = "lobby";
@@ -145,65 +180,167 @@ pub const MAX_NAME: usize = 32;
 /// The default `--chat-rate`: lines per second from each client.
 pub const DEFAULT_RATE: u32 = 1000;
 
+/// The reactor settings the chat wants on top of the server's: a chat
+/// line read is written N times (fan-out), so one read's worth per sender
+/// per turn keeps each loop iteration short; with Redis, a tick drives
+/// the reconnections, heartbeats and timeouts.
+pub fn tune(config: Config, redis: bool) -> Config {
+    let tick = if redis { redis::TICK } else { config.tick };
+    Config { read_budget: crate::buffer::READ_BUF_SIZE, tick, ..config }
+}
+
 /// The chat server: see the module docs for the protocol.
 #[derive(Debug, Default)]
 pub struct Chat {
     /// Lines per second handled from each client (0: no limit).
     rate: f64,
     /// Per-connection state, indexed by [`ConnId::index`] (slab keys are
-    /// dense). `None` for free slots and for members that have quit.
+    /// dense). `None` for free slots, for members that have quit, and for
+    /// the connections to Redis.
     members: Vec<Option<Member>>,
-    /// Rooms with at least one member.
+    /// Members connected (a gauge).
+    population: usize,
+    /// Rooms with at least one member here (with Redis, also those being
+    /// joined or left).
     rooms: HashMap<String, Room>,
-    /// Nicknames in use.
+    /// Nicknames in use (without Redis).
     nicks: HashSet<String>,
-    /// The last `guestN` number given out.
+    /// The last `guestN` number given out (without Redis).
     guests: u64,
+    /// The last serial number given to a member (names it in Redis).
+    serials: u64,
     /// Where outgoing lines are assembled; reused, so it allocates only
     /// while warming up.
     scratch: Vec<u8>,
+    /// With `--redis`: the connections to Redis.
+    bus: Option<Box<Bus>>,
+    /// With `--redis`: Redis was lost and the members were told.
+    outage: bool,
 }
 
 #[derive(Debug)]
 struct Member {
+    /// Empty until Redis has given the member a `guestN`.
     nick: String,
     room: String,
-    /// Lines the client may send now (the token bucket; see "Flood control").
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    refilled: Instant,
+    /// Its lines (see [`flood`]).
+    bucket: Bucket,
+    /// Names the member in Redis (connection ids are reused).
+    serial: u64,
+    /// Where its registration in Redis stands (always `Done` without).
+    reg: Reg,
+    /// A room it is waiting to enter (its subscription is not yet
+    /// acknowledged).
+    target: Option<String>,
+    /// Paused by flood control.
+    throttled: bool,
+    /// Paused until Redis answers (its registration, a command): its
+    /// lines wait, in order.
+    waiting: bool,
+    /// Told `* chat backend unavailable`, not yet `restored`.
+    told: bool,
+    /// Events of this member sent to Redis and not yet back: while there
+    /// are any, an answer to it goes through Redis too, behind them.
+    unseen: u32,
+    /// Its `/quit` is on its way through Redis.
+    quitting: bool,
+}
+
+/// A member's registration in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reg {
+    /// Not registered, and nothing sent yet.
+    None,
+    /// `Connect` sent; its nickname is coming.
+    Sent,
+    /// Registered: it has its nickname.
+    Done,
+}
+
+/// A room's subscription on this server (with Redis).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Sub {
+    /// Not subscribed.
+    #[default]
+    Off,
+    /// `SUBSCRIBE` sent, not yet acknowledged.
+    Subscribing,
+    /// Acknowledged: the room's events arrive.
+    On,
+    /// `UNSUBSCRIBE` sent.
+    Leaving,
 }
 
 #[derive(Debug, Default)]
 struct Room {
-    /// In joining order. Any fixed order would do: every member's queue is
-    /// FIFO, so all see the same sequence of messages.
+    /// The members here that receive the room's lines, in joining order.
+    /// Any fixed order would do: every member's queue is FIFO, so all see
+    /// the same sequence of messages.
     members: Vec<ConnId>,
+    /// With Redis: the subscription.
+    sub: Sub,
+    /// Members (id, serial) waiting for the subscription to enter.
+    awaiting: Vec<(ConnId, u64)>,
+    /// Join and leave events of our members published and not yet back.
+    joins: u32,
+    leaves: u32,
+    /// The sequence number the next event should have (0: unknown).
+    next_seq: u64,
+}
+
+impl Room {
+    /// Whether this server still needs the room's events.
+    fn needed(&self) -> bool {
+        !self.members.is_empty() || !self.awaiting.is_empty() || self.joins > 0 || self.leaves > 0
+    }
 }
 
 impl Handler for Chat {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
-        figures(ctx).backend_up = true;
+        if self.bus.is_some() {
+            figures(ctx).backend_up = false;
+            self.link_tick(ctx);
+        } else {
+            figures(ctx).backend_up = true;
+        }
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        let nick = loop {
-            self.guests += 1;
-            let nick = format!("guest{}", self.guests);
-            if !self.nicks.contains(&nick) {
-                break nick;
-            }
-        };
-        self.nicks.insert(nick.clone());
+        if self.bus.as_ref().and_then(|b| b.which(id)).is_some() {
+            return self.link_opened(ctx, id);
+        }
+        self.serials += 1;
+        let nick = if self.bus.is_some() { String::new() } else { self.next_guest() };
         if self.members.len() <= id.index() {
             self.members.resize_with(id.index() + 1, || None);
         }
-        let member = Member { nick, room: LOBBY.to_string(), tokens: 2.0 * self.rate, refilled: ctx.now() };
+        let member = Member {
+            nick,
+            room: LOBBY.to_string(),
+            bucket: Bucket::full(self.rate, ctx.now()),
+            serial: self.serials,
+            reg: if self.bus.is_some() { Reg::None } else { Reg::Done },
+            target: None,
+            throttled: false,
+            waiting: false,
+            told: false,
+            unseen: 0,
+            quitting: false,
+        };
         self.members[id.index()] = Some(member);
-        self.enter(ctx, id, LOBBY);
+        self.population += 1;
+        if self.bus.is_some() {
+            self.arrive(ctx, id);
+        } else {
+            self.enter(ctx, id, LOBBY);
+        }
+        self.gauges(ctx);
     }
 
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        if let Some(which) = self.bus.as_ref().and_then(|b| b.which(id)) {
+            return self.link_frame(ctx, which, id, frame);
+        }
         if self.rate > 0.0 {
             self.spend_token(ctx, id);
         }
@@ -212,38 +349,70 @@ impl Handler for Chat {
             return;
         }
         if line.contains(&0) {
-            return self.reply(ctx, id, &["! NUL bytes are not allowed"]);
+            return self.answer(ctx, id, &["! NUL bytes are not allowed"]);
         }
         let Ok(line) = std::str::from_utf8(line) else {
-            return self.reply(ctx, id, &["! invalid UTF-8"]);
+            return self.answer(ctx, id, &["! invalid UTF-8"]);
         };
         if line.starts_with('/') {
-            return self.command(ctx, id, line);
+            self.command(ctx, id, line);
+        } else if self.bus.is_some() {
+            self.publish(ctx, id, line);
+        } else {
+            // Fields borrowed apart, so the hot path clones no strings.
+            let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
+                return;
+            };
+            assemble(&mut self.scratch, &[&member.nick, ": ", line]);
+            fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
+            figures(ctx).messages += 1;
         }
-        // Fields borrowed apart, so the hot path clones no strings.
-        let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
-            return;
-        };
-        assemble(&mut self.scratch, &[&member.nick, ": ", line]);
-        fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
-        figures(ctx).messages += 1;
+        self.after(ctx);
     }
 
     /// The throttled client's budget has refilled: its waiting lines now.
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
-        ctx.set_active(id, Active::On);
+        if let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) {
+            member.throttled = false;
+            if !member.waiting {
+                ctx.set_active(id, Active::On);
+            }
+        }
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
+        if let Some(which) = self.bus.as_ref().and_then(|b| b.which(id)) {
+            return self.link_closed(ctx, which, reason);
+        }
         // None: the member quit, and was announced then.
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
             return;
         };
-        self.nicks.remove(&member.nick);
-        self.remove_from_room(id, &member.room);
+        self.population -= 1;
+        if self.bus.is_some() {
+            self.depart(ctx, id, member, reason == CloseReason::Shutdown);
+            self.after(ctx);
+        } else {
+            self.nicks.remove(&member.nick);
+            self.remove_from_room(id, &member.room);
+            if reason != CloseReason::Shutdown {
+                self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
+            }
+        }
         self.gauges(ctx);
-        if reason != CloseReason::Shutdown {
-            self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
+        if self.bus.is_some() {
+            self.link_tick(ctx);
+        }
+    }
+
+    /// With Redis: every member's leave, published before the connections
+    /// close (see "Across servers").
+    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        if self.bus.is_some() {
+            self.retire(ctx);
         }
     }
 }
@@ -255,19 +424,35 @@ impl Chat {
         Chat { rate: rate.into(), ..Chat::default() }
     }
 
+    /// A chat server sharing its rooms, nicknames and `/who` with every
+    /// chat server on the Redis at `addr` (see "Across servers");
+    /// `max_frame` is the reactor's. [`redis::probe`] checks the URL and
+    /// finds the address.
+    pub fn with_redis(rate: u32, url: RedisUrl, addr: SocketAddr, max_frame: usize) -> Chat {
+        let bus = Bus::new(url, addr, max_frame, std::time::Instant::now());
+        Chat { bus: Some(Box::new(bus)), ..Chat::new(rate) }
+    }
+
+    /// The next free `guestN` (without Redis): numbers are never reused,
+    /// and one someone has taken with `/nick` is skipped.
+    fn next_guest(&mut self) -> String {
+        loop {
+            self.guests += 1;
+            let nick = format!("guest{}", self.guests);
+            if self.nicks.insert(nick.clone()) {
+                return nick;
+            }
+        }
+    }
+
     /// Charge one line to the client's bucket; when it runs dry, stop
     /// delivering its lines until about 10 ms' worth have refilled.
     fn spend_token(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else { return };
-        let now = ctx.now();
-        let burst = 2.0 * self.rate;
-        member.tokens = (member.tokens + (now - member.refilled).as_secs_f64() * self.rate).min(burst);
-        member.refilled = now;
-        member.tokens -= 1.0;
-        if member.tokens < 1.0 {
-            let wanted = (self.rate / 100.0).clamp(1.0, burst);
+        if let Some(wait) = member.bucket.spend(self.rate, ctx.now()) {
+            member.throttled = true;
             ctx.set_active(id, Active::Off);
-            ctx.set_timer(id, Duration::from_secs_f64((wanted - member.tokens) / self.rate));
+            ctx.set_timer(id, wait);
             figures(ctx).throttled += 1;
         }
     }
@@ -282,26 +467,29 @@ impl Chat {
         let args: Vec<&str> = words.collect();
         match (word, args.as_slice()) {
             ("/nick", [name]) => self.nick(ctx, id, name),
-            ("/nick", _) => self.reply(ctx, id, &["! usage: /nick NAME"]),
+            ("/nick", _) => self.answer(ctx, id, &["! usage: /nick NAME"]),
             ("/join", [room]) => self.join(ctx, id, room),
-            ("/join", _) => self.reply(ctx, id, &["! usage: /join ROOM"]),
+            ("/join", _) => self.answer(ctx, id, &["! usage: /join ROOM"]),
             ("/who", []) => self.who(ctx, id),
-            ("/who", _) => self.reply(ctx, id, &["! usage: /who"]),
+            ("/who", _) => self.answer(ctx, id, &["! usage: /who"]),
             ("/quit", []) => self.quit(ctx, id),
-            ("/quit", _) => self.reply(ctx, id, &["! usage: /quit"]),
-            _ => self.reply(ctx, id, &["! unknown command: ", word, " (commands: /nick /join /who /quit)"]),
+            ("/quit", _) => self.answer(ctx, id, &["! usage: /quit"]),
+            _ => self.answer(ctx, id, &["! unknown command: ", word, " (commands: /nick /join /who /quit)"]),
         }
     }
 
     fn nick(&mut self, ctx: &mut Ctx<'_>, id: ConnId, name: &str) {
         if let Err(why) = check_name(name) {
-            return self.reply(ctx, id, &["! ", why]);
+            return self.answer(ctx, id, &["! ", why]);
         }
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
             return;
         };
         if member.nick == name {
-            return self.reply(ctx, id, &["! you are already ", name]);
+            return self.answer(ctx, id, &["! you are already ", name]);
+        }
+        if self.bus.is_some() {
+            return self.rename(ctx, id, name);
         }
         if self.nicks.contains(name) {
             return self.reply(ctx, id, &["! nickname ", name, " is in use"]);
@@ -315,13 +503,16 @@ impl Chat {
 
     fn join(&mut self, ctx: &mut Ctx<'_>, id: ConnId, room: &str) {
         if let Err(why) = check_name(room) {
-            return self.reply(ctx, id, &["! ", why]);
+            return self.answer(ctx, id, &["! ", why]);
         }
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
             return;
         };
         if member.room == room {
-            return self.reply(ctx, id, &["! you are already in ", room]);
+            return self.answer(ctx, id, &["! you are already in ", room]);
+        }
+        if self.bus.is_some() {
+            return self.move_to(ctx, id, room);
         }
         let old = std::mem::replace(&mut member.room, room.to_string());
         let nick = member.nick.clone();
@@ -331,6 +522,12 @@ impl Chat {
     }
 
     fn who(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        if let Some(bus) = &self.bus {
+            if bus.link == redis::Link::Up {
+                return self.who_everywhere(ctx, id);
+            }
+            return self.who_here(ctx, id);
+        }
         let Some(room) = self.member(id).and_then(|m| self.rooms.get(&m.room)) else {
             return;
         };
@@ -344,18 +541,27 @@ impl Chat {
     /// `* bye`, a graceful close, and the room told now rather than when
     /// the reactor has finished closing (see "Leaving").
     fn quit(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        if self.bus.is_some() && self.quit_later(ctx, id) {
+            return;
+        }
         self.reply(ctx, id, &["* bye"]);
         ctx.close(id);
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
             return;
         };
-        self.nicks.remove(&member.nick);
-        self.remove_from_room(id, &member.room);
+        self.population -= 1;
+        if self.bus.is_some() {
+            self.depart(ctx, id, member, false);
+        } else {
+            self.nicks.remove(&member.nick);
+            self.remove_from_room(id, &member.room);
+            self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
+        }
         self.gauges(ctx);
-        self.broadcast(ctx, &member.room, &["* ", &member.nick, " left"]);
     }
 
-    /// Add `id` (whose `room` is already set) to `room` and announce it.
+    /// Add `id` (whose `room` is already set) to `room` and announce it
+    /// (without Redis).
     fn enter(&mut self, ctx: &mut Ctx<'_>, id: ConnId, room: &str) {
         self.rooms.entry(room.to_string()).or_default().members.push(id);
         let Some(member) = self.member(id) else { return };
@@ -368,16 +574,27 @@ impl Chat {
     fn gauges(&self, ctx: &mut Ctx<'_>) {
         let figures = figures(ctx);
         figures.rooms = self.rooms.len() as u64;
-        figures.members = self.nicks.len() as u64;
+        figures.members = self.population as u64;
     }
 
-    /// Take `id` out of `room`; an empty room ceases to exist.
+    /// Take `id` out of `room`; an empty room ceases to exist (without
+    /// Redis).
     fn remove_from_room(&mut self, id: ConnId, room: &str) {
         if let Some(r) = self.rooms.get_mut(room) {
             r.members.retain(|&m| m != id);
             if r.members.is_empty() {
                 self.rooms.remove(room);
             }
+        }
+    }
+
+    /// A line to the sender alone, in order with the lines it has sent:
+    /// with Redis, behind its events still on their way.
+    fn answer(&mut self, ctx: &mut Ctx<'_>, id: ConnId, parts: &[&str]) {
+        if self.bus.is_some() && self.member(id).is_some_and(|m| m.unseen > 0) {
+            self.tell(ctx, id, parts);
+        } else {
+            self.reply(ctx, id, parts);
         }
     }
 

@@ -1,0 +1,670 @@
+//! The bus: a chat server's two connections to Redis.
+//!
+//! ```text
+//!            commands (pipelined)                  subscription
+//!   chat ──▶ EVALSHA message ... ─────▶ Redis ───▶ *3 message chan:ROOM "SEQ TAG LINE"
+//!        ◀── :17 (replies, in order) ◀──        ◀── SUBSCRIBE / UNSUBSCRIBE
+//! ```
+//!
+//! Both are ordinary connections of the chat's own reactor, started with
+//! [`Ctx::connect`] and owned by the chat handler, which tells them from
+//! its clients by their [`ConnId`]: nothing blocks, nothing needs a thread.
+//! Two, because a RESP2 connection that has subscribed accepts nothing but
+//! (P)(UN)SUBSCRIBE, PING and QUIT.
+//!
+//! - **Commands** are pipelined: each is written as soon as it is made,
+//!   and a FIFO (`Pending`) remembers what each reply is for — Redis
+//!   answers in order. Scripts are called with `EVALSHA`; a `NOSCRIPT`
+//!   answer (the script cache was flushed: Redis restarted, or failed over
+//!   to a replica that never saw the script) sends the same call again
+//!   with `EVAL` and the script's text. To make that possible the
+//!   arguments of every script call in flight are kept in one reused
+//!   buffer (a copy of each, no allocation once warm).
+//! - **The subscription** carries every room with a member on this server,
+//!   and the server's own liveness channel.
+//!
+//! # Lost, and found again
+//!
+//! Redis is lost when either connection fails or ends, when a reply or a
+//! subscription acknowledgement has not come within [`REPLY_TIMEOUT`],
+//! when the server's own liveness probe (published every
+//! [`HEARTBEAT`] through the command connection) has not come back through
+//! the subscription within that time — a connection can look healthy
+//! while the Redis behind it no longer delivers (after a failover,
+//! centrifugo#1189) — when Redis answers an error, when a reply breaks the
+//! protocol, or when our output to Redis passes [`OUTBUF`] (a Redis that
+//! stops reading). Then both connections are aborted and the chat goes on
+//! without Redis (see the chat's docs); the bus reconnects after a
+//! back-off that doubles from [`BACKOFF_MIN`] to at most [`BACKOFF_MAX`],
+//! each attempt bounded by [`CONNECT_TIMEOUT`] — and never gives up
+//! (ActionCable's listener gave up after one attempt, rails#27659).
+//!
+//! A new pair of connections goes through the states of `Link`: both
+//! connected; then `SELECT` and `SCRIPT LOAD` on one, `SELECT` and
+//! `SUBSCRIBE` (every room, in batches) on the other; when every answer
+//! and acknowledgement is in, the chat registers its members again; a
+//! final `PING` says it is done, and only then is the link up.
+//!
+//! # Liveness
+//!
+//! Every server keeps a key `alive:SERVER` that expires after
+//! [`ALIVE_TTL`] and refreshes it every [`HEARTBEAT`]; every
+//! [`REAP_EVERY`] it runs the reaping script, which removes every listed
+//! server whose key has expired together with its members (see
+//! [`super::lua`]). A server killed without a word is therefore announced
+//! within `ALIVE_TTL + REAP_EVERY` (8 s), well inside the 30 s SPEC.md
+//! allows.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use log::warn;
+
+use super::lua::Script;
+use super::resp::{Builder, Encoder, Limits, Reader, Reply};
+use crate::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
+
+/// A reply not received within this long means Redis is lost.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the liveness key is refreshed and the probe sent.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a liveness key outlives its last refresh.
+pub const ALIVE_TTL: Duration = Duration::from_secs(6);
+/// How often the servers whose liveness key expired are reaped.
+pub const REAP_EVERY: Duration = Duration::from_secs(2);
+/// The first reconnection delay; it doubles with each failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest reconnection delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection attempt that has not succeeded after this long failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the chat looks at its clocks (`Config::tick`).
+pub const TICK: Duration = Duration::from_millis(100);
+/// Output queued for Redis beyond this means Redis is not reading.
+pub const OUTBUF: usize = 64 << 20;
+/// Channels per `SUBSCRIBE` when re-subscribing after a reconnect.
+pub const SUBSCRIBE_BATCH: usize = 256;
+/// Elements of an array reply at most.
+pub const MAX_ARRAY: usize = 1 << 20;
+/// The longest `/who` answer, in bytes of names (a room of some 300 000
+/// members); a longer one is refused.
+pub const WHO_MAX: usize = 8 << 20;
+
+/// Every key and channel starts with this.
+pub const PREFIX: &str = "edgeloop:";
+
+/// `redis://HOST[:PORT][/DB]`, as given to `--redis`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// The URL as given, for messages.
+    pub text: String,
+    /// A name or an address (an IPv6 address without its brackets).
+    pub host: String,
+    /// 6379 unless given.
+    pub port: u16,
+    /// The database (`SELECT`); 0 unless given.
+    pub db: u32,
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("'{s}' is not a Redis URL (expected redis://HOST:PORT[/DB])");
+        let rest = s.strip_prefix("redis://").ok_or_else(usage)?;
+        let (authority, db) = match rest.split_once('/') {
+            Some((a, "")) => (a, 0),
+            Some((a, db)) => (a, db.parse().map_err(|_| usage())?),
+            None => (rest, 0),
+        };
+        if authority.contains('@') {
+            return Err(format!("'{s}': user names and passwords are not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(usage)?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, port.parse().map_err(|_| usage())?),
+                None if after.is_empty() => (host, 6379),
+                None => return Err(usage()),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, port.parse().map_err(|_| usage())?),
+                None => (authority, 6379),
+            }
+        };
+        if host.is_empty() {
+            return Err(usage());
+        }
+        Ok(RedisUrl { text: s.to_string(), host: host.to_string(), port, db })
+    }
+}
+
+/// Check, before the reactor starts, that Redis answers at `url`
+/// (`SELECT` if a database is given, then `PING`), retrying for up to
+/// `within`; returns its address. Blocking, with short timeouts: it runs
+/// once, before anything else is served. The error names the reason.
+pub fn probe(url: &RedisUrl, within: Duration) -> Result<SocketAddr, String> {
+    let until = Instant::now() + within;
+    loop {
+        let why = match probe_once(url, until) {
+            Ok(addr) => return Ok(addr),
+            Err(why) => why,
+        };
+        if Instant::now() + Duration::from_millis(100) >= until {
+            return Err(why);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
+    let addr = (url.host.as_str(), url.port)
+        .to_socket_addrs()
+        .map_err(|e| crate::sys::describe(&e))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", url.host))?;
+    let left = until.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), CONNECT_TIMEOUT);
+    let io = |e: std::io::Error| crate::sys::describe(&e);
+    let stream = TcpStream::connect_timeout(&addr, left).map_err(io)?;
+    stream.set_read_timeout(Some(left)).map_err(io)?;
+    stream.set_write_timeout(Some(left)).map_err(io)?;
+    let mut enc = Encoder::default();
+    if url.db != 0 {
+        enc.command(&[b"SELECT", url.db.to_string().as_bytes()]);
+    }
+    enc.command(&[b"PING"]);
+    (&stream).write_all(&enc.buf).map_err(io)?;
+    let mut lines = BufReader::new(&stream);
+    let mut reader = Reader::new(Limits { frame: 4096, bulk: 4096, array: 16 });
+    for expected in [(url.db != 0).then_some("OK"), Some("PONG")].into_iter().flatten() {
+        let mut line = Vec::new();
+        lines.read_until(b'\n', &mut line).map_err(io)?;
+        if line.is_empty() {
+            return Err("the connection was closed".into());
+        }
+        match reader.feed(&line).map_err(|e| e.to_string())?.map(|item| Builder::default().push(&item)) {
+            Some(Some(Reply::Simple(s))) if s == expected.as_bytes() => {}
+            Some(Some(Reply::Error(e))) => return Err(format!("Redis answered: {e}")),
+            _ => return Err(format!("unexpected answer {:?}", String::from_utf8_lossy(&line))),
+        }
+    }
+    Ok(addr)
+}
+
+/// A name for this chat instance, unique among the servers of one Redis:
+/// the process id, the start time and a count of instances in this
+/// process (one per worker). Made of hex digits and `-` only.
+pub fn server_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static INSTANCES: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{n:x}", std::process::id(), nanos as u64)
+}
+
+/// Where the pair of connections stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Link {
+    /// No connection; the next attempt is due at `retry_at`.
+    Down,
+    /// Both connections started, not yet both established.
+    Connecting,
+    /// `SELECT`, `SCRIPT LOAD` and `SUBSCRIBE` sent; waiting for every
+    /// answer.
+    Loading,
+    /// The members are being registered again; `PING` marks the end.
+    Restoring,
+    /// Working.
+    Up,
+}
+
+/// Which of the two connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Which {
+    /// Pipelined commands.
+    Cmd,
+    /// The subscription.
+    Sub,
+}
+
+/// What a reply on the command connection is for.
+#[derive(Clone, Debug)]
+pub(super) enum Op {
+    /// `SELECT`: `+OK`.
+    Select,
+    /// `SCRIPT LOAD`: the script's SHA1.
+    Load(Script),
+    /// Nothing to do with the answer but to check it is not an error.
+    Ignore,
+    /// `Reap`: how many members were dropped.
+    Reap,
+    /// `Connect` for a member: its nickname.
+    Connect { id: ConnId, serial: u64 },
+    /// `Restore` for a member: its nickname now.
+    Restore { id: ConnId, serial: u64 },
+    /// A `Message`.
+    Message,
+    /// `Nick` for a member: 1, or 0 if `name` is taken.
+    Nick { id: ConnId, serial: u64, name: String },
+    /// `Join` for a member.
+    Join { id: ConnId, serial: u64 },
+    /// `Leave` of a member of `room` (0: nothing was published).
+    Leave { room: String },
+    /// The `PING` that ends a restore.
+    Synced,
+}
+
+/// A command in flight.
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// What its reply is for.
+    pub op: Op,
+    /// When it was sent.
+    pub sent: Instant,
+    /// For a script call: the script and the length of its arguments in
+    /// the replay buffer.
+    pub replay: Option<(Script, usize, usize)>,
+}
+
+/// The connections, their readers and the FIFO of commands in flight.
+#[derive(Debug)]
+pub(super) struct Bus {
+    /// Where Redis is.
+    pub url: RedisUrl,
+    addr: SocketAddr,
+    /// This server's id (see [`server_id`]).
+    pub server: String,
+    /// The liveness channel, `edgeloop:node:SERVER`.
+    pub node_channel: Vec<u8>,
+    /// What a room's channel name starts with: `edgeloop:DB:chan:`.
+    pub chan_prefix: String,
+    /// The scripts' texts, for this database.
+    bodies: Vec<String>,
+    limits: Limits,
+    /// Where the pair stands.
+    pub link: Link,
+    /// The command connection.
+    pub cmd: Option<ConnId>,
+    /// The subscription.
+    pub sub: Option<ConnId>,
+    opened: usize,
+    /// Replies of the command connection.
+    pub cmd_reader: Reader,
+    builder: Builder,
+    /// Replies and pushes of the subscription.
+    pub sub_reader: Reader,
+    /// The kind (`message`, `subscribe`, ...) of the push being read.
+    pub push_kind: Vec<u8>,
+    /// The channel of the push being read.
+    pub push_channel: Vec<u8>,
+    pending: VecDeque<Pending>,
+    /// Arguments of the script calls in flight, in order; `replay_head`
+    /// bytes at the front are done with.
+    replay: Vec<u8>,
+    replay_head: usize,
+    shas: Vec<Option<String>>,
+    /// Answers the handshake still waits for: `SCRIPT LOAD`s, `SELECT`s.
+    pub handshake_due: usize,
+    /// Subscription acknowledgements due, and when the last one came.
+    pub acks_due: usize,
+    acks_progress: Instant,
+    /// The liveness probe in flight, if any: when it was sent.
+    pub probe_sent: Option<Instant>,
+    /// When the next heartbeat and reaping are due.
+    pub next_heartbeat: Instant,
+    /// See `next_heartbeat`.
+    pub next_reap: Instant,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Commands are encoded here.
+    pub enc: Encoder,
+    /// A message's tag is written here.
+    pub mark: String,
+    /// Why Redis must be given up for lost, found while handling
+    /// something else (a send that failed); acted on when that is done.
+    pub failed: Option<String>,
+    /// The reactor is shutting down: closing connections is expected.
+    pub stopping: bool,
+}
+
+impl Bus {
+    /// A bus for Redis at `addr`; `max_frame` bounds what Redis may send.
+    pub fn new(url: RedisUrl, addr: SocketAddr, max_frame: usize, now: Instant) -> Bus {
+        let server = server_id();
+        // A bulk string carries a chat line (at most max_frame) plus its
+        // sequence number, tag and nickname.
+        // its sequence number, tag and nickname; an answer to `/who`, at
+        // most WHO_MAX bytes of names.
+        let bulk = max_frame.max(WHO_MAX).saturating_add(4096);
+        let limits = Limits { frame: max_frame, bulk, array: MAX_ARRAY };
+        Bus {
+            chan_prefix: format!("{PREFIX}{}:chan:", url.db),
+            bodies: Script::ALL.iter().map(|s| s.body_for(url.db)).collect(),
+            url,
+            addr,
+            node_channel: format!("{PREFIX}node:{server}").into_bytes(),
+            server,
+            limits,
+            link: Link::Down,
+            cmd: None,
+            sub: None,
+            opened: 0,
+            cmd_reader: Reader::new(limits),
+            builder: Builder::default(),
+            sub_reader: Reader::new(limits),
+            push_kind: Vec::new(),
+            push_channel: Vec::new(),
+            pending: VecDeque::new(),
+            replay: Vec::new(),
+            replay_head: 0,
+            shas: vec![None; Script::ALL.len()],
+            handshake_due: 0,
+            acks_due: 0,
+            acks_progress: now,
+            probe_sent: None,
+            next_heartbeat: now,
+            next_reap: now,
+            retry_at: now,
+            backoff: BACKOFF_MIN,
+            enc: Encoder::default(),
+            mark: String::new(),
+            failed: None,
+            stopping: false,
+        }
+    }
+
+    /// A fresh reader with this bus's limits.
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.limits)
+    }
+
+    /// Which of the bus's connections `id` is, if it is one.
+    pub fn which(&self, id: ConnId) -> Option<Which> {
+        if self.cmd == Some(id) {
+            Some(Which::Cmd)
+        } else if self.sub == Some(id) {
+            Some(Which::Sub)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a reconnection attempt is due.
+    pub fn retry_due(&self, now: Instant) -> bool {
+        self.link == Link::Down && now >= self.retry_at
+    }
+
+    /// Start both connections.
+    pub fn connect(&mut self, ctx: &mut Ctx<'_>) {
+        let options = ConnectOptions { framing: Framing::Line, timeout: Some(CONNECT_TIMEOUT), ..Default::default() };
+        let policy = OutputPolicy::new(OUTBUF, OverLimit::Disconnect);
+        for which in [Which::Cmd, Which::Sub] {
+            match ctx.connect(&self.addr, &options) {
+                Ok(id) => {
+                    ctx.set_output_policy(id, policy);
+                    match which {
+                        Which::Cmd => self.cmd = Some(id),
+                        Which::Sub => self.sub = Some(id),
+                    }
+                }
+                Err(e) => {
+                    self.fail(format!("cannot connect to {}: {}", self.addr, crate::sys::describe(&e)));
+                    return;
+                }
+            }
+        }
+        self.link = Link::Connecting;
+        self.opened = 0;
+    }
+
+    /// One of the connections is established; true when both are.
+    pub fn opened(&mut self) -> bool {
+        self.opened += 1;
+        self.opened == 2
+    }
+
+    /// Drop both connections and everything in flight; the next attempt
+    /// after the back-off. Returns what was in flight.
+    pub fn reset(&mut self, ctx: &mut Ctx<'_>) -> VecDeque<Pending> {
+        for id in [self.cmd.take(), self.sub.take()].into_iter().flatten() {
+            ctx.abort(id);
+        }
+        self.link = Link::Down;
+        self.retry_at = ctx.now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.cmd_reader = self.reader();
+        self.sub_reader = self.reader();
+        self.builder = Builder::default();
+        self.replay.clear();
+        self.replay_head = 0;
+        self.handshake_due = 0;
+        self.acks_due = 0;
+        self.probe_sent = None;
+        self.failed = None;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The link is up: the back-off starts again from its minimum. The
+    /// first reaping waits a whole liveness TTL: if Redis was stalled or
+    /// restarted, every server's key expired at once, and the others are
+    /// reconnecting too (within [`BACKOFF_MAX`] and a handshake) — they
+    /// must not be reaped for being a moment slower than this one.
+    pub fn up(&mut self, now: Instant) {
+        self.link = Link::Up;
+        self.backoff = BACKOFF_MIN;
+        self.next_heartbeat = now + HEARTBEAT;
+        self.next_reap = now + ALIVE_TTL;
+    }
+
+    /// Remember that Redis must be given up for lost (the first reason
+    /// wins).
+    pub fn fail(&mut self, why: String) {
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
+    }
+
+    /// Whether something has waited too long for Redis.
+    pub fn overdue(&self, now: Instant) -> Option<String> {
+        if self.link < Link::Loading {
+            return None;
+        }
+        let late = |since: Instant| now.saturating_duration_since(since) > REPLY_TIMEOUT;
+        if self.pending.front().is_some_and(|p| late(p.sent)) {
+            return Some(format!("no reply from Redis within {} s", REPLY_TIMEOUT.as_secs()));
+        }
+        if self.acks_due > 0 && late(self.acks_progress) {
+            return Some(format!("no subscription acknowledgement within {} s", REPLY_TIMEOUT.as_secs()));
+        }
+        if self.probe_sent.is_some_and(late) {
+            return Some(format!("the liveness probe did not come back within {} s", REPLY_TIMEOUT.as_secs()));
+        }
+        None
+    }
+
+    /// Queue what `enc` holds on connection `which`; false if there is
+    /// no such connection now (nothing will answer).
+    fn send(&mut self, ctx: &mut Ctx<'_>, which: Which) -> bool {
+        let id = match which {
+            Which::Cmd => self.cmd,
+            Which::Sub => self.sub,
+        };
+        let Some(id) = id else { return false };
+        if let Err(e) = ctx.send(id, &self.enc.buf) {
+            self.fail(format!("cannot send to Redis: {e}"));
+        }
+        true
+    }
+
+    /// Send what `enc` holds as a command whose reply is for `op`.
+    fn send_command(&mut self, ctx: &mut Ctx<'_>, op: Op, replay: Option<(Script, usize, usize)>) {
+        if self.send(ctx, Which::Cmd) {
+            self.pending.push_back(Pending { op, sent: ctx.now(), replay });
+        } else if let Some((_, len, _)) = replay {
+            // Never sent: its arguments are not kept either.
+            self.replay.truncate(self.replay.len() - len);
+        }
+    }
+
+    /// A command (not a script) whose reply is for `op`.
+    pub fn command(&mut self, ctx: &mut Ctx<'_>, args: &[&[u8]], op: Op) {
+        self.enc.clear();
+        self.enc.command(args);
+        self.send_command(ctx, op, None);
+    }
+
+    /// Load every script (their SHA1s come back in the replies).
+    pub fn load_scripts(&mut self, ctx: &mut Ctx<'_>) {
+        for script in Script::ALL {
+            self.enc.clear();
+            self.enc.command(&[b"SCRIPT", b"LOAD", self.bodies[script.index()].as_bytes()]);
+            self.send_command(ctx, Op::Load(script), None);
+            self.handshake_due += 1;
+        }
+    }
+
+    /// A script's SHA1 has come back.
+    pub fn loaded(&mut self, script: Script, sha: String) {
+        self.shas[script.index()] = Some(sha);
+    }
+
+    /// Call `script` with `args` (no keys: see [`super::lua`]).
+    pub fn eval(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
+        self.enc.clear();
+        let sha = self.shas[script.index()].as_deref();
+        match sha {
+            Some(sha) => self.enc.begin(3 + args.len()).arg("EVALSHA").arg(sha),
+            None => self.enc.begin(3 + args.len()).arg("EVAL").arg(&self.bodies[script.index()]),
+        };
+        let rest = self.enc.buf.len();
+        self.enc.arg("0");
+        for arg in args {
+            self.enc.arg(arg);
+        }
+        self.keep_for_replay(rest);
+        let replay = Some((script, self.enc.buf.len() - rest, args.len()));
+        self.send_command(ctx, op, replay);
+    }
+
+    /// Keep the arguments of the command in `enc` (from `rest` on) until
+    /// its reply.
+    fn keep_for_replay(&mut self, rest: usize) {
+        if self.replay_head == self.replay.len() {
+            self.replay.clear();
+            self.replay_head = 0;
+        } else if self.replay_head > (1 << 20) && self.replay_head * 2 > self.replay.len() {
+            self.replay.drain(..self.replay_head);
+            self.replay_head = 0;
+        }
+        self.replay.extend_from_slice(&self.enc.buf[rest..]);
+    }
+
+    /// Send again with `EVAL` a script call that got `NOSCRIPT`;
+    /// `pending` was just taken by [`Bus::reply`], whose arguments are the
+    /// last `len` bytes before the replay head.
+    pub fn eval_again(&mut self, ctx: &mut Ctx<'_>, pending: Pending) {
+        let Some((script, len, args)) = pending.replay else { return };
+        let from = self.replay_head - len;
+        self.enc.clear();
+        self.enc.begin(3 + args).arg("EVAL").arg(&self.bodies[script.index()]);
+        let rest = self.enc.buf.len();
+        self.enc.buf.extend_from_slice(&self.replay[from..self.replay_head]);
+        self.keep_for_replay(rest);
+        self.send_command(ctx, pending.op, pending.replay);
+    }
+
+    /// `SUBSCRIBE` (or `UNSUBSCRIBE`) these channels, in batches.
+    pub fn subscribe(&mut self, ctx: &mut Ctx<'_>, verb: &str, channels: &[Vec<u8>]) {
+        for batch in channels.chunks(SUBSCRIBE_BATCH) {
+            self.enc.clear();
+            self.enc.begin(1 + batch.len()).arg(verb);
+            for channel in batch {
+                self.enc.arg(channel);
+            }
+            if !self.send(ctx, Which::Sub) {
+                return;
+            }
+            if self.acks_due == 0 {
+                self.acks_progress = ctx.now();
+            }
+            self.acks_due += batch.len();
+        }
+    }
+
+    /// `SELECT` the database on the subscription connection (its `+OK`
+    /// is counted in `handshake_due`).
+    pub fn select_sub(&mut self, ctx: &mut Ctx<'_>) {
+        self.enc.clear();
+        self.enc.command(&[b"SELECT", self.url.db.to_string().as_bytes()]);
+        if self.send(ctx, Which::Sub) {
+            self.handshake_due += 1;
+        }
+    }
+
+    /// A subscription acknowledgement came.
+    pub fn acked(&mut self, now: Instant) {
+        self.acks_due = self.acks_due.saturating_sub(1);
+        self.acks_progress = now;
+    }
+
+    /// Feed a frame of the command connection; returns a completed reply
+    /// and what it was for. Sets the framing the next frame needs.
+    pub fn reply(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) -> Option<(Pending, Reply)> {
+        let before = self.cmd_reader.framing();
+        let reply = match self.cmd_reader.feed(frame) {
+            Ok(Some(item)) => self.builder.push(&item),
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(e.to_string());
+                return None;
+            }
+        };
+        let after = self.cmd_reader.framing();
+        if after != before {
+            ctx.set_framing(id, after);
+        }
+        let reply = reply?;
+        let Some(pending) = self.pending.pop_front() else {
+            self.fail("a reply from Redis to no command".into());
+            return None;
+        };
+        if let Some((_, len, _)) = pending.replay {
+            self.replay_head += len;
+        }
+        Some((pending, reply))
+    }
+
+    /// Log and remember an error answer to `op`.
+    pub fn refused(&mut self, op: &Op, error: &str) {
+        warn!("Redis refused {op:?}: {error}");
+        self.fail(format!("Redis answered an error: {error}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let url: RedisUrl = "redis://127.0.0.1:6380/2".parse().unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.db), ("127.0.0.1", 6380, 2));
+        let url: RedisUrl = "redis://localhost".parse().unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.db), ("localhost", 6379, 0));
+        let url: RedisUrl = "redis://[::1]:7000/".parse().unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.db), ("::1", 7000, 0));
+        for bad in ["http://x:1", "redis://", "redis://h:port", "redis://h:1/x", "redis://u:p@h:1", "redis://[::1"] {
+            assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_ids_differ() {
+        let (a, b) = (server_id(), server_id());
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-'), "{a}");
+    }
+}

@@ -1,0 +1,620 @@
+//! The chat across servers (`--redis`): real `edgeloop chat` processes on
+//! one real `redis-server`, started here on a free loopback port with
+//! persistence off (see `common::Redis`; without `redis-server` these
+//! tests note it and pass, unless `CI` is set: then they fail).
+//!
+//! Every read has a timeout (20 s), so a missing line fails the test
+//! instead of hanging it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Redis, Server};
+
+/// One chat client: a line reader and a writer on the same socket.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    nick: String,
+}
+
+impl Client {
+    /// Connect and read the client's own `* guestN joined`.
+    fn join(server: &Server) -> Client {
+        let stream = server.connect();
+        let mut c = Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream), nick: String::new() };
+        let line = c.line();
+        c.nick = line
+            .strip_prefix("* ")
+            .and_then(|l| l.strip_suffix(" joined"))
+            .unwrap_or_else(|| panic!("expected a joined notice, got {line:?}"))
+            .to_string();
+        c
+    }
+
+    fn send(&mut self, line: &str) {
+        self.writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// The next line, without its `\n` (which must be there).
+    fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        self.reader.read_until(b'\n', &mut buf).expect("read a line");
+        assert!(buf.ends_with(b"\n"), "expected a whole line, got {buf:?}");
+        buf.pop();
+        String::from_utf8(buf).expect("server lines are UTF-8")
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(), want, "{}", self.nick);
+    }
+
+    /// Skip lines until `want`; returns the lines skipped.
+    fn skip_to(&mut self, want: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        loop {
+            let line = self.line();
+            if line == want {
+                return skipped;
+            }
+            skipped.push(line);
+        }
+    }
+
+    /// `/nick name`, and its notice back.
+    fn rename(&mut self, name: &str) {
+        self.send(&format!("/nick {name}"));
+        let old = std::mem::replace(&mut self.nick, name.to_string());
+        self.skip_to(&format!("* {old} is now {name}"));
+    }
+
+    /// Read until the server closes the connection.
+    fn drain_to_eof(&mut self) {
+        let mut rest = Vec::new();
+        match std::io::Read::read_to_end(&mut self.reader, &mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected end of stream, got {e}"),
+        }
+    }
+}
+
+/// A chat server on `redis`, with `extra` options.
+fn chat(redis: &Redis, extra: &[&str]) -> Server {
+    let url = redis.url();
+    Server::start(&[&["chat", "--redis", url.as_str()][..], extra].concat())
+}
+
+/// Clients joining in turn, alternating over `servers`; when this
+/// returns, every client has seen every later client's join.
+fn clients(servers: &[&Server], n: usize) -> Vec<Client> {
+    let mut all: Vec<Client> = Vec::new();
+    for i in 0..n {
+        let c = Client::join(servers[i % servers.len()]);
+        for earlier in &mut all {
+            earlier.expect(&format!("* {} joined", c.nick));
+        }
+        all.push(c);
+    }
+    all
+}
+
+#[test]
+fn four_members_on_two_servers_see_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    const N: usize = 200;
+    let members = clients(&[&a, &b], 4);
+    let senders: Vec<(String, TcpStream)> =
+        members.iter().take(3).map(|c| (c.nick.clone(), c.writer.try_clone().unwrap())).collect();
+    let start = Arc::new(Barrier::new(senders.len()));
+    let pumps: Vec<_> = senders
+        .into_iter()
+        .map(|(nick, mut writer)| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                for k in 0..N {
+                    writer.write_all(format!("{nick} says {k}\n").as_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|mut c| thread::spawn(move || (0..3 * N).map(|_| c.line()).collect::<Vec<String>>()))
+        .collect();
+    pumps.into_iter().for_each(|p| p.join().unwrap());
+    let transcripts: Vec<Vec<String>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    for t in &transcripts[1..] {
+        assert!(t == &transcripts[0], "transcripts differ");
+    }
+    // Each sender's lines, whole and in its order, among the others'.
+    let mut next = std::collections::HashMap::new();
+    for line in &transcripts[0] {
+        let (nick, rest) = line.split_once(": ").unwrap_or_else(|| panic!("not a message: {line}"));
+        let k: usize = rest.rsplit(' ').next().unwrap().parse().unwrap();
+        let expected = next.entry(nick.to_string()).or_insert(0);
+        assert_eq!(k, *expected, "{line}");
+        *expected += 1;
+    }
+    assert_eq!(next.len(), 3);
+}
+
+#[test]
+fn a_join_while_another_streams_is_cut_in_the_same_place_everywhere() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut members = clients(&[&a, &b], 2).into_iter();
+    let (streamer, watcher) = (members.next().unwrap(), members.next().unwrap());
+    let done = format!("{}: done", streamer.nick);
+    let mut writer = streamer.writer.try_clone().unwrap();
+    // Lines flow until both newcomers are in, and a while after.
+    let joined = Arc::new(AtomicUsize::new(0));
+    let pump = {
+        let joined = Arc::clone(&joined);
+        thread::spawn(move || {
+            let mut after = 0;
+            for k in 0..100_000 {
+                writer.write_all(format!("line {k}\n").as_bytes()).unwrap();
+                if k % 10 == 0 {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                if joined.load(Ordering::Acquire) == 2 {
+                    after += 1;
+                    if after == 100 {
+                        break;
+                    }
+                }
+            }
+            writer.write_all(b"done\n").unwrap();
+        })
+    };
+    // Everything a member receives until the streamer's last line, from
+    // its own joined notice on.
+    let transcript = |mut c: Client, done: String, first: Option<String>| {
+        thread::spawn(move || {
+            let mut lines: Vec<String> = first.into_iter().collect();
+            loop {
+                let line = c.line();
+                let end = line == done;
+                lines.push(line);
+                if end {
+                    return lines;
+                }
+            }
+        })
+    };
+    let ts = transcript(streamer, done.clone(), None);
+    let tw = transcript(watcher, done.clone(), None);
+    // Two newcomers while the lines flow, one on each server.
+    thread::sleep(Duration::from_millis(30));
+    let c = Client::join(&b);
+    let c_nick = c.nick.clone();
+    let tc = transcript(c, done.clone(), Some(format!("* {c_nick} joined")));
+    thread::sleep(Duration::from_millis(30));
+    let d = Client::join(&a);
+    let d_nick = d.nick.clone();
+    let td = transcript(d, done, Some(format!("* {d_nick} joined")));
+    joined.store(2, Ordering::Release);
+    pump.join().unwrap();
+    let (ts, tw, tc, td) = (ts.join().unwrap(), tw.join().unwrap(), tc.join().unwrap(), td.join().unwrap());
+    assert!(ts == tw, "the first two members' transcripts differ");
+    for (joiner, transcript) in [(&c_nick, &tc), (&d_nick, &td)] {
+        let at = ts.iter().position(|l| *l == format!("* {joiner} joined")).expect("the join is in the transcript");
+        assert!(ts[at..] == transcript[..], "{joiner} is not cut where the others see it join");
+        assert!(at > 0 && at + 1 < ts.len(), "{joiner} joined outside the stream");
+    }
+}
+
+#[test]
+fn answers_come_in_order_with_the_senders_own_lines() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let (me, other) = (m[0].nick.clone(), m[1].nick.clone());
+    // All at once: each answer must come after the echo of the lines
+    // before it, as on one server.
+    m[0].writer.write_all(b"one\n/who\n/bogus\ntwo\n/nick\n/nick taken.\nthree\n").unwrap();
+    m[0].expect(&format!("{me}: one"));
+    m[0].expect(&format!("* members: {}", sorted(&[&me, &other])));
+    m[0].expect("! unknown command: /bogus (commands: /nick /join /who /quit)");
+    m[0].expect(&format!("{me}: two"));
+    m[0].expect("! usage: /nick NAME");
+    m[0].expect("! invalid name: use only A-Z a-z 0-9 _ -");
+    m[0].expect(&format!("{me}: three"));
+    m[0].send("four");
+    m[0].send("/quit");
+    m[0].expect(&format!("{me}: four"));
+    m[0].expect("* bye");
+    m[0].drain_to_eof();
+    for line in ["one", "two", "three", "four"] {
+        m[1].expect(&format!("{me}: {line}"));
+    }
+    m[1].expect(&format!("* {me} left"));
+}
+
+#[test]
+fn guest_numbers_are_unique_across_servers() {
+    let Some(redis) = Redis::start() else { return };
+    let servers = Arc::new([chat(&redis, &[]), chat(&redis, &[])]);
+    let joins: Vec<_> = (0..20)
+        .map(|i| {
+            let servers = Arc::clone(&servers);
+            thread::spawn(move || Client::join(&servers[i % 2]).nick)
+        })
+        .collect();
+    let nicks: HashSet<String> = joins.into_iter().map(|j| j.join().unwrap()).collect();
+    assert_eq!(nicks.len(), 20, "{nicks:?}");
+}
+
+#[test]
+fn a_nickname_race_across_servers_has_one_winner() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut pair = clients(&[&a, &b], 2);
+    for round in 0..5 {
+        let name = format!("racer{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = pair
+            .drain(..)
+            .map(|mut c| {
+                let (name, barrier) = (name.clone(), Arc::clone(&barrier));
+                thread::spawn(move || {
+                    barrier.wait();
+                    c.send(&format!("/nick {name}"));
+                    let (won, lost) = (format!("* {} is now {name}", c.nick), format!("! nickname {name} is in use"));
+                    loop {
+                        let line = c.line();
+                        if line == won {
+                            c.nick = name;
+                            return (c, true);
+                        }
+                        if line == lost {
+                            return (c, false);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<(Client, bool)> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|(_, won)| *won).count(), 1, "round {round}: not one winner");
+        pair = results.into_iter().map(|(c, _)| c).collect();
+        // Both see the same room afterwards (the loser got the winner's
+        // rename as well as its refusal).
+        let who = format!("* members: {}", sorted(&[&pair[0].nick, &pair[1].nick]));
+        for c in &mut pair {
+            c.send("/who");
+            c.skip_to(&who);
+        }
+    }
+}
+
+fn sorted(nicks: &[&str]) -> String {
+    let mut v = nicks.to_vec();
+    v.sort_unstable();
+    v.join(" ")
+}
+
+#[test]
+fn who_lists_the_members_on_every_server() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b, &a], 3);
+    let guest = m[2].nick.clone();
+    m[0].rename("zoe");
+    m[1].rename("bob");
+    let everyone = format!("* members: {}", sorted(&["bob", "zoe", &guest]));
+    for c in &mut m {
+        c.send("/who");
+        c.skip_to(&everyone);
+    }
+    m[1].send("/join side");
+    m[1].expect("* bob joined");
+    m[1].send("/who");
+    m[1].expect("* members: bob");
+    m[0].skip_to("* bob left");
+    m[0].send("/who");
+    m[0].expect(&format!("* members: {}", sorted(&["zoe", &guest])));
+    m[2].skip_to("* bob left");
+    m[2].send("/join side");
+    m[2].expect(&format!("* {guest} joined"));
+    m[1].expect(&format!("* {guest} joined"));
+    m[1].send("/who");
+    m[1].expect(&format!("* members: {}", sorted(&["bob", &guest])));
+}
+
+#[test]
+fn a_server_stopped_by_sigterm_announces_its_members_left_elsewhere() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &a, &b], 3);
+    let old = m[1].nick.clone();
+    m[0].rename("ann");
+    m[1].rename("art");
+    m[2].skip_to(&format!("* {old} is now art"));
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(10)).success());
+    let mut left = [m[2].line(), m[2].line()];
+    left.sort();
+    assert_eq!(left, ["* ann left", "* art left"]);
+    m[0].drain_to_eof();
+    // Gone from /who too.
+    let own = m[2].nick.clone();
+    m[2].send("/who");
+    m[2].expect(&format!("* members: {own}"));
+}
+
+#[test]
+fn a_server_killed_is_announced_left_once_by_the_survivors_and_its_names_freed() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b, c) = (chat(&redis, &[]), chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &a, &b, &c], 4);
+    let old = m[1].nick.clone();
+    m[0].rename("kim");
+    m[1].rename("kai");
+    for survivor in &mut m[2..] {
+        survivor.skip_to(&format!("* {old} is now kai"));
+    }
+    let killed = Instant::now();
+    a.signal(libc::SIGKILL);
+    for survivor in &mut m[2..] {
+        let mut left = [survivor.line(), survivor.line()];
+        left.sort();
+        assert_eq!(left, ["* kai left", "* kim left"]);
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(30), "announced after {took:?}");
+    // Once: nothing more about them, after a whole reaping period more.
+    thread::sleep(Duration::from_secs(3));
+    let speaker = m[2].nick.clone();
+    m[2].send("after");
+    for survivor in &mut m[2..] {
+        survivor.expect(&format!("{speaker}: after"));
+    }
+    // Their names are free again.
+    let before = m[3].nick.clone();
+    m[3].rename("kim");
+    m[2].expect(&format!("* {before} is now kim"));
+}
+
+#[test]
+fn redis_stopped_members_are_told_and_refused_and_stay_connected() {
+    let Some(mut redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    redis.stop();
+    for c in &mut m {
+        c.expect("* chat backend unavailable");
+    }
+    let nick = m[0].nick.clone();
+    for refused in ["hello", "/nick newname", "/join elsewhere"] {
+        m[0].send(refused);
+        m[0].expect("! chat backend unavailable");
+    }
+    // What this server knows.
+    m[0].send("/who");
+    m[0].expect(&format!("* members: {nick}"));
+    m[0].send("/nick bad.name");
+    m[0].expect("! invalid name: use only A-Z a-z 0-9 _ -");
+    // Nothing reached the other server; both are still connected.
+    let other = m[1].nick.clone();
+    m[1].send("/who");
+    m[1].expect(&format!("* members: {other}"));
+    // Told once: a second outage notice would come before this.
+    m[1].send("/frob");
+    m[1].expect("! unknown command: /frob (commands: /nick /join /who /quit)");
+    m[0].send("/quit");
+    m[0].expect("* bye");
+    m[0].drain_to_eof();
+}
+
+#[test]
+fn redis_restarted_on_the_same_port_delivery_resumes_without_reconnecting() {
+    let Some(mut redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let old = m[0].nick.clone();
+    m[0].rename("ada");
+    m[1].skip_to(&format!("* {old} is now ada"));
+    redis.stop();
+    for c in &mut m {
+        c.expect("* chat backend unavailable");
+    }
+    thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    for c in &mut m {
+        c.expect("* chat backend restored");
+    }
+    m[0].send("back again");
+    for c in &mut m {
+        c.expect("ada: back again");
+    }
+    // Registered again: names and membership.
+    let other = m[1].nick.clone();
+    m[1].send("/nick ada");
+    m[1].expect("! nickname ada is in use");
+    // (Once: the next line is the answer to the next command.)
+    m[1].send("/who");
+    m[1].expect(&format!("* members: {}", sorted(&["ada", &other])));
+    // A newcomer gets a fresh number, not one of theirs.
+    let c = Client::join(&a);
+    assert!(c.nick != other && c.nick != "ada", "{}", c.nick);
+}
+
+#[test]
+fn a_redis_that_stops_answering_is_lost_and_found_again() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    // Stopped, not gone: the connections stay open and silent. The
+    // heartbeat's probe (or a reply) does not come back in time.
+    redis.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    for c in &mut m {
+        c.expect("* chat backend unavailable");
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(15), "noticed after {:?}", stopped.elapsed());
+    m[0].send("anyone?");
+    m[0].expect("! chat backend unavailable");
+    redis.signal(libc::SIGCONT);
+    for c in &mut m {
+        c.expect("* chat backend restored");
+    }
+    m[1].send("yes");
+    let nick = m[1].nick.clone();
+    for c in &mut m {
+        c.expect(&format!("{nick}: yes"));
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_cut_while_members_on_both_servers_get_every_line_in_order() {
+    const LINES: usize = 20_000;
+    let Some(redis) = Redis::start() else { return };
+    let options = ["--max-outbuf", "65536", "--chat-rate", "0"];
+    let (a, b) = (chat(&redis, &options), chat(&redis, &options));
+    let mut m = clients(&[&a, &b, &a], 3);
+    let slow = Client::join(&b);
+    for c in &mut m {
+        c.expect(&format!("* {} joined", slow.nick));
+    }
+    common::set_socket_option(&slow.writer, libc::SO_RCVBUF, 4096 as libc::c_int);
+    let padding = "p".repeat(400);
+    let sender = m[0].nick.clone();
+    // The sender keeps at most 64 of its lines unreturned, as an
+    // interactive client does.
+    let returned = Arc::new(AtomicUsize::new(0));
+    let pump = {
+        let mut writer = m[0].writer.try_clone().unwrap();
+        let (padding, returned) = (padding.clone(), Arc::clone(&returned));
+        thread::spawn(move || {
+            let give_up = Instant::now() + Duration::from_secs(60);
+            for n in 0..LINES {
+                while n >= returned.load(Ordering::Acquire) + 64 {
+                    assert!(Instant::now() < give_up, "the sender's lines stopped coming back");
+                    thread::sleep(Duration::from_micros(100));
+                }
+                writer.write_all(format!("{n} {padding}\n").as_bytes()).unwrap();
+            }
+        })
+    };
+    let slow_left = format!("* {} left", slow.nick);
+    let check = move |mut c: Client, returned: Arc<AtomicUsize>| {
+        let (sender, padding, slow_left) = (sender.clone(), padding.clone(), slow_left.clone());
+        thread::spawn(move || {
+            let (mut left, mut next) = (0, 0);
+            while next < LINES {
+                let line = c.line();
+                if line == slow_left {
+                    left += 1;
+                    continue;
+                }
+                assert_eq!(line, format!("{sender}: {next} {padding}"));
+                next += 1;
+                returned.store(next, Ordering::Release);
+            }
+            left
+        })
+    };
+    let mut m = m.into_iter();
+    let checks: Vec<_> = [Arc::clone(&returned), Arc::default(), Arc::default()]
+        .into_iter()
+        .map(|r| check(m.next().unwrap(), r))
+        .collect();
+    for c in checks {
+        assert_eq!(c.join().unwrap(), 1, "the slow member's departure, once");
+    }
+    pump.join().unwrap();
+    assert!(b.stderr_text().contains("over the limit; disconnecting"));
+    drop(slow);
+}
+
+#[test]
+fn redis_unreachable_at_start_exits_1_naming_the_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["chat", "--listen", "127.0.0.1:0", "--redis", &url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "it must not have listened");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&url) && err.contains("connection refused"), "{err}");
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(8), "{took:?}");
+}
+
+#[test]
+fn echo_rejects_redis() {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["echo", "--redis", "redis://127.0.0.1:6379"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_edgeloop"))
+        .args(["chat", "--redis", "http://x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn two_databases_are_two_chats() {
+    let Some(redis) = Redis::start() else { return };
+    let (one, two) = (format!("{}/1", redis.url()), format!("{}/2", redis.url()));
+    let (a, b) = (Server::start(&["chat", "--redis", &one]), Server::start(&["chat", "--redis", &two]));
+    let (mut x, mut y) = (Client::join(&a), Client::join(&b));
+    // Each counts its own guests: both are guest1.
+    assert_eq!((x.nick.as_str(), y.nick.as_str()), ("guest1", "guest1"));
+    x.send("only here");
+    x.expect("guest1: only here");
+    y.send("/who");
+    y.expect("* members: guest1");
+}
+
+/// `--workers 2 --redis` is two chat servers in one process: members on
+/// both workers (20 connections: all on one would take a 1-in-500 000
+/// hash) share one room, one order, unique names and `/who`; and the
+/// metrics see both workers' members.
+#[test]
+fn two_workers_on_redis_behave_as_two_servers() {
+    let Some(redis) = Redis::start() else { return };
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let server = chat(&redis, &["--workers", "2", "--metrics", metrics.as_str()]);
+    let mut members = clients(&[&server], 20);
+    let nicks: std::collections::HashSet<&String> = members.iter().map(|c| &c.nick).collect();
+    assert_eq!(nicks.len(), 20, "guest numbers repeat");
+    members[0].send("hello from the first");
+    members[19].send("and from the last");
+    let first = format!("{}: hello from the first", members[0].nick);
+    let last = format!("{}: and from the last", members[19].nick);
+    for c in &mut members {
+        let got = [c.line(), c.line()];
+        assert_eq!(got, [first.clone(), last.clone()], "{}", c.nick);
+    }
+    let mut names: Vec<String> = members.iter().map(|c| c.nick.clone()).collect();
+    names.sort_unstable();
+    members[7].send("/who");
+    members[7].expect(&format!("* members: {}", names.join(" ")));
+    // Both workers have members (the per-worker connection gauges).
+    let body = common::wait_for_metrics(&metrics, |body| {
+        body.contains("edgeloop_chat_members 20")
+            && !body.contains("edgeloop_worker_connections{worker=\"0\"} 0")
+            && !body.contains("edgeloop_worker_connections{worker=\"1\"} 0")
+    });
+    assert!(body.contains("edgeloop_chat_backend_up 1"), "{body}");
+}
