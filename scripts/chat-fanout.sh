@@ -40,7 +40,7 @@
 # sending (server's) CPU and counts as the server's system time. Run as
 # root, it raises net.core.netdev_max_backlog (see DESIGN-NOTES) and prints
 # the values in force. Every run is bounded by `timeout`; the whole script
-# takes about a minute (two with REDIS=1).
+# takes about a minute per REPEAT (two with REDIS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
