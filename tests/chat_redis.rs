@@ -243,6 +243,31 @@ fn answers_come_in_order_with_the_senders_own_lines() {
 }
 
 #[test]
+fn flushed_scripts_are_sent_again_and_nothing_is_lost() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    // As after a failover to a replica that never loaded them: every
+    // EVALSHA now answers NOSCRIPT, and is sent again with EVAL.
+    assert_eq!(redis.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));
+    let me = m[0].nick.clone();
+    for k in 0..5 {
+        m[0].send(&format!("after the flush {k}"));
+    }
+    m[0].send("/nick flushed");
+    for c in &mut m {
+        for k in 0..5 {
+            c.expect(&format!("{me}: after the flush {k}"));
+        }
+        c.expect(&format!("* {me} is now flushed"));
+    }
+    assert!(!a.stderr_text().contains("lost"), "{}", a.stderr_text());
+    // The fallback did run.
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap_or_default();
+    assert!(stats.contains("cmdstat_eval:calls="), "{stats}");
+}
+
+#[test]
 fn guest_numbers_are_unique_across_servers() {
     let Some(redis) = Redis::start() else { return };
     let servers = Arc::new([chat(&redis, &[]), chat(&redis, &[])]);
