@@ -19,7 +19,12 @@
 //!   to a replica that never saw the script) sends the same call again
 //!   with `EVAL` and the script's text. To make that possible the
 //!   arguments of every script call in flight are kept in one reused
-//!   buffer (a copy of each, no allocation once warm).
+//!   buffer (a copy of each, no allocation once warm). (Should another
+//!   server's `EVAL` reload the script between two of our calls in
+//!   flight, the first answered `NOSCRIPT` and the second not, the first,
+//!   sent again, comes after the second: the room still has one order,
+//!   but a sender's two lines are swapped. It takes a script flush racing
+//!   two servers; it is not guarded against.)
 //! - **The subscription** carries every room with a member on this server,
 //!   and the server's own liveness channel.
 //!
