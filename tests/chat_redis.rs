@@ -243,6 +243,31 @@ fn answers_come_in_order_with_the_senders_own_lines() {
 }
 
 #[test]
+fn flushed_scripts_are_sent_again_and_nothing_is_lost() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    // As after a failover to a replica that never loaded them: every
+    // EVALSHA now answers NOSCRIPT, and is sent again with EVAL.
+    assert_eq!(redis.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));
+    let me = m[0].nick.clone();
+    for k in 0..5 {
+        m[0].send(&format!("after the flush {k}"));
+    }
+    m[0].send("/nick flushed");
+    for c in &mut m {
+        for k in 0..5 {
+            c.expect(&format!("{me}: after the flush {k}"));
+        }
+        c.expect(&format!("* {me} is now flushed"));
+    }
+    assert!(!a.stderr_text().contains("lost"), "{}", a.stderr_text());
+    // The fallback did run.
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap_or_default();
+    assert!(stats.contains("cmdstat_eval:calls="), "{stats}");
+}
+
+#[test]
 fn guest_numbers_are_unique_across_servers() {
     let Some(redis) = Redis::start() else { return };
     let servers = Arc::new([chat(&redis, &[]), chat(&redis, &[])]);
@@ -429,25 +454,37 @@ fn redis_restarted_on_the_same_port_delivery_resumes_without_reconnecting() {
     for c in &mut m {
         c.expect("* chat backend unavailable");
     }
+    let late_stream = a.connect();
+    let mut late =
+        Client { writer: late_stream.try_clone().unwrap(), reader: BufReader::new(late_stream), nick: String::new() };
+    assert_eq!(late.line(), "* chat backend unavailable");
     thread::sleep(Duration::from_millis(500));
     redis.restart();
-    for c in &mut m {
-        c.expect("* chat backend restored");
-    }
+    // A newcomer during the outage is told, and registered when it ends.
+    assert_eq!(late.line(), "* chat backend restored");
+    let joined = late.line();
+    assert!(joined.starts_with("* guest") && joined.ends_with(" joined"), "{joined}");
+    // Its own server's members see it join after their "restored"; the
+    // other server's see it before theirs if that server was still
+    // registering its members when the join was published, or not at all
+    // if it had not subscribed again yet (a gap, inside their outage).
+    m[0].expect("* chat backend restored");
+    m[0].expect(&joined);
+    let before = m[1].skip_to("* chat backend restored");
+    assert!(before.is_empty() || before == [joined.clone()], "{before:?}");
     m[0].send("back again");
-    for c in &mut m {
-        c.expect("ada: back again");
-    }
+    m[0].expect("ada: back again");
+    let after = m[1].skip_to("ada: back again");
+    assert!(after.is_empty() || (before.is_empty() && after == [joined.clone()]), "{after:?}");
     // Registered again: names and membership.
     let other = m[1].nick.clone();
     m[1].send("/nick ada");
     m[1].expect("! nickname ada is in use");
     // (Once: the next line is the answer to the next command.)
+    let newcomer = joined.trim_start_matches("* ").trim_end_matches(" joined").to_string();
+    assert!(newcomer != other, "{newcomer}: not a number of theirs");
     m[1].send("/who");
-    m[1].expect(&format!("* members: {}", sorted(&["ada", &other])));
-    // A newcomer gets a fresh number, not one of theirs.
-    let c = Client::join(&a);
-    assert!(c.nick != other && c.nick != "ada", "{}", c.nick);
+    m[1].expect(&format!("* members: {}", sorted(&["ada", &other, &newcomer])));
 }
 
 #[test]
@@ -473,6 +510,93 @@ fn a_redis_that_stops_answering_is_lost_and_found_again() {
     let nick = m[1].nick.clone();
     for c in &mut m {
         c.expect(&format!("{nick}: yes"));
+    }
+}
+
+/// A TCP relay to Redis that can cut one server off (its connections
+/// dropped, new ones closed at once) while others reach Redis directly.
+struct Relay {
+    port: u16,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn to(target: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&blocked);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if flag.load(Ordering::Acquire) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let flag = Arc::clone(&flag);
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        loop {
+                            if flag.load(Ordering::Acquire) {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Relay { port, blocked }
+    }
+
+    fn block(&self, on: bool) {
+        self.blocked.store(on, Ordering::Release);
+    }
+}
+
+#[test]
+fn a_server_cut_off_is_reaped_and_comes_back_under_a_fresh_name_if_its_was_taken() {
+    let Some(redis) = Redis::start() else { return };
+    let relay = Relay::to(redis.port);
+    let url = format!("redis://127.0.0.1:{}", relay.port);
+    let (a, b) = (Server::start(&["chat", "--redis", &url]), chat(&redis, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let other = m[1].nick.clone();
+    let old = m[0].nick.clone();
+    m[0].rename("ada");
+    m[1].skip_to(&format!("* {old} is now ada"));
+    // A alone loses Redis; B stays connected and, once A's liveness key
+    // has expired, announces A's member gone and frees its name.
+    relay.block(true);
+    m[0].expect("* chat backend unavailable");
+    m[1].expect("* ada left");
+    m[1].rename("ada");
+    // A comes back: its member's name is taken, so it gets a fresh one,
+    // announced to the room.
+    relay.block(false);
+    let renamed = m[0].line();
+    let fresh = renamed.strip_prefix("* ada is now ").unwrap_or_else(|| panic!("{renamed}")).to_string();
+    assert!(fresh.starts_with("guest") && fresh != other, "{fresh}");
+    m[0].expect("* chat backend restored");
+    m[1].expect(&format!("* ada is now {fresh}"));
+    m[0].send("still here");
+    for c in &mut m {
+        c.expect(&format!("{fresh}: still here"));
     }
 }
 

@@ -20,8 +20,13 @@
 //! registers each remaining member again — its nickname claimed again or,
 //! if someone took it meanwhile, a fresh `guestN` announced to its room as
 //! `* OLD is now guestN`; and only then tells each member
-//! `* chat backend restored`. Members who connected during the outage get
-//! their `guestN` then.
+//! `* chat backend restored` — after every line the re-registration
+//! published (the end is marked by an event on the server's own channel,
+//! which comes back behind them). Members who connected during the outage
+//! get their `guestN` then. The rooms' subscriptions are back before the
+//! re-registration starts, so a line another server publishes meanwhile
+//! reaches these members as it comes, possibly just before their
+//! `restored`.
 //!
 //! # Gaps
 //!
@@ -235,12 +240,12 @@ impl Chat {
                     self.maybe_unsubscribe(ctx, &room);
                 }
             }
-            Op::Synced => self.link_up(ctx),
+            Op::Synced => self.synced(ctx),
         }
     }
 
     /// When the handshake is complete: register the members again, then
-    /// mark the end with a `PING`.
+    /// mark the end with `synced` on the server's own channel.
     pub(super) fn handshake_progress(&mut self, ctx: &mut Ctx<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         if bus.link != Link::Loading || bus.handshake_due > 0 || bus.acks_due > 0 {
@@ -260,7 +265,18 @@ impl Chat {
             let args = [&server, serial, &member.room, &member.nick].map(|a| a.as_bytes());
             bus.eval(ctx, Script::Restore, &args, Op::Restore { id: ConnId(i), serial: member.serial });
         }
-        bus.command(ctx, &[b"PING"], Op::Synced);
+        let node = bus.node_channel.clone();
+        bus.command(ctx, &[b"PUBLISH", &node, b"synced"], Op::Synced);
+    }
+
+    /// One half of the end of a restore has come back (see
+    /// [`super::redis`]); with both, the link is up.
+    pub(super) fn synced(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(bus) = self.bus.as_deref_mut().filter(|b| b.link == Link::Restoring) else { return };
+        bus.synced += 1;
+        if bus.synced == 2 {
+            self.link_up(ctx);
+        }
     }
 
     /// Everything is registered again: the link is up.

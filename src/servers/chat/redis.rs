@@ -19,7 +19,12 @@
 //!   to a replica that never saw the script) sends the same call again
 //!   with `EVAL` and the script's text. To make that possible the
 //!   arguments of every script call in flight are kept in one reused
-//!   buffer (a copy of each, no allocation once warm).
+//!   buffer (a copy of each, no allocation once warm). (Should another
+//!   server's `EVAL` reload the script between two of our calls in
+//!   flight, the first answered `NOSCRIPT` and the second not, the first,
+//!   sent again, comes after the second: the room still has one order,
+//!   but a sender's two lines are swapped. It takes a script flush racing
+//!   two servers; it is not guarded against.)
 //! - **The subscription** carries every room with a member on this server,
 //!   and the server's own liveness channel.
 //!
@@ -43,7 +48,10 @@
 //! connected; then `SELECT` and `SCRIPT LOAD` on one, `SELECT` and
 //! `SUBSCRIBE` (every room, in batches) on the other; when every answer
 //! and acknowledgement is in, the chat registers its members again; a
-//! final `PING` says it is done, and only then is the link up.
+//! final `PUBLISH` of `synced` on the server's own channel marks the end,
+//! and the link is up once both its reply (behind every reply of the
+//! registration) and its message (behind every event the registration
+//! published, renames included) have come back.
 //!
 //! # Liveness
 //!
@@ -215,7 +223,7 @@ pub(super) enum Link {
     /// `SELECT`, `SCRIPT LOAD` and `SUBSCRIBE` sent; waiting for every
     /// answer.
     Loading,
-    /// The members are being registered again; `PING` marks the end.
+    /// The members are being registered again; `synced` marks the end.
     Restoring,
     /// Working.
     Up,
@@ -253,7 +261,7 @@ pub(super) enum Op {
     Join { id: ConnId, serial: u64 },
     /// `Leave` of a member of `room` (0: nothing was published).
     Leave { room: String },
-    /// The `PING` that ends a restore.
+    /// The `PUBLISH` of `synced` that ends a restore.
     Synced,
 }
 
@@ -313,6 +321,9 @@ pub(super) struct Bus {
     acks_progress: Instant,
     /// The liveness probe in flight, if any: when it was sent.
     pub probe_sent: Option<Instant>,
+    /// Halves of the end of a restore seen: the reply to the `synced`
+    /// publication, and the publication itself.
+    pub synced: u8,
     /// When the next heartbeat and reaping are due.
     pub next_heartbeat: Instant,
     /// See `next_heartbeat`.
@@ -365,6 +376,7 @@ impl Bus {
             acks_due: 0,
             acks_progress: now,
             probe_sent: None,
+            synced: 0,
             next_heartbeat: now,
             next_reap: now,
             retry_at: now,
@@ -443,6 +455,7 @@ impl Bus {
         self.handshake_due = 0;
         self.acks_due = 0;
         self.probe_sent = None;
+        self.synced = 0;
         self.failed = None;
         std::mem::take(&mut self.pending)
     }

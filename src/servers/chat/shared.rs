@@ -402,6 +402,9 @@ impl Chat {
     pub(super) fn published(&mut self, ctx: &mut Ctx<'_>, chan: &[u8], payload: &[u8]) {
         let Chat { bus: Some(bus), rooms, members, .. } = self else { return };
         if chan == bus.node_channel.as_slice() {
+            if payload == b"synced" {
+                return self.synced(ctx);
+            }
             bus.probe_sent = None;
             return;
         }
