@@ -179,7 +179,7 @@ fn without_a_rate_the_slow_reader_is_cut() {
     let mut flood = Flood::start(&server);
     let mut received = 0u64;
     let cut = loop {
-        assert!(flood.start.elapsed() < Duration::from_secs(20), "the slow reader was never cut");
+        assert!(flood.start.elapsed() < Duration::from_secs(60), "the slow reader was never cut");
         match flood.paced_line(received) {
             Some(_) => received += 1,
             None => break flood.start.elapsed(),
