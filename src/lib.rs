@@ -109,7 +109,7 @@
 //!
 //! ## The modules, in reading order
 //!
-//! - [`sys`] — the system-call layer and the only `unsafe`: thin wrappers
+//! - [`sys`] — the system-call layer, the one module with `SAFETY:` blocks: thin wrappers
 //!   on `nix` (epoll, sockets, eventfd, signalfd, rlimit), and `libc` where
 //!   nix has no call or would cost a copy or a system call.
 //! - [`reactor`] — the loop: dispatch, the ready and dirty lists, safe
