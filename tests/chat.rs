@@ -5,80 +5,32 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::Write;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::chat::Client;
 use common::Server;
 
-/// One chat client: a line reader and a writer on the same socket.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(server: &Server) -> Client {
-        let stream = server.connect();
-        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
-    }
-
-    /// Connect and read the client's own `* guestN joined`; returns the nick.
-    fn join(server: &Server) -> (Client, String) {
-        let mut c = Client::connect(server);
-        let line = c.line();
-        let nick = line
-            .strip_prefix("* ")
-            .and_then(|l| l.strip_suffix(" joined"))
-            .unwrap_or_else(|| panic!("expected a joined notice, got {line:?}"))
-            .to_string();
-        assert!(nick.starts_with("guest"), "{nick}");
-        (c, nick)
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\n").as_bytes());
-    }
-
-    /// The next line, without its `\n` (which must be there).
-    fn line(&mut self) -> String {
-        let mut buf = Vec::new();
-        self.reader.read_until(b'\n', &mut buf).expect("read a line");
-        assert!(buf.ends_with(b"\n"), "expected a whole line, got {buf:?}");
-        buf.pop();
-        String::from_utf8(buf).expect("server lines are UTF-8")
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want);
-    }
-
-    /// The server closed the connection (end of stream or reset), with
-    /// nothing more to read.
-    fn expect_closed(&mut self) {
-        let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(rest.is_empty(), "unexpected bytes before EOF: {rest:?}"),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("expected end of stream, got {e}"),
-        }
-    }
+/// Connect and read the client's own `* guestN joined`; the client and
+/// its nickname.
+fn join(server: &Server) -> (Client, String) {
+    let c = Client::join(server);
+    let nick = c.nick.clone();
+    assert!(nick.starts_with("guest"), "{nick}");
+    (c, nick)
 }
 
 /// Two members `a` (guest1) and `b` (guest2) in the lobby, each past the
 /// joined notices.
 fn pair(server: &Server) -> (Client, Client) {
-    let (mut a, nick_a) = Client::join(server);
+    let (mut a, nick_a) = join(server);
     assert_eq!(nick_a, "guest1");
-    let (b, nick_b) = Client::join(server);
+    let (b, nick_b) = join(server);
     assert_eq!(nick_b, "guest2");
     a.expect("* guest2 joined");
     (a, b)
@@ -135,7 +87,7 @@ fn notices_and_formats() {
 fn join_moves_between_rooms() {
     let server = Server::start(&["chat"]);
     let (mut a, mut b) = pair(&server);
-    let (mut c, _) = Client::join(&server);
+    let (mut c, _) = join(&server);
     a.expect("* guest3 joined");
     b.expect("* guest3 joined");
 
@@ -204,7 +156,7 @@ fn quit_says_bye_closes_and_tells_the_room() {
 fn a_dropped_client_is_announced() {
     let server = Server::start(&["chat"]);
     let (a, mut b) = pair(&server);
-    let (mut c, _) = Client::join(&server);
+    let (mut c, _) = join(&server);
     b.expect("* guest3 joined");
     drop(a);
     b.expect("* guest1 left");
@@ -240,7 +192,7 @@ fn every_member_sees_the_same_order() {
     let server = Server::start(&["chat"]);
     let mut clients = Vec::new();
     for i in 1..=3 {
-        let (c, nick) = Client::join(&server);
+        let (c, nick) = join(&server);
         assert_eq!(nick, format!("guest{i}"));
         clients.push(c);
     }
@@ -288,7 +240,7 @@ fn slow_consumer_scenario(window: Option<usize>) {
     // Flood control off: this is the slow-consumer policy alone.
     let server = Server::start(&["chat", "--max-outbuf", "65536", "--chat-rate", "0"]);
     let (mut sender, mut reader) = pair(&server);
-    let (slow, slow_nick) = Client::join(&server);
+    let (slow, slow_nick) = join(&server);
     sender.expect(&format!("* {slow_nick} joined"));
     reader.expect(&format!("* {slow_nick} joined"));
     let small: libc::c_int = 4096;
@@ -465,7 +417,7 @@ fn server_options_apply_to_chat() {
 
     // --idle-timeout: a silent member is closed, and that is a leave.
     let server = Server::start(&["chat", "--idle-timeout", "1"]);
-    let (mut a, _) = Client::join(&server);
+    let (mut a, _) = join(&server);
     a.expect_closed();
     drop(server);
 

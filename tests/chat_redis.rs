@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,75 +17,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::chat::Client;
 use common::{Redis, Server};
-
-/// One chat client: a line reader and a writer on the same socket.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    nick: String,
-}
-
-impl Client {
-    /// Connect and read the client's own `* guestN joined`.
-    fn join(server: &Server) -> Client {
-        let stream = server.connect();
-        let mut c = Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream), nick: String::new() };
-        let line = c.line();
-        c.nick = line
-            .strip_prefix("* ")
-            .and_then(|l| l.strip_suffix(" joined"))
-            .unwrap_or_else(|| panic!("expected a joined notice, got {line:?}"))
-            .to_string();
-        c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.writer.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
-
-    /// The next line, without its `\n` (which must be there).
-    fn line(&mut self) -> String {
-        let mut buf = Vec::new();
-        self.reader.read_until(b'\n', &mut buf).expect("read a line");
-        assert!(buf.ends_with(b"\n"), "expected a whole line, got {buf:?}");
-        buf.pop();
-        String::from_utf8(buf).expect("server lines are UTF-8")
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want, "{}", self.nick);
-    }
-
-    /// Skip lines until `want`; returns the lines skipped.
-    fn skip_to(&mut self, want: &str) -> Vec<String> {
-        let mut skipped = Vec::new();
-        loop {
-            let line = self.line();
-            if line == want {
-                return skipped;
-            }
-            skipped.push(line);
-        }
-    }
-
-    /// `/nick name`, and its notice back.
-    fn rename(&mut self, name: &str) {
-        self.send(&format!("/nick {name}"));
-        let old = std::mem::replace(&mut self.nick, name.to_string());
-        self.skip_to(&format!("* {old} is now {name}"));
-    }
-
-    /// Read until the server closes the connection.
-    fn drain_to_eof(&mut self) {
-        let mut rest = Vec::new();
-        match std::io::Read::read_to_end(&mut self.reader, &mut rest) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("expected end of stream, got {e}"),
-        }
-    }
-}
 
 /// A chat server on `redis`, with `extra` options.
 fn chat(redis: &Redis, extra: &[&str]) -> Server {

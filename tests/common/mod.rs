@@ -2,6 +2,8 @@
 //! `127.0.0.1:0` and talk to it over real sockets.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
