@@ -559,3 +559,45 @@ fn poisson_arrivals_at_the_server() {
         }
     }
 }
+
+#[test]
+fn a_send_window_batches_the_sends_and_the_lag_shows_it() {
+    let _alone = alone();
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let addr = threaded_server(Arc::clone(&arrivals), |arrivals, stream, data, now| {
+        arrivals.lock().unwrap().extend(std::iter::repeat_n(now, data.len() / 64));
+        stream.write_all(data)
+    });
+    // 8 000 msg/s over 8 staggered connections: one message every 125 us.
+    // In 500 us windows they leave four at a time, back to back.
+    let args = ["--rate", "8000", "--conns", "8", "--send-window", "500", "--duration", "2", "--warmup", "0", "--json"];
+    let run = load(addr, &args);
+    assert!(matches!(run.status.code(), Some(0 | 3)), "stderr:\n{}", run.stderr);
+    let v = run.json();
+    assert_eq!(v["send_window_us"], 500);
+    let lag_p50 = f(&v["send_lag_us"]["p50"]);
+    let mut t = arrivals.lock().unwrap().clone();
+    t.sort_unstable();
+    let gaps: Vec<Duration> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    let together = gaps.iter().filter(|g| **g < Duration::from_micros(60)).count() as f64 / gaps.len() as f64;
+    eprintln!("send lag p50 {lag_p50} us; {:.0}% of {} arrival gaps under 60 us", together * 100.0, gaps.len());
+    // Unbatched, the lag would be a few microseconds and the gaps 125 us;
+    // batched, the lag is spread over the window (median ~250 us) and
+    // three gaps in four are between messages of one batch.
+    assert!(lag_p50 >= 100.0, "send lag p50 {lag_p50} us");
+    assert!(gaps.len() > 10_000, "{} gaps", gaps.len());
+    assert!(together >= 0.4, "only {:.0}% of arrivals came together", together * 100.0);
+}
+
+#[test]
+fn the_send_window_is_bounded_and_needs_a_rate() {
+    for args in [
+        &["--rate", "1000", "--send-window", "501"][..],
+        &["--send-window", "100"],
+        &["--rate", "1000", "--send-window", "0"],
+    ] {
+        let run = load("127.0.0.1:9".parse().unwrap(), args);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains("--send-window"), "{args:?}: {}", run.stderr);
+    }
+}

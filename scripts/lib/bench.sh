@@ -29,6 +29,13 @@ PIN_SERVER=() PIN_LOAD=()
 if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
     PIN_SERVER=(taskset -c 0) PIN_LOAD=(taskset -c 1)
 fi
+# RT=1 (as root): run server and generator at real-time priority (SCHED_FIFO
+# 50), so that builds and other background work on the same cores cannot
+# preempt them. Both sleep in epoll when idle, and the kernel keeps 5 % of
+# each core for everyone else (sched_rt_runtime_us).
+if [[ ${RT:-0} == 1 && $(id -u) == 0 ]] && command -v chrt >/dev/null; then
+    PIN_SERVER=(chrt -f 50 "${PIN_SERVER[@]}") PIN_LOAD=(chrt -f 50 "${PIN_LOAD[@]}")
+fi
 mkdir -p "$BENCH_OUT"
 
 BENCH_PIDS=()

@@ -32,6 +32,18 @@
 //!   due; and every callback (a read, a timer) ends by sending what has
 //!   fallen due on any connection, so a busy loop iteration does not hold
 //!   the sends back until its timers run. Nothing is ever sent early.
+//! - **Send window.** `--send-window US` (default 1 µs, at most 500) trades
+//!   precision for cost. Time is cut into windows of US microseconds on
+//!   one grid for all of a thread's connections; a message is sent once
+//!   its window has closed, so the messages due in one window share one
+//!   wake-up, go out back to back, and their echoes tend to come back
+//!   together. Each message is up to one window late, and that lateness
+//!   is measured like any other (the send lag; the response time still
+//!   counts from the due time). On a VM the wake-ups, not the sends, are
+//!   most of a generator's cost at moderate rates (BENCHMARKS.md, "The load
+//!   generator's own cost"): a window of a few hundred microseconds
+//!   roughly halves it, the way tcpkali's 1 ms timer does — except that
+//!   here the price is shown.
 //!
 //! # Coordinated omission
 //!
@@ -180,6 +192,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// by per-connection timers, not by this.
 const TICK: Duration = Duration::from_millis(10);
 
+/// The widest `--send-window`: half the verdict's bound on the send lag's
+/// p99 ([`verdict::MAX_LAG_P99`]), so that a window alone never fails a run.
+const MAX_SEND_WINDOW_US: u64 = 500;
+
 /// `edgeloop load` options.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
@@ -210,6 +226,9 @@ pub struct LoadArgs {
     /// Open loop: how messages are spaced in time.
     #[arg(long, value_enum, default_value_t = Arrival::Fixed, value_name = "KIND", requires = "rate")]
     pub arrival: Arrival,
+    /// Open loop: messages due in the same window of US microseconds (at most 500) are sent together at its end: fewer wake-ups, up to one window of send lag.
+    #[arg(long, default_value_t = 1, value_name = "US", value_parser = clap::value_parser!(u64).range(1..=MAX_SEND_WINDOW_US), requires = "rate")]
+    pub send_window: u64,
     /// Generator threads (each its own reactor), sharing the connections.
     #[arg(long, default_value_t = 1, value_name = "T", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
@@ -259,7 +278,11 @@ pub fn run(args: LoadArgs) -> ExitCode {
         first: 0,
         stride: args.threads,
         depth: args.depth,
-        open: args.rate.map(|r| Open { rate_per_conn: r / args.conns as f64, arrival: args.arrival }),
+        open: args.rate.map(|r| Open {
+            rate_per_conn: r / args.conns as f64,
+            arrival: args.arrival,
+            window_ns: args.send_window * 1000,
+        }),
         warmup: args.warmup,
         duration: args.duration,
         connect_timeout: CONNECT_TIMEOUT,

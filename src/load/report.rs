@@ -76,6 +76,9 @@ pub struct Summary {
     pub rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arrival: Option<Arrival>,
+    /// Open loop: `--send-window`, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_window_us: Option<u64>,
     /// Open loop: messages echoed per second (= `msgs_per_sec`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub achieved_rate: Option<f64>,
@@ -205,6 +208,7 @@ impl Summary {
             latency_us: Percentiles::of(&m.hist.response),
             rate: args.rate,
             arrival: open.then_some(args.arrival),
+            send_window_us: open.then_some(args.send_window),
             achieved_rate: open.then_some(rate.round()),
             sent_rate: open.then(|| per_sec(m.sent).round()),
             service_us: open.then(|| Percentiles::of(&m.hist.service)),
@@ -232,10 +236,13 @@ impl Summary {
         let pct = |p: &Percentiles| {
             format!("p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}", p.p50, p.p90, p.p99, p.p999, p.max)
         };
-        match (self.rate, self.arrival) {
-            (Some(rate), Some(arrival)) => line(
+        match (self.rate, self.arrival, self.send_window_us) {
+            (Some(rate), Some(arrival), Some(window)) => line(
                 "mode",
-                format!("open loop, {arrival} arrivals at {rate} msg/s; latency from each message's due time"),
+                format!(
+                    "open loop, {arrival} arrivals at {rate} msg/s{}; latency from each message's due time",
+                    if window > 1 { format!(", sent in {window} us windows") } else { String::new() }
+                ),
             ),
             _ => line(
                 "mode",

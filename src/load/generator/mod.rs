@@ -34,6 +34,10 @@ pub struct Open {
     /// Messages per second on each connection (`--rate / --conns`).
     pub rate_per_conn: f64,
     pub arrival: Arrival,
+    /// `--send-window`, in nanoseconds (at least 1000): messages falling
+    /// due in one window of this grid go out together at its end. See
+    /// [`Generator::pump`].
+    pub window_ns: u64,
 }
 
 /// What one thread runs: the command line, checked, and its share.
@@ -169,6 +173,9 @@ pub struct Generator {
     /// min-heap with lazy deletion (an entry whose time is not its
     /// schedule's next is stale and skipped). See [`Generator::catch_up`].
     due: BinaryHeap<Reverse<(u64, usize)>>,
+    /// The open loop's send window in nanoseconds (1000 in the closed loop,
+    /// where it is not used).
+    window_ns: u64,
     phase: Phase,
     measuring: bool,
     next_ordinal: u64,
@@ -208,6 +215,7 @@ impl Generator {
             slots: Vec::with_capacity(plan.my_conns() as usize),
             scratch: Vec::with_capacity(pattern.wire_len() * plan.depth as usize),
             due: BinaryHeap::new(),
+            window_ns: plan.open.map_or(1000, |o| o.window_ns),
             next_ordinal: plan.first as u64,
             plan,
             pattern,
@@ -508,7 +516,7 @@ impl Handler for Generator {
                 if !closed {
                     // Sets its timer (nothing is due yet: the schedule
                     // starts at or after now).
-                    self.pump(ctx, id, now, 0);
+                    self.pump(ctx, id, now, now, 0);
                 }
                 self.start_connects(ctx);
                 if self.connecting == 0 {

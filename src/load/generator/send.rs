@@ -15,19 +15,19 @@ use crate::{ConnId, Ctx};
 const BURST: u64 = 1024;
 
 impl Generator {
-    /// Open loop: send the messages of `id` that are due by `now` (the
-    /// actual time), at most `limit`, each stamped with its own due time (a
-    /// late wake-up catches up at once, and its lateness shows in every
-    /// message it delayed); then set the timer for the next one. Returns
-    /// how many were sent.
-    pub(super) fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId, now: u64, limit: u64) -> u64 {
+    /// Open loop: send the messages of `id` that are due by `until` (at
+    /// most the actual time `now`), at most `limit`, each stamped with its
+    /// own due time and its actual send time `now` (a late wake-up catches
+    /// up at once, and its lateness shows in every message it delayed);
+    /// then set the timer for the next one. Returns how many were sent.
+    pub(super) fn pump(&mut self, ctx: &mut Ctx<'_>, id: ConnId, now: u64, until: u64, limit: u64) -> u64 {
         if self.phase == Phase::Done {
             return 0;
         }
         let Some(Slot::Open(flow)) = self.slots.get_mut(id.index()) else { return 0 };
         let Some(schedule) = flow.schedule.as_mut() else { return 0 };
         let mut count = 0;
-        while count < limit && schedule.due() <= now {
+        while count < limit && schedule.due() <= until {
             flow.in_flight.push_back((schedule.due(), now));
             schedule.advance();
             count += 1;
@@ -41,11 +41,16 @@ impl Generator {
             }
         }
         self.due.push(Reverse((next, id.index())));
-        // The timer counts from the loop's clock (read at the top of this
-        // iteration), in whole microseconds: round up, never fire early.
-        // (If the burst was cut short, `next` is past: the timer fires on
-        // the next turn.)
-        let after_ns = next.saturating_sub(self.ns(ctx.now()));
+        // Sleep until the end of the send window that `next` falls in: the
+        // windows are one grid for every connection of the thread, so the
+        // messages due in one window share one wake-up (and their echoes
+        // tend to arrive together too), at the price of up to one window
+        // of send lag, which is measured. The timer counts from the loop's
+        // clock (read at the top of this iteration), in whole microseconds:
+        // round up, never fire early. (If the burst was cut short, `next`
+        // is past: the timer fires on the next turn.)
+        let wake = next.div_ceil(self.window_ns) * self.window_ns;
+        let after_ns = wake.saturating_sub(self.ns(ctx.now()));
         ctx.set_timer(id, Duration::from_micros(after_ns.div_ceil(1000)));
         count
     }
@@ -53,8 +58,15 @@ impl Generator {
     /// The connection's timer fired: its messages, then anyone else's.
     pub(super) fn on_due(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         let now = self.ns(Instant::now());
-        let sent = self.pump(ctx, id, now, BURST);
+        let sent = self.pump(ctx, id, now, self.window_closed(now), BURST);
         self.catch_up_within(ctx, BURST.saturating_sub(sent));
+    }
+
+    /// The end of the last send window that has closed by `now`: messages
+    /// due up to it are sent, later ones wait for their window to close
+    /// (with `--send-window 1`, everything due by the microsecond).
+    fn window_closed(&self, now: u64) -> u64 {
+        now / self.window_ns * self.window_ns
     }
 
     /// Open loop: send what is due on *any* connection, now. A timer runs
@@ -62,7 +74,9 @@ impl Generator {
     /// iteration; at a high rate an iteration handles many reads, and the
     /// schedules due meanwhile would wait for all of them. So every
     /// callback ends by catching up — never early: only messages whose due
-    /// time has passed are sent.
+    /// time has passed, and whose send window has closed, are sent (else a
+    /// busy loop, woken by echoes all the time, would send each message
+    /// alone the moment it falls due, and a window would batch nothing).
     pub(super) fn catch_up(&mut self, ctx: &mut Ctx<'_>) {
         self.catch_up_within(ctx, BURST);
     }
@@ -72,7 +86,7 @@ impl Generator {
     /// rate).
     fn catch_up_within(&mut self, ctx: &mut Ctx<'_>, mut budget: u64) {
         let Some(&Reverse((first, _))) = self.due.peek() else { return };
-        let until = self.ns(Instant::now());
+        let until = self.window_closed(self.ns(Instant::now()));
         if first > until {
             return;
         }
@@ -90,7 +104,7 @@ impl Generator {
                 // A fresh clock reading per connection: its send lag is
                 // measured when it is really sent.
                 let now = self.ns(Instant::now());
-                budget -= self.pump(ctx, ConnId(i), now, budget);
+                budget -= self.pump(ctx, ConnId(i), now, until, budget);
             }
         }
     }
