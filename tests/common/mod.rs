@@ -30,7 +30,14 @@ impl Server {
 
     /// Like [`Server::start`], from a prepared command (to wrap it in
     /// `sh -c 'ulimit ...'`, say): `args` are appended.
-    pub fn start_with(mut cmd: Command, args: &[&str]) -> Server {
+    pub fn start_with(cmd: Command, args: &[&str]) -> Server {
+        Server::try_start_with(cmd, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Server::start_with`], but a server that exits without
+    /// listening is an error carrying its stderr, not a panic: a caller can
+    /// retry when an address it chose was taken meanwhile.
+    pub fn try_start_with(mut cmd: Command, args: &[&str]) -> Result<Server, String> {
         cmd.args(args);
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -40,12 +47,13 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address in listening line");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait for edgeloop");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(format!("unexpected first line {line:?} ({}); stderr:\n{stderr}", output.status));
+        };
+        let addr = addr.parse().expect("address in listening line");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
         let sink = Arc::clone(&stderr);
@@ -58,7 +66,7 @@ impl Server {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Server { child, addr, stderr }
+        Ok(Server { child, addr, stderr })
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -94,6 +102,11 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Descriptors the server process has open, from `/proc/PID/fd`.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).expect("/proc/PID/fd").count()
+    }
+
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -111,6 +124,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Raises this process's open-file soft limit to its hard limit: a test
+/// that holds thousands of client ends must not depend on the shell's
+/// default soft limit (often 1024). Returns the limit now in force.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    hard
 }
 
 /// Wait until `cond` holds, polling, for at most `limit`; panics otherwise.
