@@ -73,7 +73,7 @@ struct ServerArgs {
     /// Close a connection whose pending output makes no progress this long.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     send_timeout: u64,
-    /// Close a connection that neither sends nor receives this long (0: off).
+    /// Close a connection that neither sends nor receives a whole frame this long (0: off).
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     idle_timeout: u64,
     /// Serve only peers inside this network (repeatable).

@@ -35,7 +35,8 @@ pub struct Config {
     /// disables.
     pub send_timeout: Duration,
     /// Close a connection that neither sends nor receives this long. Zero
-    /// disables.
+    /// disables. Receiving means a whole frame: the bytes of a frame that
+    /// never completes (a slowloris dribbling a line) do not count.
     pub idle_timeout: Duration,
     /// Publish a snapshot of the counters for other threads (`--stats`,
     /// `/metrics`); `None`: keep them to the reactor.

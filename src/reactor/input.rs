@@ -19,7 +19,9 @@
 //! connections, whose edges are lost and which are read at once when
 //! re-armed; **end of stream versus reset** (`read == 0` delivers every
 //! complete frame and then the EOF rules; `ECONNRESET` closes with the
-//! error, after what was read before it was delivered).
+//! error, after what was read before it was delivered); **slowloris**: only
+//! a delivered frame counts as activity for the idle timeout, so a peer
+//! dribbling a frame that never ends is idle however often it sends.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -59,8 +61,13 @@ impl Reactor {
                 Ok(n) => {
                     core.counters.reads += 1;
                     core.counters.bytes_in += n as u64;
-                    core.touch(key);
+                    let frames = core.counters.frames_in;
                     need = self.deliver(key);
+                    // Idle means no whole frame: bytes of a frame that
+                    // never completes (a slowloris) do not keep it open.
+                    if self.core.counters.frames_in != frames && self.core.conns.contains(key) {
+                        self.core.touch(key);
+                    }
                     // Write the replies to this read now, while they are in
                     // cache, rather than at the end of the iteration: one
                     // output chunk is in use at a time, not one per ready
