@@ -47,7 +47,8 @@
 //!
 //! Arguments are separated by spaces or tabs; extra blanks around them are
 //! ignored. A message's text is relayed exactly as sent (minus its line
-//! end), blanks and all.
+//! end), blanks and all. [`command::parse`] applies the rules that depend
+//! on the line alone.
 //!
 //! # Fan-out without copies
 //!
@@ -162,6 +163,7 @@ use std::rc::Rc;
 
 use crate::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
 
+pub mod command;
 pub mod flood;
 pub mod link;
 pub mod lua;
@@ -169,6 +171,7 @@ pub mod redis;
 pub mod resp;
 pub mod shared;
 
+use command::Command;
 use flood::Bucket;
 use redis::{Bus, RedisUrl};
 
@@ -344,28 +347,23 @@ impl Handler for Chat {
         if self.rate > 0.0 {
             self.spend_token(ctx, id);
         }
-        let line = strip_line_end(frame);
-        if line.is_empty() {
-            return;
-        }
-        if line.contains(&0) {
-            return self.answer(ctx, id, &["! NUL bytes are not allowed"]);
-        }
-        let Ok(line) = std::str::from_utf8(line) else {
-            return self.answer(ctx, id, &["! invalid UTF-8"]);
-        };
-        if line.starts_with('/') {
-            self.command(ctx, id, line);
-        } else if self.bus.is_some() {
-            self.publish(ctx, id, line);
-        } else {
-            // Fields borrowed apart, so the hot path clones no strings.
-            let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
-                return;
-            };
-            assemble(&mut self.scratch, &[&member.nick, ": ", line]);
-            fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
-            figures(ctx).messages += 1;
+        match command::parse(frame) {
+            Ok(Command::Empty) => return,
+            Ok(Command::Say(text)) if self.bus.is_some() => self.publish(ctx, id, text),
+            Ok(Command::Say(text)) => {
+                // Fields borrowed apart, so the hot path clones no strings.
+                let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
+                    return;
+                };
+                assemble(&mut self.scratch, &[&member.nick, ": ", text]);
+                fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
+                figures(ctx).messages += 1;
+            }
+            Ok(Command::Nick(name)) => self.nick(ctx, id, name),
+            Ok(Command::Join(room)) => self.join(ctx, id, room),
+            Ok(Command::Who) => self.who(ctx, id),
+            Ok(Command::Quit) => self.quit(ctx, id),
+            Err(error) => self.answer(ctx, id, &["! ", &error.to_string()]),
         }
         self.after(ctx);
     }
@@ -461,27 +459,7 @@ impl Chat {
         self.members.get(id.index()).and_then(Option::as_ref)
     }
 
-    fn command(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &str) {
-        let mut words = line.split_ascii_whitespace();
-        let word = words.next().unwrap_or(line);
-        let args: Vec<&str> = words.collect();
-        match (word, args.as_slice()) {
-            ("/nick", [name]) => self.nick(ctx, id, name),
-            ("/nick", _) => self.answer(ctx, id, &["! usage: /nick NAME"]),
-            ("/join", [room]) => self.join(ctx, id, room),
-            ("/join", _) => self.answer(ctx, id, &["! usage: /join ROOM"]),
-            ("/who", []) => self.who(ctx, id),
-            ("/who", _) => self.answer(ctx, id, &["! usage: /who"]),
-            ("/quit", []) => self.quit(ctx, id),
-            ("/quit", _) => self.answer(ctx, id, &["! usage: /quit"]),
-            _ => self.answer(ctx, id, &["! unknown command: ", word, " (commands: /nick /join /who /quit)"]),
-        }
-    }
-
     fn nick(&mut self, ctx: &mut Ctx<'_>, id: ConnId, name: &str) {
-        if let Err(why) = check_name(name) {
-            return self.answer(ctx, id, &["! ", why]);
-        }
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
             return;
         };
@@ -502,9 +480,6 @@ impl Chat {
     }
 
     fn join(&mut self, ctx: &mut Ctx<'_>, id: ConnId, room: &str) {
-        if let Err(why) = check_name(room) {
-            return self.answer(ctx, id, &["! ", why]);
-        }
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) else {
             return;
         };
@@ -637,48 +612,4 @@ fn assemble(buf: &mut Vec<u8>, parts: &[&str]) {
         buf.extend_from_slice(part.as_bytes());
     }
     buf.push(b'\n');
-}
-
-/// A line without its `\n` or `\r\n` (a final line at end of stream may
-/// have neither).
-fn strip_line_end(frame: &[u8]) -> &[u8] {
-    let line = frame.strip_suffix(b"\n").unwrap_or(frame);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-/// Whether `name` may be a nickname or a room; if not, why.
-fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.chars().count() > MAX_NAME {
-        return Err("name too long: at most 32 characters");
-    }
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err("invalid name: use only A-Z a-z 0-9 _ -");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_ends_are_stripped_once() {
-        assert_eq!(strip_line_end(b"hi\n"), b"hi");
-        assert_eq!(strip_line_end(b"hi\r\n"), b"hi");
-        assert_eq!(strip_line_end(b"hi"), b"hi");
-        assert_eq!(strip_line_end(b"hi\r\r\n"), b"hi\r");
-        assert_eq!(strip_line_end(b"\r\n"), b"");
-    }
-
-    #[test]
-    fn names() {
-        assert!(check_name("a").is_ok());
-        assert!(check_name("Az09_-").is_ok());
-        assert!(check_name(&"x".repeat(32)).is_ok());
-        assert_eq!(check_name(&"x".repeat(33)), Err("name too long: at most 32 characters"));
-        assert!(check_name("").is_err());
-        assert!(check_name("a.b").is_err());
-        assert!(check_name("é").is_err());
-        assert!(check_name("a b").is_err());
-    }
 }
