@@ -43,10 +43,16 @@ fn last_stat(server: &Server, key: &str) -> Option<u64> {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
-/// Writes numbered 100-byte lines as fast as the server takes them until
-/// `stop`, while another thread drains its own socket (the flooder is a
-/// member: its lines come back to it). Returns the writer's thread.
-fn flood(writer: TcpStream, mut own: BufReader<TcpStream>, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
+/// Writes numbered 100-byte lines as fast as the server takes them (or at
+/// most `pace` lines a second) until `stop`, while another thread drains
+/// its own socket (the flooder is a member: its lines come back to it).
+/// Returns the writer's thread.
+fn flood(
+    writer: TcpStream,
+    mut own: BufReader<TcpStream>,
+    stop: Arc<AtomicBool>,
+    pace: Option<f64>,
+) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let mut sink = [0u8; 65536];
         while own.get_mut().read(&mut sink).is_ok_and(|n| n > 0) {}
@@ -58,7 +64,11 @@ fn flood(writer: TcpStream, mut own: BufReader<TcpStream>, stop: Arc<AtomicBool>
         writer.set_write_timeout(Some(Duration::from_millis(100))).unwrap();
         let mut batch = Vec::new();
         let mut n = 0u64;
+        let start = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some(due) = pace.map(|rate| start + Duration::from_secs_f64(n as f64 / rate)) {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             batch.clear();
             for _ in 0..64 {
                 let line = format!("{n:08} {}\n", "f".repeat(90));
@@ -89,12 +99,12 @@ struct Flood {
 }
 
 impl Flood {
-    fn start(server: &Server) -> Flood {
+    fn start(server: &Server, pace: Option<f64>) -> Flood {
         let (mut reader, reader_writer, _) = join(server);
         let (flooder_reader, flooder_writer, flooder) = join(server);
         assert_eq!(read_line(&mut reader).unwrap(), format!("* {flooder} joined"));
         let stop = Arc::new(AtomicBool::new(false));
-        let writer = flood(flooder_writer, flooder_reader, Arc::clone(&stop));
+        let writer = flood(flooder_writer, flooder_reader, Arc::clone(&stop), pace);
         Flood { reader, _reader_writer: reader_writer, flooder, stop, writer, start: Instant::now() }
     }
 
@@ -122,7 +132,7 @@ impl Flood {
 #[test]
 fn a_flooder_cannot_get_a_human_paced_reader_disconnected() {
     let server = Server::start(&["chat", "--stats", "1"]);
-    let mut flood = Flood::start(&server);
+    let mut flood = Flood::start(&server, None);
     let mut received = 0u64;
     let mut at_one_second = None;
     let prefix = format!("{}: ", flood.flooder);
@@ -172,11 +182,14 @@ fn chat_rate_holds_a_client_to_its_rate_after_the_burst() {
 }
 
 /// `--chat-rate 0`: no flood control, and the slow reader is cut again
-/// (the slow-consumer policy alone).
+/// (the slow-consumer policy alone). The flood is paced at 100 000 lines a
+/// second, 25 times what the reader takes: flat out, the flooder's own
+/// echo (it is a member) outran its draining thread whenever the machine
+/// was busy, and the flooder was cut first, ending the flood.
 #[test]
 fn without_a_rate_the_slow_reader_is_cut() {
     let server = Server::start(&["chat", "--chat-rate", "0", "--max-outbuf", "65536", "--stats", "1"]);
-    let mut flood = Flood::start(&server);
+    let mut flood = Flood::start(&server, Some(100_000.0));
     let mut received = 0u64;
     let cut = loop {
         assert!(flood.start.elapsed() < Duration::from_secs(60), "the slow reader was never cut");
