@@ -106,10 +106,15 @@
 //!   the server's accept queue is not flooded. A connection that is not up
 //!   within 10 s counts as failed, and so does a refused or reset one;
 //!   failures are reported, not fatal, unless no connection opened at all
-//!   (exit status 1 with the reason). More than 20 000 connections to a
+//!   (exit status 1 with the reason). More than 10 000 connections to a
 //!   loopback IPv4 address are spread over the source addresses 127.0.0.1,
-//!   127.0.0.2, ... (one source address has only about 28 000 ephemeral
-//!   ports).
+//!   127.0.0.2, ..., at most 10 000 on each. One source address has about
+//!   28 000 ephemeral ports, but Linux hands `connect()` the even half of
+//!   them cheaply: past about 14 000 connections from one address, every
+//!   `connect()` walks the whole range checking each port against the
+//!   established table — milliseconds each, in the generator's own thread
+//!   (measured with `scripts/scale.sh` at 19 000: connects slowed from
+//!   ~10 µs to 2–20 ms, the load stalled and 2 500 connects timed out).
 //! - **Warm-up, then the window.** The load starts on each connection as
 //!   soon as it opens. Once every connect has resolved, the warm-up runs for
 //!   `--warmup` seconds, then the measured window for `--duration` seconds:
@@ -184,8 +189,10 @@ use report::{Merged, Summary};
 use schedule::Arrival;
 
 /// Connections beyond this many to a loopback address use several source
-/// addresses.
-const SPREAD_ABOVE: u32 = 20_000;
+/// addresses, this many at most on each: below half of a default
+/// ephemeral port range (32768–60999), where `connect()` stays cheap (see
+/// the module docs).
+const SPREAD_ABOVE: u32 = 10_000;
 /// Connections not up after this long count as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The phase clock (the window, the progress line); the open loop is paced

@@ -58,7 +58,8 @@ pub struct Plan {
     /// Connections not up after this long count as failed.
     pub connect_timeout: Duration,
     /// Bind client sockets to 127.0.0.1 .. 127.0.0.`n` in turn (0: don't
-    /// bind): one source address has only ~28 000 ephemeral ports.
+    /// bind): one source address has only ~28 000 ephemeral ports, and
+    /// only half of them are cheap to connect from.
     pub source_addrs: u8,
 }
 
