@@ -36,18 +36,17 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::metrics::{metric, scrape, start_with_metrics};
 use common::*;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use nix::sys::time::{TimeVal, TimeValLike};
-use prometheus_parse::{Scrape, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -62,55 +61,6 @@ const MIB: usize = 1 << 20;
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A loopback address with a port free a moment ago.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// `edgeloop ARGS... --metrics ADDR`; returns the server and the address.
-/// The port was free a moment before the server binds it; on a machine
-/// busy with other tests' connections, an ephemeral port can be taken in
-/// between, so that case is retried with another.
-fn start_with_metrics(args: &[&str]) -> (Server, SocketAddr) {
-    for _ in 0..5 {
-        let metrics = free_addr();
-        let addr = metrics.to_string();
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--metrics", &addr]);
-        match Server::try_start_with(Command::new(env!("CARGO_BIN_EXE_edgeloop")), &all) {
-            Ok(server) => return (server, metrics),
-            Err(e) if e.contains(&addr) && e.contains("in use") => eprintln!("note: {addr} was taken; retrying"),
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("no free port for the metrics after 5 tries");
-}
-
-/// `GET /metrics`, parsed by a real Prometheus text parser.
-fn scrape(addr: SocketAddr) -> Scrape {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read the metrics");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {response:?}"));
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-/// The value of `metric` with `label=value` (or without labels).
-fn metric(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no {metric} {label:?}"));
-    match sample.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        _ => panic!("{metric} is not a plain value"),
-    }
 }
 
 /// The server is still running and has logged no panic. A panic inside a

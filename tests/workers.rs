@@ -6,58 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::metrics::{free_addr, http, metric, scrape, start_with_metrics};
 use common::{expect_stream, round_trip, stream_bytes, wait_until, Server};
 use prometheus_parse::{Scrape, Value};
-
-/// A loopback address with a port free a moment ago.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// `edgeloop ARGS... --metrics ADDR`; returns the server and the address.
-fn start_with_metrics(args: &[&str]) -> (Server, SocketAddr) {
-    let metrics = free_addr();
-    let addr = metrics.to_string();
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["--metrics", &addr]);
-    (Server::start(&all), metrics)
-}
-
-/// One HTTP/1.1 request, the whole response back (status line, headers,
-/// body), as the server closes after answering.
-fn http(addr: SocketAddr, request: &[u8]) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(request).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in {response:?}"));
-    (head.to_string(), body.to_string())
-}
-
-fn scrape(addr: SocketAddr) -> Scrape {
-    let (head, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
-}
-
-/// The value of `metric` with `label=value` (or without labels), as f64.
-fn value(scrape: &Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no {metric} {label:?}"));
-    match sample.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        _ => panic!("{metric} is not a plain value"),
-    }
-}
 
 fn connect(server: &Server) -> TcpStream {
     server.connect()
@@ -73,27 +28,27 @@ fn connections_spread_over_workers_and_metrics_follow_them() {
         round_trip(c, format!("hello {i}").as_bytes());
     }
     wait_until(Duration::from_secs(5), "40 connections in the metrics", || {
-        value(&scrape(metrics), "edgeloop_connections", None) == 40.0
+        metric(&scrape(metrics), "edgeloop_connections", None) == 40.0
     });
     let s = scrape(metrics);
-    let w0 = value(&s, "edgeloop_worker_connections", Some(("worker", "0")));
-    let w1 = value(&s, "edgeloop_worker_connections", Some(("worker", "1")));
+    let w0 = metric(&s, "edgeloop_worker_connections", Some(("worker", "0")));
+    let w1 = metric(&s, "edgeloop_worker_connections", Some(("worker", "1")));
     eprintln!("worker 0: {w0}, worker 1: {w1}");
     assert!(w0 > 0.0 && w1 > 0.0, "the kernel put every connection on one worker ({w0}, {w1})");
     assert_eq!(w0 + w1, 40.0);
-    assert_eq!(value(&s, "edgeloop_connections_accepted_total", None), 40.0);
+    assert_eq!(metric(&s, "edgeloop_connections_accepted_total", None), 40.0);
     // Two clients leave: closed by the peer; the metrics scrapes themselves
     // are not counted.
     drop(clients.drain(..2));
     wait_until(Duration::from_secs(5), "two closes counted", || {
         let s = scrape(metrics);
-        value(&s, "edgeloop_connections_closed_total", Some(("reason", "peer_closed"))) == 2.0
-            && value(&s, "edgeloop_connections", None) == 38.0
+        metric(&s, "edgeloop_connections_closed_total", Some(("reason", "peer_closed"))) == 2.0
+            && metric(&s, "edgeloop_connections", None) == 38.0
     });
     let s = scrape(metrics);
-    assert_eq!(value(&s, "edgeloop_connections_closed_total", Some(("reason", "local"))), 0.0);
-    assert!(value(&s, "edgeloop_received_bytes_total", None) > 0.0);
-    assert!(value(&s, "edgeloop_frames_received_total", None) >= 40.0);
+    assert_eq!(metric(&s, "edgeloop_connections_closed_total", Some(("reason", "local"))), 0.0);
+    assert!(metric(&s, "edgeloop_received_bytes_total", None) > 0.0);
+    assert!(metric(&s, "edgeloop_frames_received_total", None) >= 40.0);
 }
 
 /// Every metric of the spec, each with `# HELP` and `# TYPE` of the right
@@ -129,20 +84,20 @@ fn the_exposition_parses_with_help_and_type_for_every_metric() {
         let ok = matches!((&sample.value, kind), (Value::Counter(_), "counter") | (Value::Gauge(_), "gauge"));
         assert!(ok, "{name} parsed as {:?}", sample.value);
     }
-    assert_eq!(value(&s, "edgeloop_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
+    assert_eq!(metric(&s, "edgeloop_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
     for reason in ["peer_closed", "local", "error", "frame_too_large", "send_timeout", "idle_timeout", "outbuf_full"] {
-        value(&s, "edgeloop_connections_closed_total", Some(("reason", reason)));
+        metric(&s, "edgeloop_connections_closed_total", Some(("reason", reason)));
     }
     for reason in ["shutdown", "panic"] {
-        value(&s, "edgeloop_connections_closed_total", Some(("reason", reason)));
+        metric(&s, "edgeloop_connections_closed_total", Some(("reason", reason)));
     }
     for reason in ["max_conns", "denied"] {
-        value(&s, "edgeloop_connections_refused_total", Some(("reason", reason)));
+        metric(&s, "edgeloop_connections_refused_total", Some(("reason", reason)));
     }
     wait_until(Duration::from_secs(5), "the member in the chat gauges", || {
-        value(&scrape(metrics), "edgeloop_chat_members", None) == 1.0
+        metric(&scrape(metrics), "edgeloop_chat_members", None) == 1.0
     });
-    assert_eq!(value(&scrape(metrics), "edgeloop_chat_backend_up", None), 1.0);
+    assert_eq!(metric(&scrape(metrics), "edgeloop_chat_backend_up", None), 1.0);
 }
 
 /// Another path is 404, another method 405, garbage 400; a client that
@@ -165,7 +120,7 @@ fn bad_metrics_requests_get_errors_and_cost_nothing_else() {
     // The echo service and the metrics still answer, the silent client
     // notwithstanding.
     round_trip(&mut connect(&server), b"still echoing");
-    assert_eq!(value(&scrape(metrics), "edgeloop_connections", None), 0.0);
+    assert_eq!(metric(&scrape(metrics), "edgeloop_connections", None), 0.0);
     drop(silent);
 }
 
@@ -212,8 +167,8 @@ fn max_conns_is_exact_across_four_workers() {
     assert_eq!((served, refused), (10, 20));
     wait_until(Duration::from_secs(5), "the refusals counted", || {
         let s = scrape(metrics);
-        value(&s, "edgeloop_connections_refused_total", Some(("reason", "max_conns"))) == 20.0
-            && value(&s, "edgeloop_connections", None) == 10.0
+        metric(&s, "edgeloop_connections_refused_total", Some(("reason", "max_conns"))) == 20.0
+            && metric(&s, "edgeloop_connections", None) == 10.0
     });
 }
 
@@ -227,8 +182,8 @@ fn sigterm_drains_every_worker_and_exits_zero() {
     let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(&server)).collect();
     wait_until(Duration::from_secs(5), "connections on both workers", || {
         let s = scrape(metrics);
-        value(&s, "edgeloop_worker_connections", Some(("worker", "0"))) > 0.0
-            && value(&s, "edgeloop_worker_connections", Some(("worker", "1"))) > 0.0
+        metric(&s, "edgeloop_worker_connections", Some(("worker", "0"))) > 0.0
+            && metric(&s, "edgeloop_worker_connections", Some(("worker", "1"))) > 0.0
     });
     // Each client sends 2 MiB and reads nothing yet: the echoes pile up in
     // the server's output queues and the kernel's buffers.
@@ -241,7 +196,7 @@ fn sigterm_drains_every_worker_and_exits_zero() {
         })
         .collect();
     wait_until(Duration::from_secs(20), "most bytes read by the server", || {
-        value(&scrape(metrics), "edgeloop_received_bytes_total", None) >= (CLIENTS * BYTES / 2) as f64
+        metric(&scrape(metrics), "edgeloop_received_bytes_total", None) >= (CLIENTS * BYTES / 2) as f64
     });
     server.signal(libc::SIGTERM);
     for (i, (mut c, w)) in clients.into_iter().zip(writers).enumerate() {
@@ -277,8 +232,8 @@ fn a_panicking_handler_costs_one_connection() {
     }
     wait_until(Duration::from_secs(5), "the panic counted", || {
         let s = scrape(metrics);
-        value(&s, "edgeloop_connections_closed_total", Some(("reason", "panic"))) == 1.0
-            && value(&s, "edgeloop_panics_total", None) == 1.0
+        metric(&s, "edgeloop_connections_closed_total", Some(("reason", "panic"))) == 1.0
+            && metric(&s, "edgeloop_panics_total", None) == 1.0
     });
     assert!(server.stderr_text().contains("panicked"), "{}", server.stderr_text());
 }
