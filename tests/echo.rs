@@ -342,6 +342,46 @@ fn oversized_length_header_is_rejected_at_once() {
     wait_for_log(&server, "a warning about the long frame", &["exceeds", "too large", "limit"]);
 }
 
+/// 100 connections that each send one oversized header cost 100 closes,
+/// all counted, but at most ten warning lines a second: a client looping
+/// on bad headers cannot fill the log. The next line after a quiet second
+/// says how many were left out.
+#[test]
+fn warnings_caused_by_peers_are_rate_limited() {
+    let mut server = Server::start(&["echo", "--framing", "4", "--max-frame", "1000", "--stats", "1"]);
+    let header = 5000u32.to_be_bytes();
+    let bad: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = server.connect();
+            s.write_all(&header).unwrap();
+            s
+        })
+        .collect();
+    for mut s in bad {
+        assert!(closed_by_server(&mut s), "an oversized header was not refused");
+    }
+    let protocol_errors = |text: &str| text.lines().filter(|l| l.contains("protocol error")).count();
+    let logged = protocol_errors(&server.stderr_text());
+    // Ten a second; the hundred closes may straddle a second boundary.
+    assert!((1..=20).contains(&logged), "{logged} warning lines for 100 bad headers");
+    thread::sleep(Duration::from_millis(1100));
+    let mut one_more = server.connect();
+    one_more.write_all(&header).unwrap();
+    assert!(closed_by_server(&mut one_more));
+    wait_until(Duration::from_secs(10), "the count of warnings not logged", || {
+        server.stderr_text().contains("more warnings caused by peers were not logged")
+    });
+    wait_until(Duration::from_secs(10), "every close counted", || {
+        server
+            .stderr_text()
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("stats "))
+            .is_some_and(|l| l.contains("closed_frame_too_large=101"))
+    });
+    assert_alive(&mut server);
+}
+
 /// Resident and virtual size of the server, in KiB: a reservation shows in
 /// the second even if its pages are never touched.
 fn memory_kib(server: &Server) -> [(&'static str, u64); 2] {

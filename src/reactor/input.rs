@@ -141,7 +141,9 @@ impl Reactor {
                     break;
                 }
                 Err(e) => {
-                    warn!("{}: protocol error: {e}; closing", ConnId(key));
+                    if self.core.peer_warnings.allow(self.core.clock.now()) {
+                        warn!("{}: protocol error: {e}; closing", ConnId(key));
+                    }
                     self.core.kill(key, CloseReason::FrameTooLarge);
                     break;
                 }
@@ -153,7 +155,10 @@ impl Reactor {
                 AtEof::Clean => {}
                 AtEof::FinalLine => self.deliver_frame(key, input.unread()),
                 AtEof::Truncated => {
-                    warn!("{}: stream ended inside a frame; {} bytes discarded", ConnId(key), input.unread().len());
+                    if self.core.peer_warnings.allow(self.core.clock.now()) {
+                        let discarded = input.unread().len();
+                        warn!("{}: stream ended inside a frame; {discarded} bytes discarded", ConnId(key));
+                    }
                 }
             }
             input.consume(input.unread().len());

@@ -93,6 +93,7 @@ pub mod accept;
 pub mod ctx;
 pub mod input;
 pub mod output;
+mod peer_warnings;
 pub mod waker;
 
 use std::io;
@@ -197,6 +198,7 @@ struct Core {
     next_publish: Micros,
     next_tick: Micros,
     counters: Counters,
+    peer_warnings: peer_warnings::PeerWarnings,
 }
 
 /// An edge-triggered epoll reactor running one or more [`Handler`]s.
@@ -250,6 +252,7 @@ impl Reactor {
                 next_publish,
                 next_tick,
                 counters: Counters::default(),
+                peer_warnings: Default::default(),
                 config,
             },
             handlers: Vec::new(),
@@ -464,7 +467,9 @@ impl Reactor {
                     conn.closing.into() // linger over: close as planned
                 } else {
                     let unsent = conn.output.len();
-                    warn!("{}: send timeout ({unsent} bytes pending); closing", ConnId(key));
+                    if core.peer_warnings.allow(now) {
+                        warn!("{}: send timeout ({unsent} bytes pending); closing", ConnId(key));
+                    }
                     CloseReason::SendTimeout { unsent }
                 };
                 core.kill(key, reason);

@@ -273,7 +273,9 @@ impl Core {
                     }
                 }
                 OverLimit::Disconnect => {
-                    warn!("{}: {len} bytes of output pending, over the limit; disconnecting", ConnId(key));
+                    if self.peer_warnings.allow(self.clock.now()) {
+                        warn!("{}: {len} bytes of output pending, over the limit; disconnecting", ConnId(key));
+                    }
                     conn.output.clear(&mut self.out_pool);
                     return self.kill(key, CloseReason::OutbufFull);
                 }
