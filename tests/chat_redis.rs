@@ -680,3 +680,37 @@ fn two_workers_on_redis_behave_as_two_servers() {
     });
     assert!(body.contains("edgeloop_chat_backend_up 1"), "{body}");
 }
+
+/// A room's sequence key expires a day after its last event, so room names
+/// used once do not pile up in Redis; a sequence that starts again (the key
+/// expired) costs the members on every server nothing.
+#[test]
+fn room_sequences_expire_and_starting_again_loses_nothing() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat(&redis, &[]), chat(&redis, &[]));
+    let mut members = clients(&[&a, &b], 2);
+    for c in &mut members {
+        c.send("/join once");
+    }
+    // Both in the room, as both see.
+    let second_joined = format!("* {} joined", members[1].nick);
+    for c in &mut members {
+        c.skip_to(&second_joined);
+    }
+    let said = |c: &Client, text: &str| format!("{}: {text}", c.nick);
+    let one = said(&members[0], "one");
+    members[0].send("one");
+    for c in &mut members {
+        c.skip_to(&one);
+    }
+    let ttl = redis.command(&["TTL", "edgeloop:seq:once"]).expect("TTL");
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap_or_else(|_| panic!("TTL reply {ttl:?}"));
+    assert!((86_000..=86_400).contains(&ttl), "the sequence key's TTL is {ttl}");
+    // As if it had expired: the next event is number 1 again.
+    redis.command(&["DEL", "edgeloop:seq:once"]).expect("DEL");
+    let two = said(&members[1], "two");
+    members[1].send("two");
+    for c in &mut members {
+        c.expect(&two);
+    }
+}

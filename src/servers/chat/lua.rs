@@ -13,7 +13,7 @@
 //! | `guests` | counter | the last `guestN` number given out |
 //! | `nick:NAME` | string | the owner of nickname NAME: `SERVER SERIAL` |
 //! | `room:ROOM` | set | the nicknames in ROOM, on every server (`/who`) |
-//! | `seq:ROOM` | counter | the sequence number of ROOM's last event |
+//! | `seq:ROOM` | counter with a TTL | the sequence number of ROOM's last event; it expires a day after that event, so room names used once do not pile up in Redis (a sequence that starts again is noticed and logged by subscribers, and costs nothing) |
 //! | `members:SERVER` | hash | SERIAL → `ROOM NICK`, for each member of SERVER |
 //! | `servers` | set | the servers that have registered |
 //! | `alive:SERVER` | string with a TTL | present while SERVER is alive |
@@ -57,6 +57,7 @@ local P = 'edgeloop:'
 local CHAN = 'edgeloop:0:chan:'
 local function publish(room, tag, line)
   local seq = redis.call('INCR', P .. 'seq:' .. room)
+  redis.call('EXPIRE', P .. 'seq:' .. room, 86400)
   redis.call('PUBLISH', CHAN .. room, seq .. ' ' .. tag .. ' ' .. line)
   return seq
 end
