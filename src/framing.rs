@@ -107,7 +107,7 @@ impl FromStr for Framing {
             "4" => Ok(Framing::Len4),
             _ => match s.strip_prefix("exact:").and_then(|n| n.parse().ok()) {
                 Some(n) => Ok(Framing::Exact(n)),
-                None => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2 or 4)")),
+                None => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2, 4 or exact:N)")),
             },
         }
     }

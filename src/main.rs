@@ -32,7 +32,7 @@ enum Command {
     Echo {
         #[command(flatten)]
         server: ServerArgs,
-        /// Framing: raw, line, 1, 2 or 4 (length-prefixed, big-endian).
+        /// Framing: raw, line, 1, 2 or 4 (length-prefixed, big-endian), or exact:N (every frame N bytes).
         #[arg(long, default_value = "raw")]
         framing: Framing,
     },

@@ -221,6 +221,21 @@ fn line_echo_waits_for_the_newline() {
     assert_eq!(&back, b"hello\n");
 }
 
+/// `exact:N`: frames of exactly N bytes; a partial one waits for the rest.
+#[test]
+fn exact_framing_echoes_whole_blocks_only() {
+    let server = Server::start(&["echo", "--framing", "exact:4"]);
+    let mut client = server.connect();
+    client.write_all(b"abcdef").unwrap();
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).expect("read the first block");
+    assert_eq!(&back, b"abcd");
+    assert_nothing_echoed(&mut client, "half a block");
+    client.write_all(b"gh").unwrap();
+    client.read_exact(&mut back).expect("read the second block");
+    assert_eq!(&back, b"efgh");
+}
+
 /// Line mode: at half-close the final unterminated line is echoed without `\n`, then end of stream.
 #[test]
 fn line_final_unterminated_line_is_echoed_at_half_close() {
