@@ -256,7 +256,8 @@ def cmd_report(d):
     # The loaded phase as planned: clients that take longer to finish (a
     # chat client waiting for messages that will never come) do not
     # stretch the windows the growth checks compare.
-    stop = min(phases["clients_stop"], start + phases.get("duration", 1e18))
+    last_t = max((x["t"] for ss in samples.values() for x in ss), default=start)
+    stop = min(phases.get("clients_stop", last_t), start + phases.get("duration", 1e18))
     fails = []
 
     print(f"### Soak: {stop - start:.0f} s of load (`scripts/soak.sh {phases.get('duration', 0):.0f}`)")
