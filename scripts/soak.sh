@@ -130,38 +130,40 @@ mark redis_keys_start "$(redis-cli -p "$rport" dbsize)"
 # ---- the clients, all at once for DURATION seconds
 echo "soaking for ${DURATION}s: echo ${ADDR[echo]}, chat ${ADDR[chat1]} and ${ADDR[chat2]}, redis 127.0.0.1:$rport..." >&2
 mark clients_start
-CLIENTS=()
-# client TAG CMD...: run a client pinned to CPU 1, bounded in time; its
-# exit status goes to $BENCH_OUT/TAG.rc.
+declare -A CLIENTS # pid -> tag
+# client TAG CMD...: run a client pinned to CPU 1 in the background, bounded
+# in time; its exit status goes to $BENCH_OUT/TAG.rc when it ends. `timeout`
+# is the tracked process: the EXIT trap's SIGTERM reaches the client
+# through it.
 client() {
     local tag=$1
     shift
-    (
-        rc=0
-        timeout -k 5 $((DURATION + 120)) "${PIN_LOAD[@]}" "$@" >"$BENCH_OUT/$tag.out" 2>"$BENCH_OUT/$tag.err" || rc=$?
-        echo "$rc" >"$BENCH_OUT/$tag.rc"
-    ) &
-    CLIENTS+=($!)
+    timeout -k 5 $((DURATION + 120)) "${PIN_LOAD[@]}" "$@" >"$BENCH_OUT/$tag.out" 2>"$BENCH_OUT/$tag.err" &
+    CLIENTS[$!]=$tag
     bench_track "$!"
 }
 
-# The echo load: consecutive runs until DURATION is covered.
+# The echo load: consecutive runs until DURATION is covered (a subshell
+# that passes a SIGTERM on to the run in progress).
 echo_load() {
-    local end=$(($(date +%s) + DURATION)) k=0 left run rc
+    local end=$(($(date +%s) + DURATION)) k=0 left run rc child=
+    trap 'kill -TERM $child 2>/dev/null; exit 143' TERM
     while :; do
         left=$((end - $(date +%s) - 3)) # connecting, warm-up, closing
         ((left >= 5)) || break
         run=$((left < LOAD_RUN ? left : LOAD_RUN))
         k=$((k + 1))
-        rc=0
         timeout -k 5 $((run + 60)) "${PIN_LOAD[@]}" "$EDGELOOP" load --connect "${ADDR[echo]}" --framing 4 \
             --size 64 --rate "$ECHO_RATE" --conns "$ECHO_CONNS" --duration "$run" --warmup 1 --json \
-            >"$BENCH_OUT/load-$k.json" 2>"$BENCH_OUT/load-$k.err" || rc=$?
+            >"$BENCH_OUT/load-$k.json" 2>"$BENCH_OUT/load-$k.err" &
+        child=$!
+        rc=0
+        wait "$child" || rc=$?
         echo "$rc" >"$BENCH_OUT/load-$k.rc"
     done
 }
 echo_load &
-CLIENTS+=($!)
+CLIENTS[$!]=echo-load
 bench_track "$!"
 
 h=(python3 scripts/lib/hostile.py --duration "$DURATION")
@@ -183,8 +185,10 @@ client chat python3 scripts/lib/chat_soak.py --servers "${ADDR[chat1]},${ADDR[ch
     --rooms "$CHAT_ROOMS" --members "$CHAT_MEMBERS" --rate "$CHAT_RATE" --duration "$DURATION" \
     --json "$BENCH_OUT/chat.json"
 
-for p in "${CLIENTS[@]}"; do
-    wait "$p" || true
+for p in "${!CLIENTS[@]}"; do
+    rc=0
+    wait "$p" || rc=$?
+    [[ ${CLIENTS[$p]} == echo-load ]] || echo "$rc" >"$BENCH_OUT/${CLIENTS[$p]}.rc"
     bench_untrack "$p"
 done
 mark clients_stop

@@ -13,10 +13,10 @@ of 1000 lines a second) for --duration seconds:
 
     NICK: SEQ T_MS CRC PADDING
 
-(SEQ counts the sender's messages from 1, T_MS is when it was sent, CRC is a
-crc32 of the sender's name, SEQ, T_MS and the padding). Every member checks every
-line of its room: a sender's SEQ must be exactly one more than the last one
-it saw from that sender (a gap counts the missing messages as lost; a SEQ
+(SEQ counts the sender's messages from 1, T_MS is when it was sent, CRC is
+a crc32 of the sender's name, SEQ, T_MS and the padding). Every member
+checks every line of its room: a sender's SEQ must be exactly one more
+than the last one it saw from that sender (a gap counts the missing messages as lost; a SEQ
 that goes back is a duplicate or reordering: garbled), the CRC must match
 (garbled), and nobody may leave or be disconnected. Then senders stop, and
 members get 15 s to receive what is still on its way; whatever has not

@@ -523,8 +523,7 @@ class OneShot(Mode):
             conn = self.open()
             conn.state["expect"] = Expect()
             conn.state["case"] = self.counts["opened"]
-            deadline = ECHO_WAIT
-            self.loop.later(deadline, lambda: self.timeout(conn))
+            self.loop.later(ECHO_WAIT, lambda: self.timeout(conn))
         else:
             self.counts["skipped"] += 1  # the server is slow to answer
         gap = 1.0 / self.args.rate
@@ -548,9 +547,6 @@ class OneShot(Mode):
     def on_error(self, conn, e):
         super().on_error(conn, e)
         self.finish(conn)
-
-    def stop(self):
-        super().stop()
 
     def done(self):
         return self.active == 0

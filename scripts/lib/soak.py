@@ -256,7 +256,8 @@ def cmd_report(d):
     # The loaded phase as planned: clients that take longer to finish (a
     # chat client waiting for messages that will never come) do not
     # stretch the windows the growth checks compare.
-    stop = min(phases["clients_stop"], start + phases.get("duration", 1e18))
+    last_t = max((x["t"] for ss in samples.values() for x in ss), default=start)
+    stop = min(phases.get("clients_stop", last_t), start + phases.get("duration", 1e18))
     fails = []
 
     print(f"### Soak: {stop - start:.0f} s of load (`scripts/soak.sh {phases.get('duration', 0):.0f}`)")
@@ -264,7 +265,8 @@ def cmd_report(d):
     print("Descriptors: baseline before the clients, maximum, and after the clients left (the settle wait).")
     print("The growth checks compare the median of the last 20 % of the loaded phase with that of its 20–40 % window.")
     print()
-    print("| server | RSS MiB start / median / max / end | RSS growth (median 20–40 % → last 20 %) | fds baseline / max / end (after clients left) | fds under load | CPU mean | alive, exit |")
+    print("| server | RSS MiB start / median / max / end | RSS growth (median 20–40 % → last 20 %) "
+          "| fds baseline / max / end (after clients left) | fds under load | CPU mean | alive, exit |")
     print("|---|---|---|---|---|---:|---|")
     for name in list(SERVERS) + sorted(set(samples) - set(SERVERS)):
         ss = samples.get(name, [])
@@ -330,7 +332,8 @@ def cmd_report(d):
         j0 = next((j for j, _, _ in runs if j), {})
         print("| echo load (`edgeloop load`, open loop) | value |")
         print("|---|---:|")
-        print(f"| runs × conns, asked rate | {len(runs)} × {j0.get('conns', '-')}, {j0.get('rate', 0):.0f} msg/s ({j0.get('size', '-')} B, framing {j0.get('framing', '-')}) |")
+        print(f"| runs × conns, asked rate | {len(runs)} × {j0.get('conns', '-')}, {j0.get('rate', 0):.0f} msg/s "
+              f"({j0.get('size', '-')} B, framing {j0.get('framing', '-')}) |")
         print(f"| achieved rate (all windows) | {msgs / window_s if window_s else 0:.0f} msg/s ({msgs} messages in {window_s:.0f} s) |")
         if p99s:
             print(f"| p99 per run: median / worst (µs, from due time) | {statistics.median(p99s):.0f} / {max(p99s):.0f} |")

@@ -65,7 +65,8 @@ fn run() -> Result<(), Box<dyn Error>> {
     let [csv, png] = <[String; 2]>::try_from(positional)
         .map_err(|_| "usage: soak-plot SAMPLES.csv OUT.png [--title TEXT] [--font FILE.ttf]")?;
 
-    let bytes = std::fs::read(&font).map_err(|e| format!("cannot read the font {font}: {e} (Debian: fonts-dejavu-core)"))?;
+    let bytes =
+        std::fs::read(&font).map_err(|e| format!("cannot read the font {font}: {e} (Debian: fonts-dejavu-core)"))?;
     // plotters keeps fonts for the life of the program.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
@@ -145,10 +146,8 @@ fn draw(s: &Samples, png: &str, title: &str) -> Result<(), Box<dyn Error>> {
 
     // (panel, y caption, y maximum, which figure of a sample)
     type Pick = fn(&(f64, f64, f64)) -> f64;
-    let specs: [(&str, f64, Pick, usize); 2] = [
-        ("resident memory (MiB)", s.rss_max, |p| p.1, 1),
-        ("open descriptors", s.fds_max, |p| p.2, 0),
-    ];
+    let specs: [(&str, f64, Pick, usize); 2] =
+        [("resident memory (MiB)", s.rss_max, |p| p.1, 1), ("open descriptors", s.fds_max, |p| p.2, 0)];
     for (area, (y_desc, y_max, pick, decimals)) in panels.iter().zip(specs) {
         let y_top = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
         let mut chart = ChartBuilder::on(area)
@@ -174,9 +173,9 @@ fn draw(s: &Samples, png: &str, title: &str) -> Result<(), Box<dyn Error>> {
                 let points = seg.iter().map(|p| (p.0 / scale, pick(p)));
                 let drawn = chart.draw_series(LineSeries::new(points, c.stroke_width(2)))?;
                 if !labelled {
-                    drawn.label(server.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3))
-                    });
+                    drawn
+                        .label(server.as_str())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
                     labelled = true;
                 }
             }
