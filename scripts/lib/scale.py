@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 
+from bench import load_json  # scripts/lib/bench.py, beside this file
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The slab caches a TCP socket lives in (names as in /proc/slabinfo).
 SLAB_CACHES = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi")
@@ -110,15 +112,6 @@ def cmd_sample(pid, path):
 # ---- the report
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return json.loads(text.splitlines()[-1]) if text else None
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def read_lines(path):
     out = []
     try:
@@ -172,13 +165,13 @@ def cmd_report(outdir, conns, rate, load_rc):
     except (OSError, ValueError):
         notes.append("the idle phase failed (see idle.txt.err)")
         ok = False
-    snaps = {m: read_json(f"{outdir}/idle/{m}.json") for m in ("before", "opened", "used")}
+    snaps = {m: load_json(f"{outdir}/idle/{m}.json") for m in ("before", "opened", "used")}
 
     # -- active phase: the load's summary and the samples
-    load = read_json(f"{outdir}/load.json") or {}
+    load = load_json(f"{outdir}/load.json") or {}
     samples = [s for s in read_lines(f"{outdir}/active.jsonl") if s.get("rss_kib") is not None]
-    act_before = read_json(f"{outdir}/active-before.json")
-    act_after = read_json(f"{outdir}/active-after.json")
+    act_before = load_json(f"{outdir}/active-before.json")
+    act_after = load_json(f"{outdir}/active-after.json")
     fds0 = act_before["fds"] if act_before else None
     # Samples while the server held every connection (all connected; the
     # load starts on each connection as it opens, so this is the load).

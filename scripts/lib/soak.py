@@ -41,6 +41,8 @@ import statistics
 import sys
 import time
 
+from bench import load_json  # scripts/lib/bench.py, beside this file
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FD_SLACK = 2  # a listener's worth: descriptors the settle check tolerates
 SERVERS = ("echo", "chat1", "chat2")  # what the verdict is about; others are info
@@ -211,15 +213,6 @@ def fds_verdict(samples, start, stop):
     r, l_ = statistics.median(ref), statistics.median(last)
     allow = max(64, 0.25 * r)
     return l_ <= r + allow, f"{r:.0f} → {l_:.0f} (allowed +{allow:.0f})"
-
-
-def load_json(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return json.loads(text.splitlines()[-1]) if text else None
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def read_rc(path):
