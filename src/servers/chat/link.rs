@@ -185,6 +185,13 @@ impl Chat {
     /// A reply on the command connection, and what it was for.
     pub(super) fn on_reply(&mut self, ctx: &mut Ctx<'_>, pending: Pending, reply: Reply) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
+        if pending.superseded {
+            // Sent again already, behind an earlier NOSCRIPT.
+            if !matches!(&reply, Reply::Error(e) if e.starts_with("NOSCRIPT")) {
+                warn!("a script call ran although it was sent again after a script flush: it ran twice");
+            }
+            return;
+        }
         if let Reply::Error(e) = &reply {
             if e.starts_with("NOSCRIPT") && pending.replay.is_some() {
                 return bus.eval_again(ctx, pending);

@@ -19,12 +19,13 @@
 //!   to a replica that never saw the script) sends the same call again
 //!   with `EVAL` and the script's text. To make that possible the
 //!   arguments of every script call in flight are kept in one reused
-//!   buffer (a copy of each, no allocation once warm). (Should another
-//!   server's `EVAL` reload the script between two of our calls in
-//!   flight, the first answered `NOSCRIPT` and the second not, the first,
-//!   sent again, comes after the second: the room still has one order,
-//!   but a sender's two lines are swapped. It takes a script flush racing
-//!   two servers; it is not guarded against.)
+//!   buffer (a copy of each, no allocation once warm). Every script call
+//!   in flight behind the refused one is sent again with it, in order, so
+//!   that nothing made meanwhile overtakes them (see [`Bus::eval_again`]).
+//!   (Should another server's `EVAL` reload the script while ours are in
+//!   flight, an original may run after all, and its copy again: a
+//!   duplicate line, logged. It takes a script flush racing two servers;
+//!   it is not guarded against.)
 //! - **The subscription** carries every room with a member on this server,
 //!   and the server's own liveness channel.
 //!
@@ -272,9 +273,12 @@ pub(super) struct Pending {
     pub op: Op,
     /// When it was sent.
     pub sent: Instant,
-    /// For a script call: the script and the length of its arguments in
-    /// the replay buffer.
+    /// For a script call: the script, the length of its arguments in the
+    /// replay buffer, and their count.
     pub replay: Option<(Script, usize, usize)>,
+    /// Already sent again with `EVAL` (see [`Bus::eval_again`]): its own
+    /// answer, `NOSCRIPT`, is to be ignored.
+    pub superseded: bool,
 }
 
 /// The connections, their readers and the FIFO of commands in flight.
@@ -515,7 +519,7 @@ impl Bus {
     /// Send what `enc` holds as a command whose reply is for `op`.
     fn send_command(&mut self, ctx: &mut Ctx<'_>, op: Op, replay: Option<(Script, usize, usize)>) {
         if self.send(ctx, Which::Cmd) {
-            self.pending.push_back(Pending { op, sent: ctx.now(), replay });
+            self.pending.push_back(Pending { op, sent: ctx.now(), replay, superseded: false });
         } else if let Some((_, len, _)) = replay {
             // Never sent: its arguments are not kept either.
             self.replay.truncate(self.replay.len() - len);
@@ -575,18 +579,44 @@ impl Bus {
         self.replay.extend_from_slice(&self.enc.buf[rest..]);
     }
 
-    /// Send again with `EVAL` a script call that got `NOSCRIPT`;
-    /// `pending` was just taken by [`Bus::reply`], whose arguments are the
-    /// last `len` bytes before the replay head.
+    /// A script call got `NOSCRIPT` (the cache was flushed): send it again
+    /// with `EVAL` and the script's text — and with it, in order, every
+    /// script call still in flight behind it. Those were sent before this
+    /// `EVAL`, so Redis, which runs one connection's commands in order, has
+    /// refused them too; sending each again only when its own `NOSCRIPT`
+    /// comes back would let a call made meanwhile, sent as `EVALSHA` after
+    /// this `EVAL` had reloaded the script, overtake them, and swap a
+    /// sender's lines. The originals are marked superseded; their answers
+    /// are ignored. (Should another server reload the script while ours
+    /// are in flight, an original may run after all and its copy run
+    /// again: a duplicate, logged. It takes a script flush racing two
+    /// servers.) `pending` was just taken by [`Bus::reply`]; its arguments
+    /// are the last `len` bytes before the replay head.
     pub fn eval_again(&mut self, ctx: &mut Ctx<'_>, pending: Pending) {
-        let Some((script, len, args)) = pending.replay else { return };
-        let from = self.replay_head - len;
-        self.enc.clear();
-        self.enc.begin(3 + args).arg("EVAL").arg(&self.bodies[script.index()]);
-        let rest = self.enc.buf.len();
-        self.enc.buf.extend_from_slice(&self.replay[from..self.replay_head]);
-        self.keep_for_replay(rest);
-        self.send_command(ctx, pending.op, pending.replay);
+        let Some((_, len, _)) = pending.replay else { return };
+        // Copied out first: sending may compact the replay buffer. (A rare
+        // path: allocating here is fine.)
+        let first = self.replay[self.replay_head - len..self.replay_head].to_vec();
+        let mut again = vec![(pending.op, pending.replay, first)];
+        let mut offset = self.replay_head;
+        for p in self.pending.iter_mut() {
+            if let Some((_, len, _)) = p.replay {
+                if !p.superseded {
+                    p.superseded = true;
+                    again.push((p.op.clone(), p.replay, self.replay[offset..offset + len].to_vec()));
+                }
+                offset += len;
+            }
+        }
+        for (op, replay, args_bytes) in again {
+            let Some((script, _, args)) = replay else { continue };
+            self.enc.clear();
+            self.enc.begin(3 + args).arg("EVAL").arg(&self.bodies[script.index()]);
+            let rest = self.enc.buf.len();
+            self.enc.buf.extend_from_slice(&args_bytes);
+            self.keep_for_replay(rest);
+            self.send_command(ctx, op, replay);
+        }
     }
 
     /// `SUBSCRIBE` (or `UNSUBSCRIBE`) these channels, in batches.
