@@ -13,6 +13,7 @@
 //! layout (no font or image libraries of the system).
 
 use hdrhistogram::Histogram;
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
 use super::progress::Second;
@@ -150,34 +151,42 @@ fn draw(path: &std::path::Path, plot: &Plot<'_>) -> Result<(), Box<dyn std::erro
 
     let p99: Vec<(f64, f64)> = plot.seconds.iter().filter(|s| s.p99_us > 0.0).map(|s| (s.t, s.p99_us)).collect();
     let (lo, hi) = p99.iter().fold((f64::MAX, 0f64), |(lo, hi), &(_, y)| (lo.min(y), hi.max(y)));
-    let builder = |area| {
-        let mut b = ChartBuilder::on(area);
-        b.caption("p99 of each second", ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(80);
-        b
-    };
     // A log axis only when the values span a decade or more: within one,
     // it would have no labelled tick at all.
     if hi > 0.0 && hi / lo >= 10.0 {
-        let mut chart = builder(&bottom).build_cartesian_2d(0f64..end, (lo / 1.5..hi * 1.5).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since start")
-            .y_desc("p99 (µs)")
-            .y_label_formatter(&|y| micros_label(*y))
-            .draw()?;
-        chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
+        p99_chart(&bottom, end, (lo / 1.5..hi * 1.5).log_scale(), p99)?;
     } else {
-        let top = if hi > 0.0 { hi * 1.2 } else { 1000.0 };
-        let mut chart = builder(&bottom).build_cartesian_2d(0f64..end, 0f64..top)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since start")
-            .y_desc("p99 (µs)")
-            .y_label_formatter(&|y| micros_label(*y))
-            .draw()?;
-        chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
+        p99_chart(&bottom, end, 0f64..if hi > 0.0 { hi * 1.2 } else { 1000.0 }, p99)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// Chart 3, the p99 of each second, on a `y` axis of either kind.
+fn p99_chart<DB, Y>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    end: f64,
+    y: Y,
+    p99: Vec<(f64, f64)>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend,
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption("p99 of each second", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..end, y)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("p99 (µs)")
+        .y_label_formatter(&|y| micros_label(*y))
+        .draw()?;
+    chart.draw_series(LineSeries::new(p99, COLORS[0].stroke_width(2)))?;
     Ok(())
 }
 
