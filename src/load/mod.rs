@@ -314,22 +314,22 @@ pub fn run(args: LoadArgs) -> ExitCode {
         return code;
     }
 
-    if out.opened == 0 {
-        let reason = out.connect_error.unwrap_or_else(|| probe(&args.connect));
+    if out.tally.opened == 0 {
+        let reason = out.tally.connect_error.unwrap_or_else(|| probe(&args.connect));
         return fail(format_args!("all {} connections to {} failed: {reason}", args.conns, args.connect));
     }
-    if out.errors.mismatch > 0 {
-        return fail(format_args!("{} echoes differed from what was sent", out.errors.mismatch));
+    if out.tally.errors.mismatch > 0 {
+        return fail(format_args!("{} echoes differed from what was sent", out.tally.errors.mismatch));
     }
-    if !out.interrupted {
-        if out.survived == 0 {
-            let e = out.errors;
+    if !out.tally.interrupted {
+        if out.tally.survived == 0 {
+            let e = out.tally.errors;
             return fail(format_args!(
                 "all {} connections failed before the end of the run ({} reset, {} closed by the server, {} did not connect)",
                 args.conns, e.reset, e.closed, e.connect_failed
             ));
         }
-        if out.messages == 0 {
+        if out.tally.messages == 0 {
             return fail(format_args!("no message was echoed in the measured window"));
         }
     }
@@ -422,7 +422,7 @@ fn write_files(args: &LoadArgs, out: &Merged, shared: &Shared) -> Result<(), Exi
     if let Some(path) = &args.hgrm {
         let written = std::fs::File::create(path).and_then(|f| {
             let mut w = std::io::BufWriter::new(f);
-            hgrm::write(&mut w, &out.hist.response)?;
+            hgrm::write(&mut w, &out.tally.hist.response)?;
             w.flush()
         });
         if let Err(e) = written {
@@ -438,12 +438,12 @@ fn write_files(args: &LoadArgs, out: &Merged, shared: &Shared) -> Result<(), Exi
         let title = format!("edgeloop load → {}: {}, {} conns, {} B", args.connect, mode, args.conns, args.size);
         let curves = if args.rate.is_some() {
             vec![
-                ("response time (from due)", &out.hist.response),
-                ("service time (from send)", &out.hist.service),
-                ("send lag", &out.hist.lag),
+                ("response time (from due)", &out.tally.hist.response),
+                ("service time (from send)", &out.tally.hist.service),
+                ("send lag", &out.tally.hist.lag),
             ]
         } else {
-            vec![("latency (from send; hides stalls)", &out.hist.response)]
+            vec![("latency (from send; hides stalls)", &out.tally.hist.response)]
         };
         let p = plot::Plot { title, curves, seconds: &seconds, target: args.rate };
         if let Err(e) = plot::write(path, &p) {

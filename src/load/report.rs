@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::generator::{Errors, Outcome};
-use super::latency::{Histograms, Percentiles};
+use super::generator::{Errors, Outcome, Tally};
+use super::latency::Percentiles;
 use super::schedule::Arrival;
 use super::verdict::{self, Evidence, Verdict};
 use super::LoadArgs;
@@ -105,58 +105,29 @@ pub struct Summary {
 
 /// The threads' outcomes, merged.
 pub struct Merged {
-    pub errors: Errors,
-    pub connect_error: Option<String>,
-    pub opened: u32,
-    pub survived: u32,
-    pub messages: u64,
-    pub sent: u64,
-    pub unanswered: u64,
+    pub tally: Tally,
+    /// From the first thread's start of its window to the last one's end.
     pub window: Duration,
-    pub hist: Histograms,
     pub thread_cpu: Vec<Duration>,
     pub thread_window: Vec<Duration>,
-    pub interrupted: bool,
 }
 
 impl Merged {
     pub fn new(outcomes: &[Outcome]) -> Merged {
-        let mut m = Merged {
-            errors: Errors::default(),
-            connect_error: None,
-            opened: 0,
-            survived: 0,
-            messages: 0,
-            sent: 0,
-            unanswered: 0,
-            window: Duration::ZERO,
-            hist: Histograms::default(),
-            thread_cpu: Vec::new(),
-            thread_window: Vec::new(),
-            interrupted: false,
-        };
+        let mut tally = Tally::default();
         let mut span: Option<(Instant, Instant)> = None;
         for o in outcomes {
-            m.errors.add(&o.errors);
-            if m.connect_error.is_none() {
-                m.connect_error.clone_from(&o.connect_error);
-            }
-            m.opened += o.opened;
-            m.survived += o.survived;
-            m.messages += o.messages;
-            m.sent += o.sent;
-            m.unanswered += o.unanswered;
-            m.hist.add(&o.hist);
-            m.thread_cpu.push(o.cpu);
-            m.thread_window.push(o.window.map_or(Duration::ZERO, |(a, b)| b - a));
-            m.interrupted |= o.interrupted;
-            // The window is from the first thread's start to the last one's end.
+            tally.add(&o.tally);
             if let Some((a, b)) = o.window {
                 span = Some(span.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
             }
         }
-        m.window = span.map_or(Duration::ZERO, |(a, b)| b - a);
-        m
+        Merged {
+            tally,
+            window: span.map_or(Duration::ZERO, |(a, b)| b - a),
+            thread_cpu: outcomes.iter().map(|o| o.cpu).collect(),
+            thread_window: outcomes.iter().map(|o| o.window.map_or(Duration::ZERO, |(a, b)| b - a)).collect(),
+        }
     }
 }
 
@@ -164,7 +135,7 @@ impl Summary {
     pub fn new(args: &LoadArgs, wire_bytes: usize, m: &Merged, elapsed: Duration) -> Summary {
         let window = m.window.as_secs_f64();
         let per_sec = |n: u64| if window > 0.0 { n as f64 / window } else { 0.0 };
-        let rate = per_sec(m.messages);
+        let rate = per_sec(m.tally.messages);
         let cpu: f64 = m.thread_cpu.iter().map(Duration::as_secs_f64).sum();
         let thread_util: Vec<f64> = m
             .thread_cpu
@@ -175,7 +146,7 @@ impl Summary {
         let open = args.rate.is_some();
         let (verdict, reasons) = match args.rate {
             Some(asked) => {
-                let lag_p99 = if m.hist.lag.is_empty() { 0 } else { m.hist.lag.value_at_quantile(0.99) };
+                let lag_p99 = if m.tally.hist.lag.is_empty() { 0 } else { m.tally.hist.lag.value_at_quantile(0.99) };
                 let (v, why) = verdict::judge(&Evidence {
                     rate: asked,
                     achieved: rate,
@@ -201,29 +172,29 @@ impl Summary {
             warmup_s: args.warmup.as_secs_f64(),
             window_s: round3(window),
             elapsed_s: round3(elapsed.as_secs_f64()),
-            connected: m.opened,
-            messages: m.messages,
+            connected: m.tally.opened,
+            messages: m.tally.messages,
             msgs_per_sec: rate.round(),
             mb_per_sec: round3(rate * wire_bytes as f64 / 1e6),
-            latency_us: Percentiles::of(&m.hist.response),
+            latency_us: Percentiles::of(&m.tally.hist.response),
             rate: args.rate,
             arrival: open.then_some(args.arrival),
             send_window_us: open.then_some(args.send_window),
             achieved_rate: open.then_some(rate.round()),
-            sent_rate: open.then(|| per_sec(m.sent).round()),
-            service_us: open.then(|| Percentiles::of(&m.hist.service)),
-            send_lag_us: open.then(|| Percentiles::of(&m.hist.lag)),
-            unanswered: open.then_some(m.unanswered),
+            sent_rate: open.then(|| per_sec(m.tally.sent).round()),
+            service_us: open.then(|| Percentiles::of(&m.tally.hist.service)),
+            send_lag_us: open.then(|| Percentiles::of(&m.tally.hist.lag)),
+            unanswered: open.then_some(m.tally.unanswered),
             verdict,
             verdict_reasons: reasons,
-            errors: m.errors.into(),
+            errors: m.tally.errors.into(),
             client: ClientCost {
                 cpu_s: round3(cpu),
                 cpu_util: if window > 0.0 { round3(cpu / window) } else { 0.0 },
-                cpu_us_per_msg: if m.messages > 0 { round3(cpu * 1e6 / m.messages as f64) } else { 0.0 },
+                cpu_us_per_msg: if m.tally.messages > 0 { round3(cpu * 1e6 / m.tally.messages as f64) } else { 0.0 },
                 thread_cpu_util: thread_util,
             },
-            interrupted: m.interrupted,
+            interrupted: m.tally.interrupted,
         }
     }
 

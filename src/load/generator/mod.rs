@@ -138,8 +138,9 @@ enum Slot {
     Abandoned,
 }
 
-/// One thread's measurements, read after [`crate::Reactor::run`] returns.
-pub struct Outcome {
+/// What a thread counted; the threads' tallies add up to the run's.
+#[derive(Clone, Default)]
+pub struct Tally {
     pub errors: Errors,
     /// A reason connections failed to connect, when one is known.
     pub connect_error: Option<String>,
@@ -154,12 +155,33 @@ pub struct Outcome {
     /// wait so far is recorded, a lower bound: a stall at the very end is
     /// not hidden).
     pub unanswered: u64,
+    pub hist: Histograms,
+    pub interrupted: bool,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Tally) {
+        self.errors.add(&o.errors);
+        if self.connect_error.is_none() {
+            self.connect_error.clone_from(&o.connect_error);
+        }
+        self.opened += o.opened;
+        self.survived += o.survived;
+        self.messages += o.messages;
+        self.sent += o.sent;
+        self.unanswered += o.unanswered;
+        self.hist.add(&o.hist);
+        self.interrupted |= o.interrupted;
+    }
+}
+
+/// One thread's measurements, read after [`crate::Reactor::run`] returns.
+pub struct Outcome {
+    pub tally: Tally,
     /// The measured window, on this thread's clock (zero if it never began).
     pub window: Option<(Instant, Instant)>,
-    pub hist: Histograms,
     /// CPU time this thread used inside the window.
     pub cpu: Duration,
-    pub interrupted: bool,
 }
 
 /// The load generator's [`Handler`] (one per thread).
@@ -255,17 +277,19 @@ impl Generator {
     pub fn outcome(&self) -> Outcome {
         let window = self.window_start.zip(self.window_end);
         Outcome {
-            errors: self.errors,
-            connect_error: self.connect_error.clone(),
-            opened: self.opened,
-            survived: self.survived,
-            messages: if window.is_some() { self.window_msgs } else { 0 },
-            sent: if window.is_some() { self.window_sent } else { 0 },
-            unanswered: self.unanswered,
+            tally: Tally {
+                errors: self.errors,
+                connect_error: self.connect_error.clone(),
+                opened: self.opened,
+                survived: self.survived,
+                messages: if window.is_some() { self.window_msgs } else { 0 },
+                sent: if window.is_some() { self.window_sent } else { 0 },
+                unanswered: self.unanswered,
+                hist: self.hist.clone(),
+                interrupted: self.interrupted,
+            },
             window,
-            hist: self.hist.clone(),
             cpu: self.cpu,
-            interrupted: self.interrupted,
         }
     }
 
