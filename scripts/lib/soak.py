@@ -162,6 +162,18 @@ def window(samples, a, b, key):
     return [s[key] for s in samples if s["alive"] and a <= s["t"] <= b and s[key] is not None]
 
 
+def judged_medians(samples, start, stop, key):
+    """The medians of `key` over the 20-40 % window of the loaded phase and
+    over its last 20 % (None with too few samples): the two ends a growth
+    check compares."""
+    span = stop - start
+    ref = window(samples, start + 0.2 * span, start + 0.4 * span, key)
+    last = window(samples, start + 0.8 * span, stop, key)
+    if len(ref) < 3 or len(last) < 3:
+        return None
+    return statistics.median(ref), statistics.median(last)
+
+
 def rss_verdict(samples, start, stop):
     """Growth without bound, robustly.
 
@@ -183,12 +195,11 @@ def rss_verdict(samples, start, stop):
     per echoed message at 5 000 a second. The slope over the judged part
     is printed too, so that a smaller trend is visible.
     """
-    span = stop - start
-    ref = window(samples, start + 0.2 * span, start + 0.4 * span, "rss")
-    last = window(samples, start + 0.8 * span, stop, "rss")
-    if len(ref) < 3 or len(last) < 3:
+    medians = judged_medians(samples, start, stop, "rss")
+    if medians is None:
         return None, "too few samples"
-    r, l_ = statistics.median(ref), statistics.median(last)
+    r, l_ = medians
+    span = stop - start
     allow = max(4096, 0.10 * r)
     pts = [(s["t"], s["rss"]) for s in samples if s["alive"] and start + 0.2 * span <= s["t"] <= stop]
     slope = 0.0
@@ -205,12 +216,10 @@ def fds_verdict(samples, start, stop):
     """Descriptors under steady load: the same windows as RSS, medians, an
     allowance of max(64, 25 %) (storm and malformed connections come and
     go). The strict check is the settle one, after the clients leave."""
-    span = stop - start
-    ref = window(samples, start + 0.2 * span, start + 0.4 * span, "fds")
-    last = window(samples, start + 0.8 * span, stop, "fds")
-    if len(ref) < 3 or len(last) < 3:
+    medians = judged_medians(samples, start, stop, "fds")
+    if medians is None:
         return None, "too few samples"
-    r, l_ = statistics.median(ref), statistics.median(last)
+    r, l_ = medians
     allow = max(64, 0.25 * r)
     return l_ <= r + allow, f"{r:.0f} → {l_:.0f} (allowed +{allow:.0f})"
 
