@@ -196,9 +196,6 @@ pub struct Generator {
     /// min-heap with lazy deletion (an entry whose time is not its
     /// schedule's next is stale and skipped). See [`Generator::catch_up`].
     due: BinaryHeap<Reverse<(u64, usize)>>,
-    /// The open loop's send window in nanoseconds (1000 in the closed loop,
-    /// where it is not used).
-    window_ns: u64,
     phase: Phase,
     measuring: bool,
     next_ordinal: u64,
@@ -238,7 +235,6 @@ impl Generator {
             slots: Vec::with_capacity(plan.my_conns() as usize),
             scratch: Vec::with_capacity(pattern.wire_len() * plan.depth as usize),
             due: BinaryHeap::new(),
-            window_ns: plan.open.map_or(1000, |o| o.window_ns),
             next_ordinal: plan.first as u64,
             plan,
             pattern,

@@ -49,7 +49,8 @@ impl Generator {
         // clock (read at the top of this iteration), in whole microseconds:
         // round up, never fire early. (If the burst was cut short, `next`
         // is past: the timer fires on the next turn.)
-        let wake = next.div_ceil(self.window_ns) * self.window_ns;
+        let window = self.window_ns();
+        let wake = next.div_ceil(window) * window;
         let after_ns = wake.saturating_sub(self.ns(ctx.now()));
         ctx.set_timer(id, Duration::from_micros(after_ns.div_ceil(1000)));
         count
@@ -66,7 +67,12 @@ impl Generator {
     /// due up to it are sent, later ones wait for their window to close
     /// (with `--send-window 1`, everything due by the microsecond).
     fn window_closed(&self, now: u64) -> u64 {
-        now / self.window_ns * self.window_ns
+        now / self.window_ns() * self.window_ns()
+    }
+
+    /// `--send-window` in nanoseconds (the closed loop has none: 1 µs).
+    fn window_ns(&self) -> u64 {
+        self.plan.open.map_or(1000, |o| o.window_ns)
     }
 
     /// Open loop: send what is due on *any* connection, now. A timer runs
