@@ -94,7 +94,7 @@
 //!   framing::decode — memchr for '\n', or the 1/2/4-byte header; a frame
 //!                  │  is a *slice* of the read buffer (no copy)
 //!                  ▼
-//!   Handler::on_frame(ctx, id, &[u8])  — the application (servers/echo.rs)
+//!   Handler::on_frame(ctx, id, &[u8])  — the application (an echo server, say)
 //!                  │  ctx.send(id, bytes): header + copy into the OutQueue,
 //!                  │  or ctx.send_shared(id, Rc<[u8]>): by reference
 //!                  ▼
@@ -128,7 +128,11 @@
 //! - [`timer`] — idle, send-timeout, connect, linger and application
 //!   deadlines in one lazy heap, in microseconds.
 //! - [`handler`] — the trait an application implements, and its events.
-//! - [`servers`] — echo and chat (across servers on Redis: [`servers::chat`]); [`load`] — the load generator.
+//!
+//! The programs — the echo and chat servers, the load generator, `--workers`
+//! and `--metrics` — are users of this library like the examples, in the
+//! `edgeloop-cli` crate (`cli/` in the repository), so that depending on the
+//! reactor costs only `libc`, `nix`, `slab`, `memchr` and `log`.
 //!
 //! ## Why edge-triggered
 //!
@@ -160,22 +164,16 @@
 
 #![warn(missing_docs)]
 
-pub mod access;
 pub mod buffer;
 pub mod conn;
 pub mod framing;
 pub mod handler;
-pub mod load;
-pub mod metrics;
 pub mod options;
 pub mod reactor;
-pub mod servers;
 pub mod stats;
 pub mod sys;
 pub mod timer;
-pub mod workers;
 
-pub use access::{AccessList, Cidr};
 pub use framing::Framing;
 pub use handler::{CloseReason, ConnId, Handler, HandlerId, SendError};
 pub use nix::errno::Errno;

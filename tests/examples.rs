@@ -28,8 +28,9 @@ use nix::unistd::Pid;
 fn example(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        // CARGO_BIN_EXE_edgeloop is TARGET_DIR/PROFILE_DIR/edgeloop.
-        let profile_dir = Path::new(env!("CARGO_BIN_EXE_edgeloop")).parent().expect("the binary's directory");
+        // This test runs from TARGET_DIR/PROFILE_DIR/deps/.
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("the profile directory");
         let target_dir = profile_dir.parent().expect("the target directory");
         let profile = match profile_dir.file_name().and_then(|p| p.to_str()) {
             Some("debug") => "dev",

@@ -14,8 +14,8 @@
 
 #![no_main]
 
-use edgeloop::servers::chat::command::{parse, Command, ParseError};
-use edgeloop::servers::chat::MAX_NAME;
+use edgeloop_cli::servers::chat::command::{parse, Command, ParseError};
+use edgeloop_cli::servers::chat::MAX_NAME;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|frame: &[u8]| {

@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use edgeloop::metrics::{take_line, Request, MAX_HEAD};
+use edgeloop_cli::metrics::{take_line, Request, MAX_HEAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

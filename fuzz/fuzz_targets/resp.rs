@@ -10,7 +10,7 @@
 #![no_main]
 
 use edgeloop::framing::{decode, Decoded};
-use edgeloop::servers::chat::resp::{Builder, Encoder, Limits, Reader, Reply};
+use edgeloop_cli::servers::chat::resp::{Builder, Encoder, Limits, Reader, Reply};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

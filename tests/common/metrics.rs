@@ -25,7 +25,7 @@ pub fn start_with_metrics(args: &[&str]) -> (Server, SocketAddr) {
         let addr = metrics.to_string();
         let mut all = args.to_vec();
         all.extend_from_slice(&["--metrics", &addr]);
-        match Server::try_start_with(Command::new(env!("CARGO_BIN_EXE_edgeloop")), &all) {
+        match Server::try_start_with(Command::new(super::edgeloop_bin()), &all) {
             Ok(server) => return (server, metrics),
             Err(e) if e.contains(&addr) && e.contains("in use") => eprintln!("note: {addr} was taken; retrying"),
             Err(e) => panic!("{e}"),

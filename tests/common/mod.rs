@@ -13,6 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The `edgeloop` binary. Cargo names it only to the programs' tests
+/// (cli/Cargo.toml); the library's tests that share this module never start it.
+pub fn edgeloop_bin() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_edgeloop") {
+        Some(path) => path,
+        None => panic!("the edgeloop binary is known to the programs' tests only"),
+    }
+}
+
 /// A running `edgeloop` process; killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -26,7 +35,7 @@ impl Server {
     /// `edgeloop <args...>` with `--listen 127.0.0.1:0` added unless given;
     /// waits for the `listening on` line.
     pub fn start(args: &[&str]) -> Server {
-        Server::start_with(Command::new(env!("CARGO_BIN_EXE_edgeloop")), args)
+        Server::start_with(Command::new(edgeloop_bin()), args)
     }
 
     /// Like [`Server::start`], from a prepared command (to wrap it in

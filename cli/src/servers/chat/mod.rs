@@ -90,7 +90,7 @@
 //! first-out, so every member of a room receives the room's messages in the
 //! order the server handled them, the sender included.
 //!
-//! The server runs with [`crate::OverLimit::Disconnect`]: a member whose
+//! The server runs with [`edgeloop::OverLimit::Disconnect`]: a member whose
 //! pending output passes `--max-outbuf` is disconnected by the reactor
 //! (`CloseReason::OutbufFull`), its queued references are dropped, and
 //! [`Chat::on_close`] tells the room it left. Nobody waits for a slow
@@ -161,7 +161,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
+use edgeloop::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
 
 pub mod command;
 pub mod flood;
@@ -189,7 +189,7 @@ pub const DEFAULT_RATE: u32 = 1000;
 /// the reconnections, heartbeats and timeouts.
 pub fn tune(config: Config, redis: bool) -> Config {
     let tick = if redis { redis::TICK } else { config.tick };
-    Config { read_budget: crate::buffer::READ_BUF_SIZE, tick, ..config }
+    Config { read_budget: edgeloop::buffer::READ_BUF_SIZE, tick, ..config }
 }
 
 /// The chat server: see the module docs for the protocol.
@@ -223,6 +223,9 @@ pub struct Chat {
 
 #[derive(Debug)]
 struct Member {
+    /// Its connection: tables are indexed by `id.index()`, and a walk over
+    /// them needs the whole id back (ids carry a generation).
+    id: ConnId,
     /// Empty until Redis has given the member a `guestN`.
     nick: String,
     room: String,
@@ -318,6 +321,7 @@ impl Handler for Chat {
             self.members.resize_with(id.index() + 1, || None);
         }
         let member = Member {
+            id,
             nick,
             room: LOBBY.to_string(),
             bucket: Bucket::full(self.rate, ctx.now()),

@@ -19,7 +19,7 @@
 
 use std::rc::Rc;
 
-use crate::Framing;
+use edgeloop::Framing;
 
 /// Messages up to this long on the wire are also built once, all
 /// [`PERIOD`] of them, to be sent by reference (see [`Pattern::prebuilt`]).
@@ -92,7 +92,7 @@ impl Pattern {
 
     /// The message at rotation `rot`, built once, when messages are short
     /// enough to keep them all: sending one is a reference count increment
-    /// ([`crate::Ctx::send_shared`]), no copy and no buffer.
+    /// ([`edgeloop::Ctx::send_shared`]), no copy and no buffer.
     #[inline]
     pub fn prebuilt(&self, rot: u16) -> Option<&Rc<[u8]>> {
         self.prebuilt.get(rot as usize)

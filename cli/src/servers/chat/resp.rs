@@ -44,7 +44,7 @@
 use std::fmt;
 use std::io::Write;
 
-use crate::Framing;
+use edgeloop::Framing;
 
 /// Arrays nested deeper than this are a protocol error (the chat's
 /// replies nest at most two deep).
@@ -352,7 +352,7 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::framing::{decode, Decoded};
+    use edgeloop::framing::{decode, Decoded};
 
     const LIMITS: Limits = Limits { frame: 64, bulk: 200, array: 100 };
 

@@ -1,6 +1,6 @@
 //! `edgeloop load`: a load generator for echo servers that cannot lie,
 //! built on the same reactor as the servers (the client side of
-//! [`crate::Ctx`]: [`crate::Ctx::connect`], [`crate::Ctx::set_timer`]).
+//! [`edgeloop::Ctx`]: [`edgeloop::Ctx::connect`], [`edgeloop::Ctx::set_timer`]).
 //!
 //! # Two ways to load a server
 //!
@@ -22,7 +22,7 @@
 //!   each connection, each on its own schedule ([`schedule`]: `fixed`
 //!   spacing with staggered start offsets, or `poisson` arrivals with
 //!   exponential gaps). Sends are driven by one reactor timer per
-//!   connection ([`crate::Ctx::set_timer`], microsecond precision; each
+//!   connection ([`edgeloop::Ctx::set_timer`], microsecond precision; each
 //!   generator thread sets its timer slack to 1 ns), never by sleeps, and
 //!   never wait for replies: a connection may have any number of messages
 //!   in flight. What the kernel's send buffer does not take yet is queued
@@ -153,9 +153,9 @@
 //!   its high-water mark) and no formatting: per read, one clock reading;
 //!   per message, a `memcmp`, a counter update and three histogram records.
 //!   Short messages (up to 2 KiB on the wire) are built once, all 251 of
-//!   them, and sent by reference with [`crate::Ctx::send_shared`] — no
+//!   them, and sent by reference with [`edgeloop::Ctx::send_shared`] — no
 //!   copy — when a wake-up sends up to 4 of them; more are copied into one
-//!   buffer and queued with one [`crate::Ctx::send`].
+//!   buffer and queued with one [`edgeloop::Ctx::send`].
 //! - The summary reports the generator's own CPU time in the window, per
 //!   thread: pin the server and the generator to different cores
 //!   (`taskset -c 0` / `taskset -c 1`) and compare servers under identical
@@ -181,7 +181,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{Config, Framing, HandlerId, OutputPolicy, OverLimit, Reactor};
+use edgeloop::{Config, Framing, HandlerId, OutputPolicy, OverLimit, Reactor};
 use generator::{Generator, Open, Outcome, Plan};
 use pattern::Pattern;
 use progress::Shared;
@@ -273,7 +273,7 @@ pub fn run(args: LoadArgs) -> ExitCode {
     }
     let wire = pattern.wire_len();
     drop(pattern);
-    if let Err(e) = crate::sys::raise_nofile_limit() {
+    if let Err(e) = edgeloop::sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
     let loopback_v4 = matches!(args.connect.ip(), IpAddr::V4(ip) if ip.is_loopback());
@@ -426,7 +426,7 @@ fn write_files(args: &LoadArgs, out: &Merged, shared: &Shared) -> Result<(), Exi
             w.flush()
         });
         if let Err(e) = written {
-            return Err(fail(format_args!("cannot write {}: {}", path.display(), crate::sys::describe(&e))));
+            return Err(fail(format_args!("cannot write {}: {}", path.display(), edgeloop::sys::describe(&e))));
         }
     }
     if let Some(path) = &args.plot {
@@ -457,7 +457,7 @@ fn write_files(args: &LoadArgs, out: &Merged, shared: &Shared) -> Result<(), Exi
 fn probe(addr: &SocketAddr) -> String {
     match TcpStream::connect_timeout(addr, Duration::from_secs(2)) {
         Ok(_) => "connect failed (a test connection made afterwards succeeded)".to_string(),
-        Err(e) => crate::sys::describe(&e),
+        Err(e) => edgeloop::sys::describe(&e),
     }
 }
 

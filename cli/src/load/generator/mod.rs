@@ -16,7 +16,7 @@ use crate::load::progress::{Report, Shared};
 use crate::load::schedule::{Arrival, Schedule};
 mod send;
 
-use crate::{CloseReason, ConnId, ConnectOptions, Ctx, Handler};
+use edgeloop::{CloseReason, ConnId, ConnectOptions, Ctx, Handler};
 use send::write_messages;
 
 /// Connects in progress at once: enough to open thousands of connections
@@ -110,6 +110,8 @@ enum Phase {
 
 /// The messages of one connection.
 struct Flow {
+    /// Its connection (the table is indexed by `id.index()`).
+    id: ConnId,
     /// Messages sent, and messages fully echoed.
     sent: u64,
     recvd: u64,
@@ -175,7 +177,7 @@ impl Tally {
     }
 }
 
-/// One thread's measurements, read after [`crate::Reactor::run`] returns.
+/// One thread's measurements, read after [`edgeloop::Reactor::run`] returns.
 pub struct Outcome {
     pub tally: Tally,
     /// The measured window, on this thread's clock (zero if it never began).
@@ -333,7 +335,7 @@ impl Generator {
                 }
                 Err(e) => {
                     self.errors.connect_failed += 1;
-                    self.connect_error.get_or_insert_with(|| crate::sys::describe(&e));
+                    self.connect_error.get_or_insert_with(|| edgeloop::sys::describe(&e));
                 }
             }
         }
@@ -381,7 +383,7 @@ impl Generator {
                     self.window_msgs = 0;
                     self.window_sent = 0;
                     self.hist.reset();
-                    self.cpu_start = Duration::from_micros(crate::sys::thread_cpu_micros());
+                    self.cpu_start = Duration::from_micros(edgeloop::sys::thread_cpu_micros());
                 }
                 Phase::Measuring => {
                     if self.live == 0 || now >= self.window_due {
@@ -415,7 +417,7 @@ impl Generator {
         if self.measuring {
             self.measuring = false;
             self.window_end = Some(now);
-            self.cpu = Duration::from_micros(crate::sys::thread_cpu_micros()).saturating_sub(self.cpu_start);
+            self.cpu = Duration::from_micros(edgeloop::sys::thread_cpu_micros()).saturating_sub(self.cpu_start);
             if self.plan.open.is_some() {
                 self.record_unanswered(now);
             }
@@ -467,9 +469,10 @@ impl Generator {
         let queued: usize = self
             .slots
             .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s, Slot::Open(_)))
-            .map(|(i, _)| ctx.pending_output(ConnId(i)))
+            .filter_map(|s| match s {
+                Slot::Open(flow) => Some(ctx.pending_output(flow.id)),
+                _ => None,
+            })
             .sum();
         let phase = match self.phase {
             Phase::Connecting | Phase::Waiting => "  (connecting)",
@@ -518,6 +521,7 @@ impl Handler for Generator {
                     .map(|o| Schedule::new(o.arrival, o.rate_per_conn, ordinal, self.plan.conns as u64, now));
                 let closed = schedule.is_none();
                 let mut flow = Flow {
+                    id,
                     sent: 0,
                     recvd: 0,
                     off: 0,
@@ -653,7 +657,7 @@ impl Handler for Generator {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
         // The kernel may delay a timer by the thread's slack (50 us by
         // default) to batch wake-ups: too much for microsecond schedules.
-        if let Err(e) = crate::sys::set_timer_slack_ns(1) {
+        if let Err(e) = edgeloop::sys::set_timer_slack_ns(1) {
             log::warn!("cannot set the timer slack: {e}");
         }
         self.connect_deadline = Instant::now() + self.plan.connect_timeout;

@@ -9,7 +9,7 @@
 //! line costs a token, commands included.
 //!
 //! The line that empties the bucket is handled, then the chat turns the
-//! client's delivery off ([`crate::Active::Off`]): its further lines wait
+//! client's delivery off ([`edgeloop::Active::Off`]): its further lines wait
 //! in its read buffer (at most one read's worth), the reactor stops
 //! reading it, and TCP pushes back on the flooder. A per-connection timer
 //! re-arms it when about 10 ms' worth of lines (at least one) is available

@@ -18,12 +18,12 @@
 //!   the workers are spawned (threads inherit the mask), so no worker is
 //!   ever interrupted or killed by one; the main thread alone reads them
 //!   from a `signalfd`, and asks every worker to stop through its
-//!   [`crate::Handle`]. Workers drain together (each for up to its drain
+//!   [`edgeloop::Handle`]. Workers drain together (each for up to its drain
 //!   timeout) and the process exits 0.
 //! - **`--max-conns`** is one [`ConnCount`] for the whole server: one
 //!   atomic operation per accept and per close.
 //! - **Figures**: each worker copies its counters to a slot of its own
-//!   every [`PUBLISH_EVERY`] ([`crate::options::Publish`]); `--stats` and
+//!   every [`PUBLISH_EVERY`] ([`edgeloop::options::Publish`]); `--stats` and
 //!   `/metrics` read the slots and add them up.
 //!
 //! A connection never moves between workers, so everything the single
@@ -39,10 +39,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::metrics::Metrics;
-use crate::options::{ConnCount, Publish};
-use crate::stats::Counters;
-use crate::sys::{self, Epoll};
-use crate::{Config, Handle, Handler, ListenOptions, Reactor};
+use edgeloop::options::{ConnCount, Publish};
+use edgeloop::stats::Counters;
+use edgeloop::sys::{self, Epoll};
+use edgeloop::{Config, Handle, Handler, ListenOptions, Reactor};
 
 /// How often each worker publishes its counters.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(100);

@@ -9,9 +9,9 @@
 //! the read buffer, saving the copy.
 //! Flow control (`--max-outbuf`: stop reading a client that does not read
 //! its echoes), half-close (flush, then `SHUT_WR`, then close) and the
-//! timeouts are the reactor's, configured by [`crate::Config`].
+//! timeouts are the reactor's, configured by [`edgeloop::Config`].
 
-use crate::{ConnId, Ctx, Framing, Handler};
+use edgeloop::{ConnId, Ctx, Framing, Handler};
 
 /// Echoes every frame to the connection it came from.
 #[derive(Debug)]

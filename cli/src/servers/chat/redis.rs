@@ -21,7 +21,7 @@
 //!   arguments of every script call in flight are kept in one reused
 //!   buffer (a copy of each, no allocation once warm). Every script call
 //!   in flight behind the refused one is sent again with it, in order, so
-//!   that nothing made meanwhile overtakes them (see [`Bus::eval_again`]).
+//!   that nothing made meanwhile overtakes them (see `Bus::eval_again`).
 //!   (Should another server's `EVAL` reload the script while ours are in
 //!   flight, an original may run after all, and its copy again: a
 //!   duplicate line, logged. It takes a script flush racing two servers;
@@ -74,7 +74,7 @@ use log::warn;
 
 use super::lua::Script;
 use super::resp::{Builder, Encoder, Limits, Reader, Reply};
-use crate::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
+use edgeloop::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
 
 /// A reply not received within this long means Redis is lost.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,11 +172,11 @@ pub fn probe(url: &RedisUrl, within: Duration) -> Result<SocketAddr, String> {
 fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
     let addr = (url.host.as_str(), url.port)
         .to_socket_addrs()
-        .map_err(|e| crate::sys::describe(&e))?
+        .map_err(|e| edgeloop::sys::describe(&e))?
         .next()
         .ok_or_else(|| format!("{} has no address", url.host))?;
     let left = until.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), CONNECT_TIMEOUT);
-    let io = |e: std::io::Error| crate::sys::describe(&e);
+    let io = |e: std::io::Error| edgeloop::sys::describe(&e);
     let stream = TcpStream::connect_timeout(&addr, left).map_err(io)?;
     stream.set_read_timeout(Some(left)).map_err(io)?;
     stream.set_write_timeout(Some(left)).map_err(io)?;
@@ -276,7 +276,7 @@ pub(super) struct Pending {
     /// For a script call: the script, the length of its arguments in the
     /// replay buffer, and their count.
     pub replay: Option<(Script, usize, usize)>,
-    /// Already sent again with `EVAL` (see [`Bus::eval_again`]): its own
+    /// Already sent again with `EVAL` (see `Bus::eval_again`): its own
     /// answer, `NOSCRIPT`, is to be ignored.
     pub superseded: bool,
 }
@@ -427,7 +427,7 @@ impl Bus {
                     }
                 }
                 Err(e) => {
-                    self.fail(format!("cannot connect to {}: {}", self.addr, crate::sys::describe(&e)));
+                    self.fail(format!("cannot connect to {}: {}", self.addr, edgeloop::sys::describe(&e)));
                     return;
                 }
             }

@@ -25,10 +25,10 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::handler::CloseReason;
-use crate::stats::Counters;
 use crate::workers::sum;
-use crate::{ConnId, Ctx, Framing, Handler, ListenOptions};
+use edgeloop::handler::CloseReason;
+use edgeloop::stats::Counters;
+use edgeloop::{ConnId, Ctx, Framing, Handler, ListenOptions};
 
 /// The most a request head may hold.
 pub const MAX_HEAD: usize = 8 * 1024;

@@ -29,7 +29,7 @@
 //! last local member's leave has come back, the server `UNSUBSCRIBE`s.
 //!
 //! While a member's registration, `/nick`, `/join` or `/who` is in flight
-//! its delivery is off ([`crate::Active::Off`]): its next lines wait, in
+//! its delivery is off ([`edgeloop::Active::Off`]): its next lines wait, in
 //! order, in its socket, so that `/nick bob` followed by `hi` is `bob: hi`.
 //! Messages are not waited for: they are pipelined.
 //!
@@ -52,7 +52,7 @@ use memchr::memchr;
 use super::lua::Script;
 use super::redis::{Link, Op, WHO_MAX};
 use super::{fan_out, figures, Chat, Member, Reg, Sub, LOBBY};
-use crate::{Active, ConnId, Ctx};
+use edgeloop::{Active, ConnId, Ctx};
 
 /// The answer to what cannot be done while Redis is lost.
 const UNAVAILABLE: &str = "! chat backend unavailable";
@@ -432,10 +432,11 @@ impl Chat {
         let mut quit = None;
         let ours = our_tag(tag, &bus.server);
         if let Some((kind, conn, serial)) = ours {
-            let id = ConnId(conn);
             let here = members.get_mut(conn).and_then(Option::as_mut).filter(|m| m.serial == serial);
-            let in_room = here.as_ref().is_some_and(|m| m.room == name);
+            // Our member, if it is still here and in this room.
+            let in_room = here.as_ref().filter(|m| m.room == name).map(|m| m.id);
             if let Some(member) = here {
+                let id = member.id;
                 member.unseen = member.unseen.saturating_sub(1);
                 match kind {
                     b'W' => {
@@ -458,7 +459,7 @@ impl Chat {
             match kind {
                 b'J' => {
                     room.joins = room.joins.saturating_sub(1);
-                    if in_room && !room.members.contains(&id) {
+                    if let Some(id) = in_room.filter(|id| !room.members.contains(id)) {
                         room.members.push(id);
                     }
                 }
@@ -496,7 +497,8 @@ mod tests {
         assert_eq!(split_event(b"17 - a: hi\n"), Some((17, &b"-"[..], &b"a: hi\n"[..])));
         assert_eq!(split_event(b"x - a\n"), None);
         assert_eq!(split_event(b"1 -"), None);
-        let t = tag('J', "ab-1", ConnId(5), 9);
+        // What `tag('J', "ab-1", id, 9)` writes for connection index 5.
+        let t = "J.ab-1.5.9";
         assert_eq!(our_tag(t.as_bytes(), "ab-1"), Some((b'J', 5, 9)));
         assert_eq!(our_tag(t.as_bytes(), "ab-2"), None);
         assert_eq!(our_tag(b"-", "ab-1"), None);

@@ -1,5 +1,6 @@
 //! The `edgeloop` command line. Only argument parsing and wiring live
-//! here; everything else is the library.
+//! here; the servers and the load generator are in this crate's library
+//! (`edgeloop_cli`), the reactor in `edgeloop`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
-use edgeloop::servers::chat::{self, redis::RedisUrl, Chat};
-use edgeloop::servers::echo::Echo;
-use edgeloop::{AccessList, Cidr, Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit};
+use edgeloop::{Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit};
+use edgeloop_cli::access::{AccessList, Cidr};
+use edgeloop_cli::servers::chat::{self, redis::RedisUrl, Chat};
+use edgeloop_cli::servers::echo::Echo;
 
 #[derive(Parser)]
 #[command(
@@ -45,14 +47,14 @@ enum Command {
         #[arg(long, default_value = "line", value_parser = ["line"])]
         framing: String,
         /// Lines per second handled from each client, bursts up to twice that; 0: no limit.
-        #[arg(long, default_value_t = edgeloop::servers::chat::DEFAULT_RATE, value_name = "R")]
+        #[arg(long, default_value_t = edgeloop_cli::servers::chat::DEFAULT_RATE, value_name = "R")]
         chat_rate: u32,
         /// Share rooms, nicknames and /who with every chat server on this Redis.
         #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
         redis: Option<RedisUrl>,
     },
     /// Drive an echo server with N connections and report throughput and latency.
-    Load(edgeloop::load::LoadArgs),
+    Load(edgeloop_cli::load::LoadArgs),
 }
 
 /// Options shared by the servers.
@@ -107,7 +109,7 @@ impl ServerArgs {
 
     fn workers(&self) -> usize {
         if self.workers == 0 {
-            edgeloop::workers::default_workers()
+            edgeloop_cli::workers::default_workers()
         } else {
             self.workers
         }
@@ -161,7 +163,7 @@ fn main() -> ExitCode {
                 None => Chat::new(chat_rate),
             })
         }
-        Command::Load(args) => edgeloop::load::run(args),
+        Command::Load(args) => edgeloop_cli::load::run(args),
     }
 }
 
@@ -202,7 +204,7 @@ where
     if let Err(e) = edgeloop::sys::raise_nofile_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
-    let run = edgeloop::workers::Server {
+    let run = edgeloop_cli::workers::Server {
         workers: server.workers(),
         listen: server.listen,
         listen_options: server.listen_options(framing),
