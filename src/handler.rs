@@ -231,6 +231,15 @@ pub trait Handler: Any {
     /// end of a timed run).
     fn on_tick(&mut self, _ctx: &mut Ctx<'_>) {}
 
+    /// The loop turn is ending: the output queued in it is about to be
+    /// written. Called once per turn after [`Ctx::flush_at_turn_end`] was
+    /// called in it (Redis's `beforeSleep`, libuv's prepare handles). A
+    /// handler that sends the same bytes to many connections can gather
+    /// what one turn produced and send it here as one piece per
+    /// recipient: a chat room's lines of one turn cost each member one
+    /// copy instead of one per line.
+    fn on_turn_end(&mut self, _ctx: &mut Ctx<'_>) {}
+
     /// The reactor is shutting down: its listeners are closed, and every
     /// connection is about to close gracefully, so what is sent now is
     /// still flushed (a goodbye, a last message to a backend).

@@ -186,6 +186,32 @@ fn half_close_gets_what_was_owed_then_eof() {
     b.expect("* guest1 left");
 }
 
+/// Lines and commands in one write: every answer, notice and room change
+/// comes in the order the server handled them, although a room's lines
+/// are gathered until the end of the loop turn (a `/who` must not overtake
+/// the line before it, a member leaving gets its own last line, a newcomer
+/// none from before it came).
+#[test]
+fn lines_and_commands_in_one_write_keep_their_order() {
+    let server = Server::start(&["chat"]);
+    let (mut a, mut b) = pair(&server);
+    b.send_raw(b"one\n/who\ntwo\n/join side\nthree\n/join lobby\nfour\n");
+    for want in [
+        "guest2: one",
+        "* members: guest1 guest2",
+        "guest2: two",
+        "* guest2 joined",
+        "guest2: three",
+        "* guest2 joined",
+        "guest2: four",
+    ] {
+        b.expect(want);
+    }
+    for want in ["guest2: one", "guest2: two", "* guest2 left", "* guest2 joined", "guest2: four"] {
+        a.expect(want);
+    }
+}
+
 #[test]
 fn every_member_sees_the_same_order() {
     const PER_SENDER: usize = 200;

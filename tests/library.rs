@@ -232,6 +232,52 @@ fn client_connect_reports_success_and_failure() {
     assert_eq!(client.got, b"hi");
 }
 
+/// `on_turn_end` gathers what one turn produced (Redis's `beforeSleep`):
+/// frames handled in a turn are answered there as one piece; and output
+/// held back for the end of the turn still reaches a peer that half-closed
+/// in the same turn, before the graceful close shuts the write side.
+#[test]
+fn turn_end_gathers_a_turn_and_is_owed_to_a_half_closed_peer() {
+    struct Gather {
+        turn: Vec<(ConnId, Vec<u8>)>,
+    }
+    impl Handler for Gather {
+        fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+            if self.turn.is_empty() {
+                ctx.flush_at_turn_end();
+            }
+            self.turn.push((id, frame.to_vec()));
+        }
+        fn on_turn_end(&mut self, ctx: &mut Ctx<'_>) {
+            for (id, frame) in self.turn.drain(..) {
+                let _ = ctx.send(id, b"[");
+                let _ = ctx.send(id, &frame);
+                let _ = ctx.send(id, b"]");
+            }
+        }
+        fn on_close(&mut self, ctx: &mut Ctx<'_>, _id: ConnId, _reason: CloseReason) {
+            ctx.stop();
+        }
+    }
+    let mut reactor = Reactor::new(Config::default()).unwrap();
+    let gather = reactor.add_handler(Gather { turn: Vec::new() });
+    let options = ListenOptions { framing: Framing::Line, ..ListenOptions::default() };
+    let addr = reactor.listen(&"127.0.0.1:0".parse().unwrap(), gather, options).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Lines and FIN together: usually one read, one turn.
+        s.write_all(b"a\nb\nc\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        back
+    });
+    reactor.run().unwrap();
+    let back = client.join().unwrap();
+    assert_eq!(back, b"[a\n][b\n][c\n]", "every line answered at the end of its turn, before the close");
+}
+
 fn common_wait(mut cond: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if cond() {

@@ -31,6 +31,11 @@ pub struct Ctx<'a> {
     pub(super) current: u8,
 }
 
+/// The smallest message [`Ctx::send_shared`] queues by reference rather
+/// than by copy. Measured with `scripts/chat-fanout.sh` (see BENCHMARKS.md,
+/// "Chat fan-out"): below it, the copy is cheaper for every recipient.
+pub const SHARE_MIN: usize = 2048;
+
 /// The connection, if it can still be sent to.
 fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Result<&mut Conn, SendError> {
     conns
@@ -98,9 +103,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Send a shared message by reference: one allocation serves every
-    /// recipient of a broadcast. Framed like [`Ctx::send`].
+    /// Send a message meant for many recipients (a broadcast). Framed like
+    /// [`Ctx::send`]. A message of [`SHARE_MIN`] bytes or more is queued by
+    /// reference: one allocation serves every recipient. A smaller one is
+    /// copied into the recipient's contiguous output, like [`Ctx::send`]:
+    /// copying a chat line costs less than a reference count, a queue
+    /// entry and an iovec of its own in every recipient's `sendmsg`.
     pub fn send_shared(&mut self, id: ConnId, msg: &Rc<[u8]>) -> Result<(), SendError> {
+        if msg.len() < SHARE_MIN {
+            return self.send(id, msg);
+        }
         let core = &mut *self.core;
         let (header, n) = header(writable(&mut core.conns, id)?, msg.len())?;
         core.may_queue(id.0, n + msg.len())?;
@@ -109,6 +121,15 @@ impl Ctx<'_> {
         conn.output.push_shared(Rc::clone(msg), &mut core.out_pool);
         core.queued(id.0);
         Ok(())
+    }
+
+    /// Ask for [`Handler::on_turn_end`](crate::Handler::on_turn_end) of the
+    /// running handler before this loop turn's output is written.
+    pub fn flush_at_turn_end(&mut self) {
+        let handler = self.current;
+        if !self.core.turn_end.contains(&handler) {
+            self.core.turn_end.push(handler);
+        }
     }
 
     /// Switch framing (`inet:setopts(S, [{packet, P}])`). Bytes already

@@ -197,10 +197,12 @@ impl Reactor {
     /// Every frame is delivered and the peer sent FIN: close gracefully, or,
     /// with `exit_on_close` off, tell the application once and stay open.
     fn end_of_stream(&mut self, key: usize) {
-        let conn = &mut self.core.conns[key];
-        if !conn.has(flag::KEEP_OPEN) {
+        if !self.core.conns[key].has(flag::KEEP_OPEN) {
+            // Output held back for the end of the turn is owed too.
+            self.run_turn_end();
             return self.core.close_gracefully(key, Closing::PeerClosed);
         }
+        let conn = &mut self.core.conns[key];
         if !conn.has(flag::EOF_TOLD) {
             conn.set(flag::EOF_TOLD);
             self.call_conn(key, "on_eof", |h, ctx| h.on_eof(ctx, ConnId(key)));

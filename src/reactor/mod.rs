@@ -183,6 +183,8 @@ struct Core {
     dead: Vec<(usize, CloseReason)>,
     /// Handler events deferred until no callback runs.
     notices: Vec<(usize, Notice)>,
+    /// Handlers that asked for `on_turn_end` in this turn.
+    turn_end: Vec<u8>,
     /// The connection whose frames are being delivered (`usize::MAX`:
     /// none): re-arming it needs no trip through the ready list.
     delivering: usize,
@@ -243,6 +245,7 @@ impl Reactor {
                 dirty: Vec::new(),
                 dead: Vec::new(),
                 notices: Vec::new(),
+                turn_end: Vec::new(),
                 delivering: usize::MAX,
                 accept_paused_until: 0,
                 stop_requested: false,
@@ -515,14 +518,27 @@ impl Reactor {
         }
     }
 
-    /// Deliver deferred notices, reap the dead and flush the dirty until
-    /// none has work: `on_close` may send (a chat "left" notice), and a
-    /// flush may fail and kill.
+    /// End the turn: call `on_turn_end` where asked, deliver deferred
+    /// notices, reap the dead and flush the dirty until none has work:
+    /// `on_close` may send (a chat "left" notice), and a flush may fail and
+    /// kill.
     fn settle(&mut self) {
-        if self.core.stop_requested && !self.core.draining {
-            self.shut_down();
-        }
-        while !(self.core.notices.is_empty() && self.core.dead.is_empty() && self.core.dirty.is_empty()) {
+        loop {
+            // A stop asked for by any callback, `on_close` included, is
+            // carried out in this turn: the loop may have nothing else to
+            // wake it.
+            if self.core.stop_requested && !self.core.draining {
+                self.shut_down();
+            }
+            if self.core.turn_end.is_empty()
+                && self.core.notices.is_empty()
+                && self.core.dead.is_empty()
+                && self.core.dirty.is_empty()
+            {
+                return;
+            }
+            // What they send is queued ahead of the flush below.
+            self.run_turn_end();
             // Callbacks may queue more notices: the list grows while walked.
             let mut i = 0;
             while let Some(&(key, notice)) = self.core.notices.get(i) {
@@ -546,6 +562,24 @@ impl Reactor {
                 }
             }
             self.core.dirty.clear();
+        }
+    }
+
+    /// Call `on_turn_end` of the handlers that asked for it. Also before a
+    /// connection starts closing on its own (end of stream, shutdown):
+    /// what a handler holds back for the end of the turn (a chat's lines,
+    /// the peer's own among them) is still owed to it and must be queued
+    /// before the close flushes and shuts the write side.
+    fn run_turn_end(&mut self) {
+        // One asking again from its own `on_turn_end` is called in the next
+        // round of `settle`.
+        let mut asked = std::mem::take(&mut self.core.turn_end);
+        for &handler in &asked {
+            self.call(handler, None, "on_turn_end", |h, ctx| h.on_turn_end(ctx));
+        }
+        if self.core.turn_end.is_empty() {
+            asked.clear();
+            self.core.turn_end = asked; // keeps its capacity
         }
     }
 
@@ -633,6 +667,7 @@ impl Reactor {
         for h in 0..self.handlers.len() {
             self.call(h as u8, None, "on_stop", |h, ctx| h.on_stop(ctx));
         }
+        self.run_turn_end();
         self.core.begin_shutdown();
     }
 

@@ -50,7 +50,7 @@
 //! end), blanks and all. [`command::parse`] applies the rules that depend
 //! on the line alone.
 //!
-//! # Fan-out without copies
+//! # Fan-out: one copy per member per turn
 //!
 //! One message to a room of N members costs:
 //!
@@ -58,31 +58,25 @@
 //!   read buffer, one `read` for as many lines as have arrived (up to
 //!   64 KiB); each line is handed to [`Chat::on_frame`] as a slice of that
 //!   buffer.
-//! - **Encoding: one allocation.** `NICK: TEXT\n` is assembled in a scratch
-//!   buffer this server reuses (no allocation once warm), then copied once
-//!   into an `Rc<[u8]>`. That is the only copy of the message, whatever N.
-//! - **Queuing: no copy, no system call.** [`Ctx::send_shared`] pushes a
-//!   reference (a reference-count increment, and a three-word slot in the
-//!   member's queue) onto each member's output queue. The reactor frees a
-//!   drained queue's slot array so that an idle connection holds no heap
-//!   memory; the price is one small allocation (a 4-slot array, grown by
-//!   doubling under a burst) for each member whose queue was empty — none
-//!   for members with output already pending.
-//! - **Writing: at most N system calls per loop iteration.** The reactor
-//!   flushes each dirty connection once, just before `epoll_wait`, with one
-//!   `sendmsg` covering up to 64 queued chunks. A lone message costs N
-//!   `sendmsg` calls; a burst of B messages handled in the same iteration
-//!   costs N·⌈B/64⌉, so under load the cost per message falls toward N/64.
-//! - **Freeing**: the `Rc` is freed once, when the last member's queue has
-//!   written it.
+//! - **Formatting: once.** `NICK: TEXT\n` is appended to its room's batch
+//!   for this loop turn (see [`batch`]); the batch's buffer is reused, so
+//!   a warm server allocates nothing per message.
+//! - **Queuing: one copy per member per turn.** When the turn ends
+//!   ([`edgeloop::Handler::on_turn_end`]), each room's batch — every line
+//!   its senders' reads carried in this turn — is copied once into each
+//!   member's contiguous output ([`Ctx::send`]); a batch of
+//!   [`edgeloop::reactor::ctx::SHARE_MIN`] bytes or more is shared by
+//!   reference instead ([`Ctx::send_shared`]). A 41-byte line shared by
+//!   reference cost a reference count, a queue entry and an iovec per
+//!   member; a copy of the whole batch costs one `memcpy`.
+//! - **Writing: one system call per member per turn.** The reactor flushes
+//!   each dirty connection once, just before `epoll_wait`, with one
+//!   `sendmsg` over its pending 4 KiB chunks (up to 64 of them).
 //!
-//! Measured (strace, and a counting `malloc` preloaded) with 5 members: one
-//! message costs 1 `read`, 5 `sendmsg` and 7 allocations (the `Rc`, 5 queue
-//! arrays, and the reactor's dirty list — which the reactor has since
-//! learned to reuse across iterations); a burst of 100
-//! messages in one write costs 1 `read`, 10 `sendmsg`, 106 allocations and
-//! 26 reallocations (the queue arrays doubling to 128 slots).
-//! `scripts/chat-fanout.sh` measures throughput and CPU per delivery.
+//! Measured with `scripts/chat-fanout.sh` (100 members, 4 senders, 32-byte
+//! texts, one noisy run): 232 ns of server CPU per delivery with a
+//! reference per line, 80 ns with a copy per line, 21 ns with a copy per
+//! batch. BENCHMARKS.md, "Chat fan-out", has the table beside Go and tokio.
 //!
 //! # Order and slow consumers
 //!
@@ -159,10 +153,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::rc::Rc;
 
 use edgeloop::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
 
+pub mod batch;
 pub mod command;
 pub mod flood;
 pub mod link;
@@ -171,6 +165,7 @@ pub mod redis;
 pub mod resp;
 pub mod shared;
 
+use batch::Batches;
 use command::Command;
 use flood::Bucket;
 use redis::{Bus, RedisUrl};
@@ -219,6 +214,8 @@ pub struct Chat {
     bus: Option<Box<Bus>>,
     /// With `--redis`: Redis was lost and the members were told.
     outage: bool,
+    /// Message lines of this turn, per room (see [`batch`]).
+    batches: Batches,
 }
 
 #[derive(Debug)]
@@ -315,6 +312,7 @@ impl Handler for Chat {
         if self.bus.as_ref().and_then(|b| b.which(id)).is_some() {
             return self.link_opened(ctx, id);
         }
+        self.flush_lines(ctx);
         self.serials += 1;
         let nick = if self.bus.is_some() { String::new() } else { self.next_guest() };
         if self.members.len() <= id.index() {
@@ -351,16 +349,18 @@ impl Handler for Chat {
         if self.rate > 0.0 {
             self.spend_token(ctx, id);
         }
-        match command::parse(frame) {
+        let command = command::parse(frame);
+        if !matches!(command, Ok(Command::Say(_) | Command::Empty)) {
+            self.flush_lines(ctx); // see "Order" in `batch`
+        }
+        match command {
             Ok(Command::Empty) => return,
             Ok(Command::Say(text)) if self.bus.is_some() => self.publish(ctx, id, text),
             Ok(Command::Say(text)) => {
-                // Fields borrowed apart, so the hot path clones no strings.
                 let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
                     return;
                 };
-                assemble(&mut self.scratch, &[&member.nick, ": ", text]);
-                fan_out(ctx, self.rooms.get(&member.room), &self.scratch);
+                self.batches.push(ctx, &member.room, &[&member.nick, ": ", text]);
                 figures(ctx).messages += 1;
             }
             Ok(Command::Nick(name)) => self.nick(ctx, id, name),
@@ -386,6 +386,7 @@ impl Handler for Chat {
         if let Some(which) = self.bus.as_ref().and_then(|b| b.which(id)) {
             return self.link_closed(ctx, which, reason);
         }
+        self.flush_lines(ctx);
         // None: the member quit, and was announced then.
         let Some(member) = self.members.get_mut(id.index()).and_then(Option::take) else {
             return;
@@ -402,6 +403,10 @@ impl Handler for Chat {
             }
         }
         self.gauges(ctx);
+    }
+
+    fn on_turn_end(&mut self, ctx: &mut Ctx<'_>) {
+        self.flush_lines(ctx);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
@@ -585,6 +590,12 @@ impl Chat {
         let _ = ctx.send(id, &self.scratch);
     }
 
+    /// Queue the lines of this turn waiting in [`Chat::batches`].
+    fn flush_lines(&mut self, ctx: &mut Ctx<'_>) {
+        let rooms = &self.rooms;
+        self.batches.flush(ctx, |room| rooms.get(room).map(|r| r.members.as_slice()));
+    }
+
     /// One line to every member of `room`.
     fn broadcast(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&str]) {
         assemble(&mut self.scratch, parts);
@@ -597,15 +608,10 @@ fn figures<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut ChatCounters {
     ctx.counters_mut().chat.get_or_insert_with(ChatCounters::default)
 }
 
-/// `line` to every member of `room`: copied once into a shared buffer,
-/// queued by reference (see "Fan-out without copies").
+/// `line` to every member of `room` (see [`batch::send_to_all`]).
 fn fan_out(ctx: &mut Ctx<'_>, room: Option<&Room>, line: &[u8]) {
-    let Some(room) = room else { return };
-    let msg: Rc<[u8]> = Rc::from(line);
-    for &member in &room.members {
-        // A member that passes --max-outbuf is disconnected inside this
-        // call; later sends to it return false, and on_close announces it.
-        let _ = ctx.send_shared(member, &msg);
+    if let Some(room) = room {
+        batch::send_to_all(ctx, &room.members, line);
     }
 }
 
