@@ -329,6 +329,14 @@ impl Reactor {
     /// Run until a shutdown (a signal, [`Ctx::stop`] or [`Handle::stop`])
     /// has closed every connection.
     pub fn run(&mut self) -> io::Result<()> {
+        let result = self.run_loop();
+        if result.is_err() {
+            self.core.waker.close();
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         let mut events = vec![sys::empty_event(); EVENTS_PER_WAIT];
         self.core.clock.tick();
         for h in 0..self.handlers.len() {
@@ -337,7 +345,9 @@ impl Reactor {
         self.settle();
         self.core.publish();
         loop {
-            if self.core.draining && self.core.conns.is_empty() {
+            // Jobs submitted meanwhile were accepted: they run first (see
+            // `waker` on "After `run` has returned").
+            if self.core.draining && self.core.conns.is_empty() && self.core.waker.close_if_idle() {
                 self.core.publish();
                 return Ok(());
             }
@@ -657,6 +667,13 @@ impl Reactor {
         if stop {
             self.core.stop_requested = true;
         }
+    }
+}
+
+impl Drop for Reactor {
+    /// A reactor that is gone runs no more jobs: its handles say so.
+    fn drop(&mut self) {
+        self.core.waker.close();
     }
 }
 

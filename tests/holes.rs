@@ -1,0 +1,137 @@
+//! The holes of issue 17, each closed by a test that failed before its fix:
+//! the library in process, a reactor on its own thread, real sockets on
+//! 127.0.0.1.
+//!
+//! Where the order of arrivals matters (a frame and a reset in one event),
+//! the reactor is held inside a job ([`edgeloop::Handle::submit`]) while
+//! the client acts, so that everything the client did is waiting when the
+//! reactor next calls `epoll_wait`: the test does not depend on the
+//! scheduler.
+
+mod common;
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{reset, set_socket_option, wait_until};
+use edgeloop::{
+    CloseReason, Config, ConnId, ConnectOptions, Ctx, Framing, Handle, Handler, ListenOptions, OutputPolicy, OverLimit,
+    Reactor, SendError,
+};
+
+/// What a handler saw, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum Event {
+    Open(ConnId),
+    Frame(ConnId, Vec<u8>),
+    Close(ConnId, CloseReason),
+}
+
+type Log = Arc<Mutex<Vec<Event>>>;
+
+/// A reactor serving one handler on a thread; stopped when dropped.
+struct Served {
+    addr: SocketAddr,
+    handle: Handle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Served {
+    /// `make(addr)` builds the handler on the reactor's thread, knowing the
+    /// address it listens on.
+    fn start<H: Handler>(
+        config: Config,
+        framing: Framing,
+        make: impl FnOnce(SocketAddr) -> H + Send + 'static,
+    ) -> Served {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut reactor = Reactor::new(config)?;
+            // The handler is built once the address is known (it may want it).
+            let addr = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+                // The reactor's accept loop must never block.
+                listener.set_nonblocking(true)?;
+                let addr = listener.local_addr()?;
+                let handler = reactor.add_handler(make(addr));
+                let options = ListenOptions { framing, ..ListenOptions::default() };
+                reactor.add_listener(listener.into(), handler, options)?
+            };
+            let _ = tx.send((addr, reactor.handle()));
+            reactor.run()
+        });
+        let (addr, handle) = rx.recv().expect("the reactor started");
+        Served { addr, handle, thread: Some(thread) }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Run `f` on the reactor's thread and return what it returns.
+    fn ask<T: Send + 'static>(&self, f: impl FnOnce(&mut Ctx<'_>) -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        self.handle.submit(move |ctx| drop(tx.send(f(ctx)))).unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).expect("the job ran")
+    }
+
+    /// Stop the reactor and wait for `run` to return.
+    fn stop(&mut self) -> io::Result<()> {
+        let _ = self.handle.stop();
+        self.thread.take().map_or(Ok(()), |t| t.join().expect("the reactor thread"))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn wait_for<T>(log: &Log, what: &str, mut find: impl FnMut(&Event) -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = log.lock().unwrap().iter().find_map(&mut find) {
+            return found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}: {:?}", log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. Handle::submit after run returned
+// ---------------------------------------------------------------------------
+
+struct Quiet;
+
+impl Handler for Quiet {
+    fn on_frame(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _frame: &[u8]) {}
+}
+
+/// A job accepted is a job run: after `run` has returned, `submit` says
+/// no, and a reactor that was dropped without running says no too.
+#[test]
+fn submit_after_run_returned_is_an_error() {
+    let mut reactor = Reactor::new(Config::default()).unwrap();
+    reactor.add_handler(Quiet);
+    let handle = reactor.handle();
+    let (tx, rx) = mpsc::channel();
+    handle.submit(move |_| tx.send("ran").unwrap()).unwrap();
+    handle.stop().unwrap();
+    reactor.run().unwrap();
+    assert_eq!(rx.try_recv(), Ok("ran"), "a job accepted before the stop runs");
+    let refused = handle.submit(|_| {}).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::BrokenPipe);
+
+    let never_run = Reactor::new(Config::default()).unwrap();
+    let handle = never_run.handle();
+    drop(never_run);
+    assert_eq!(handle.submit(|_| {}).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+}
+
