@@ -88,6 +88,10 @@ pub mod flag {
     /// Handed to another handler whose `on_open` has not run yet: nothing
     /// is read or delivered until it has (see `Ctx::hand_over`).
     pub const HANDING_OVER: u32 = 1 << 18;
+    /// An event carried `EPOLLPRI`: urgent data is pending, and a read
+    /// stops at its mark, so a short read does not mean drained; read
+    /// until `EAGAIN` (see `reactor::input`).
+    pub const URGENT: u32 = 1 << 19;
 }
 
 /// How a graceful close will be reported once it completes.

@@ -21,7 +21,30 @@
 //! complete frame and then the EOF rules; `ECONNRESET` closes with the
 //! error, after what was read before it was delivered); **slowloris**: only
 //! a delivered frame counts as activity for the idle timeout, so a peer
-//! dribbling a frame that never ends is idle however often it sends.
+//! dribbling a frame that never ends is idle however often it sends;
+//! **urgent data**, below.
+//!
+//! # Urgent data (`MSG_OOB`)
+//!
+//! A TCP peer may mark a byte urgent (`send(..., MSG_OOB)`), and Linux
+//! stops a read at that mark: `abc` then urgent `d` then `efg`, all
+//! queued, read back as `abc` (short) and then `defg`. A short read is
+//! then no sign of a drained socket, and the rest would wait for an edge
+//! that never comes — a stalled connection. And by default the urgent
+//! byte itself is taken out of the stream (only `recv(MSG_OOB)` gets it),
+//! so an echo would silently drop it.
+//!
+//! Both are needed, and both are done: every socket has `SO_OOBINLINE`
+//! (set on listeners, inherited by what they accept; set on connects), so
+//! an urgent byte is an ordinary byte of the stream, in order — what a
+//! byte-stream service owes its peer, and what RFC 6093 asks of
+//! applications that meet urgent data; and sockets are registered for
+//! `EPOLLPRI`, which the kernel raises while urgent data is pending: an
+//! event carrying it marks the connection `URGENT`, and such a connection
+//! is read until `EAGAIN`, as after `EPOLLRDHUP`. The cost is one `read`
+//! that says `EAGAIN`, only when urgent data came. (`SO_OOBINLINE` alone
+//! would not do: the read still stops at the mark. `EPOLLPRI` alone would
+//! not either: the urgent byte would be lost.)
 
 use std::io;
 use std::os::fd::AsFd;
@@ -74,12 +97,16 @@ impl Reactor {
                     // connection.
                     self.core.flush_if_dirty(key);
                     budget = budget.saturating_sub(n);
-                    let hup = self.core.conns.get(key).is_some_and(|c| c.has(flag::HUP_SEEN));
-                    if n < room && !hup {
+                    let read_on = self.core.conns.get(key).is_some_and(|c| c.has(flag::HUP_SEEN | flag::URGENT));
+                    if n < room && !read_on {
                         break; // drained: see "Short reads"
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Really drained: an urgent mark, if any, is behind us.
+                    conn.clear(flag::URGENT);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ECONNRESET and friends. Everything read before the

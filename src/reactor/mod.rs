@@ -23,7 +23,7 @@
 //! # Edge-triggered, and what it costs
 //!
 //! Every socket is registered once with `EPOLLIN | EPOLLOUT | EPOLLRDHUP |
-//! EPOLLET` and never modified: no `EPOLL_CTL_MOD` system call toggles
+//! EPOLLPRI | EPOLLET` and never modified: no `EPOLL_CTL_MOD` system call toggles
 //! interest in writability, as a level-triggered loop must do. The price is
 //! that an edge is reported once, so the loop must remember what it has
 //! not finished:
@@ -140,7 +140,7 @@ const LISTENER_TOKEN: u64 = u64::MAX - 2;
 /// are connections').
 const MAX_LISTENERS: u64 = 1 << 16;
 const EVENTS_PER_WAIT: usize = 1024;
-const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
+const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLPRI | sys::EPOLLET;
 
 /// A handler event that must wait until no callback is running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,6 +302,8 @@ impl Reactor {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners on one reactor"));
         }
         let local = sys::local_addr(fd.as_fd())?;
+        // A socket bound elsewhere may lack it; its connections inherit it.
+        sys::set_oob_inline(fd.as_fd())?;
         let token = LISTENER_TOKEN - self.core.listeners.len() as u64;
         self.core.epoll.add(fd.as_fd(), token, sys::EPOLLIN | sys::EPOLLET)?;
         self.core.listeners.push(Listener { fd, handler: handler.0, options, pending: false });
@@ -433,6 +435,10 @@ impl Reactor {
         // reader must not stop at a short read from now on.
         if bits & (sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
             conn.set(flag::HUP_SEEN);
+        }
+        // Urgent data: a read stops at its mark (see `input`).
+        if bits & sys::EPOLLPRI != 0 {
+            conn.set(flag::URGENT);
         }
         if conn.has(flag::CONNECTING) {
             if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) == 0 {
