@@ -105,6 +105,73 @@ fn wait_for<T>(log: &Log, what: &str, mut find: impl FnMut(&Event) -> Option<T>)
 }
 
 // ---------------------------------------------------------------------------
+// 1. A frame that arrives with a reset, while output is queued
+// ---------------------------------------------------------------------------
+
+/// Sends 8 MiB to every connection on open (queued: the client never
+/// reads) and logs what arrives.
+struct Backlogged {
+    log: Log,
+}
+
+impl Handler for Backlogged {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..128 {
+            ctx.send(id, &chunk).unwrap();
+        }
+        self.log.lock().unwrap().push(Event::Open(id));
+    }
+
+    fn on_frame(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        self.log.lock().unwrap().push(Event::Frame(id, frame.to_vec()));
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
+        self.log.lock().unwrap().push(Event::Close(id, reason));
+    }
+}
+
+/// A client with the server's output queued to it sends its last line
+/// and resets. The line and the reset reach the server in one event (the
+/// reactor is held in a job meanwhile); the line must be delivered all the
+/// same, as it is when nothing is queued.
+#[test]
+fn a_frame_arriving_with_a_reset_is_delivered_while_output_is_queued() {
+    let log = Log::default();
+    let log2 = Arc::clone(&log);
+    // Room for the whole 8 MiB: the connection is never paused, so it is read.
+    let config = Config { output: OutputPolicy::new(64 << 20, OverLimit::Pause), ..Config::default() };
+    let server = Served::start(config, Framing::Line, move |_| Backlogged { log: log2 });
+    let mut client = server.connect();
+    set_socket_option(&client, libc::SO_RCVBUF, 4096i32);
+    let id = wait_for(&log, "on_open", |e| match e {
+        Event::Open(id) => Some(*id),
+        _ => None,
+    });
+    // Hold the reactor while the last line and the reset arrive.
+    let (held_tx, held_rx) = mpsc::channel();
+    server
+        .handle
+        .submit(move |ctx| {
+            let _ = held_tx.send(ctx.pending_output(id));
+            std::thread::sleep(Duration::from_millis(300));
+        })
+        .unwrap();
+    let queued = held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(queued > 0, "the server's output to the client should be queued");
+    client.write_all(b"bye all\n").unwrap();
+    reset(client);
+    let reason = wait_for(&log, "on_close", |e| match e {
+        Event::Close(_, reason) => Some(*reason),
+        _ => None,
+    });
+    let frames: Vec<Event> = log.lock().unwrap().iter().filter(|e| matches!(e, Event::Frame(..))).cloned().collect();
+    assert_eq!(frames, [Event::Frame(id, b"bye all\n".to_vec())], "closed for {reason}");
+    assert!(matches!(reason, CloseReason::Error(_)), "{reason}");
+}
+
+// ---------------------------------------------------------------------------
 // 7. Handle::submit after run returned
 // ---------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 //! ```text
 //!   epoll_pwait2(timeout = 0 if work is queued, else the nearest deadline)
 //!   read the clock once ("now" for the whole iteration)
-//!   for each event:        OUT → flush;  IN/RDHUP/HUP/ERR → read & deliver
+//!   for each event:        IN/RDHUP/HUP/ERR → read & deliver;  OUT → flush
 //!   listeners ready:       accept until EAGAIN or the accept budget
 //!   ready list:            connections with input left over from last time
 //!   deadlines:             idle, send timeout, connect timeout, linger,
@@ -54,6 +54,15 @@
 //!   re-arming puts it on the ready list: what is buffered is delivered
 //!   and the socket read at once. Likewise after a framing switch with
 //!   bytes still buffered, and after a connection is handed over.
+//! - **Input before output.** An event may carry both `EPOLLIN` and
+//!   `EPOLLOUT`, and both are handled, input first. The order matters when
+//!   the peer's last bytes arrive with its reset (`EPOLLIN | EPOLLERR |
+//!   EPOLLHUP` in one event: a client that closes with unread data, or
+//!   with `SO_LINGER` 0): a flush of queued output would fail with
+//!   `ECONNRESET` and close the connection before those bytes were read,
+//!   so whether a peer's last frame reached the application would depend
+//!   on the server's own backlog. Read first, the frame is delivered and
+//!   the reset is then met by the read (or the flush) that follows it.
 //! - **Spurious events.** An event may find nothing to do (the bytes were
 //!   already read during the previous event's drain); every path handles
 //!   `EAGAIN` as "nothing now".
@@ -447,13 +456,16 @@ impl Reactor {
             self.finish_connect(key);
         }
         // An event may carry both IN and OUT: handle both (handling only one
-        // is a classic bug). Flushing first frees room, which may lift flow
-        // control before the read.
+        // is a classic bug). Input goes first ("Input before output"): with
+        // a reset pending, a flush would fail and kill the connection before
+        // the bytes that came in with the reset were read. A flush that
+        // lifts flow control puts the connection on the ready list, so
+        // nothing waits for reading second.
+        if bits & (sys::EPOLLIN | sys::EPOLLPRI | sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
+            self.handle_input(key);
+        }
         if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) != 0 {
             self.core.flush(key);
-        }
-        if bits & (sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
-            self.handle_input(key);
         }
         // EPOLLERR with nothing to read (an error on the write side): fetch
         // the error so the connection does not linger half-dead.
