@@ -72,3 +72,43 @@ fn urgent_data_mid_stream_does_not_stall_the_connection() {
     common::round_trip(&mut client, b" and on");
 }
 
+// ---------------------------------------------------------------------------
+// 5. SIGTERM under a reconnect storm
+// ---------------------------------------------------------------------------
+
+/// Clients connect, send a byte and reset, as fast as they can, while the
+/// server is told to stop: it exits 0 within its 5 s drain.
+#[test]
+fn sigterm_under_a_reconnect_storm_exits_zero_within_the_drain() {
+    let mut server = Server::start(&["echo"]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let storm: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, connects) = (Arc::clone(&stop), Arc::clone(&connects));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Refused once the server stops listening: try again.
+                    if let Ok(mut s) = TcpStream::connect(addr) {
+                        connects.fetch_add(1, Ordering::Relaxed);
+                        let _ = s.write_all(b"x");
+                        common::reset(s);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(6));
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in storm {
+        t.join().unwrap();
+    }
+    eprintln!("{} connects; exit after {took:?}", connects.load(Ordering::Relaxed));
+    assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
+}
+

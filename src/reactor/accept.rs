@@ -55,17 +55,26 @@ impl Reactor {
 
     /// Accept until `EAGAIN`, the budget, or descriptor exhaustion.
     pub(super) fn accept(&mut self, index: usize) {
+        self.accept_at_most(index, self.core.config.accept_budget);
+    }
+
+    /// Accept until `EAGAIN`, `most` connections, or descriptor
+    /// exhaustion; returns how many were taken from the queue (served or
+    /// refused).
+    pub(super) fn accept_at_most(&mut self, index: usize, most: usize) -> usize {
         self.core.accept_paused_until = 0;
-        for _ in 0..self.core.config.accept_budget {
-            let Some(listener) = self.core.listeners.get(index) else { return };
+        let mut taken = 0;
+        while taken < most {
+            let Some(listener) = self.core.listeners.get(index) else { return taken };
             match sys::accept(listener.fd.as_fd()) {
                 Ok((fd, peer)) => {
+                    taken += 1;
                     self.core.counters.accepted += listener.options.counted as u64;
                     self.admit(index, fd, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.core.listeners[index].pending = false;
-                    return;
+                    return taken;
                 }
                 // The peer gave up before we got to it, or a signal: next.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO)) => {}
@@ -78,12 +87,13 @@ impl Reactor {
                     }
                     self.core.counters.accept_exhausted += 1;
                     self.core.accept_paused_until = self.core.clock.after(ACCEPT_RETRY);
-                    return;
+                    return taken;
                 }
             }
         }
         // Budget spent: more may wait, and no new edge will say so (it stays
         // pending).
+        taken
     }
 
     fn admit(&mut self, index: usize, fd: OwnedFd, peer: SocketAddr) {

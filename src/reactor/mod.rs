@@ -136,6 +136,9 @@ pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a gracefully closed connection waits for the peer's FIN after
 /// our `SHUT_WR` before the socket is closed anyway.
 pub const LINGER: Duration = Duration::from_secs(5);
+/// The longest shutdown spends accepting the connections its listeners
+/// still hold (see `Reactor::shut_down`).
+pub const FINAL_ACCEPT_TIME: Duration = Duration::from_millis(100);
 /// The most handlers one reactor holds (a connection names its handler in
 /// one byte).
 pub const MAX_HANDLERS: usize = 256;
@@ -647,15 +650,26 @@ impl Reactor {
     /// Handlers hear `on_stop` before their connections start closing, so
     /// that what they queue then (a chat's "left" notices to Redis) is
     /// flushed by the graceful close.
+    ///
+    /// That last accepting is bounded (the edge case "a reconnect storm at
+    /// shutdown"): clients that reconnect as fast as they are accepted
+    /// would keep the queue from ever reaching `EAGAIN`, and the shutdown
+    /// would never begin. What was queued when the shutdown began is at
+    /// most the listener's backlog, so each listener gives at most that
+    /// many, and all of them together at most [`FINAL_ACCEPT_TIME`];
+    /// whoever arrives after that is reset with the queue, as if a moment
+    /// late.
     fn shut_down(&mut self) {
+        let until = std::time::Instant::now() + FINAL_ACCEPT_TIME;
         for i in 0..self.core.listeners.len() {
+            let mut left = self.core.listeners[i].options.backlog.max(1) as usize;
             self.core.listeners[i].pending = true;
-            while self.core.listeners[i].pending {
-                let before = self.core.counters.accepted;
-                self.accept(i);
-                if self.core.counters.accepted == before {
-                    break; // EAGAIN, or out of descriptors
+            while self.core.listeners[i].pending && left > 0 && std::time::Instant::now() < until {
+                let taken = self.accept_at_most(i, left.min(self.core.config.accept_budget));
+                if taken == 0 {
+                    break; // out of descriptors
                 }
+                left -= taken;
             }
         }
         for h in 0..self.handlers.len() {
