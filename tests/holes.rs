@@ -255,3 +255,116 @@ fn shutdown_ends_under_a_reconnect_storm() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+// ---------------------------------------------------------------------------
+// 2. Stale connection ids
+// ---------------------------------------------------------------------------
+
+/// Logs opens, lines and closes.
+struct Logged {
+    log: Log,
+}
+
+impl Handler for Logged {
+    fn on_open(&mut self, _ctx: &mut Ctx<'_>, id: ConnId) {
+        self.log.lock().unwrap().push(Event::Open(id));
+    }
+
+    fn on_frame(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        self.log.lock().unwrap().push(Event::Frame(id, frame.to_vec()));
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, reason: CloseReason) {
+        self.log.lock().unwrap().push(Event::Close(id, reason));
+    }
+}
+
+fn opened(log: &Log, nth: usize) -> ConnId {
+    wait_for(log, "on_open", |e| match e {
+        Event::Open(id) => Some(*id),
+        _ => None,
+    });
+    wait_until(Duration::from_secs(10), "the opens", || {
+        log.lock().unwrap().iter().filter(|e| matches!(e, Event::Open(_))).count() > nth
+    });
+    log.lock().unwrap().iter().filter_map(|e| if let Event::Open(id) = e { Some(*id) } else { None }).nth(nth).unwrap()
+}
+
+/// A job that kept a closed connection's id sends to it after a new
+/// connection took its slot: refused as closed, and the newcomer receives
+/// nothing of it; every other use of the stale id is a no-op or an error.
+#[test]
+fn a_stale_id_never_reaches_the_connection_in_its_slot() {
+    let log = Log::default();
+    let log2 = Arc::clone(&log);
+    let server = Served::start(Config::default(), Framing::Line, move |_| Logged { log: log2 });
+    let first = server.connect();
+    let old = opened(&log, 0);
+    drop(first);
+    wait_for(&log, "the first close", |e| matches!(e, Event::Close(id, _) if *id == old).then_some(()));
+    let mut second = server.connect();
+    let new = opened(&log, 1);
+    assert_eq!(new.index(), old.index(), "the slot is reused (most recently freed first)");
+    assert_ne!(new, old, "a new connection, a new id");
+
+    let outcome = server.ask(move |ctx| {
+        let sent = ctx.send(old, b"not for you\n");
+        let now = ctx.send_now(old, b"nor this\n");
+        let shared = ctx.send_shared(old, &std::rc::Rc::from(&b"nor that\n"[..]));
+        let peer = ctx.peer_addr(old).map_err(|e| e.kind());
+        let pending = ctx.pending_output(old);
+        // Actions on the stale id must not touch the newcomer.
+        ctx.set_active(old, edgeloop::Active::Off);
+        ctx.set_framing(old, Framing::Len4);
+        ctx.shutdown_write(old);
+        ctx.close(old);
+        (sent, now, shared, peer, pending)
+    });
+    assert_eq!(
+        outcome,
+        (Err(SendError::Closed), Err(SendError::Closed), Err(SendError::Closed), Err(io::ErrorKind::NotFound), 0)
+    );
+    server.ask(move |ctx| ctx.send(new, b"for you\n").unwrap());
+    let mut line = String::new();
+    BufReader::new(&mut second).read_line(&mut line).unwrap();
+    assert_eq!(line, "for you\n");
+    // Still open, still line-framed, still delivering.
+    second.write_all(b"still here\n").unwrap();
+    wait_for(&log, "the newcomer's line", |e| {
+        matches!(e, Event::Frame(id, f) if *id == new && f == b"still here\n").then_some(())
+    });
+}
+
+/// Connects from `on_close`, as a client that reconnects does: the new
+/// connection takes the slot just freed, and must not get the closed
+/// connection's id.
+struct Reconnects {
+    addr: SocketAddr,
+    pairs: Arc<Mutex<Vec<(ConnId, ConnId)>>>,
+}
+
+impl Handler for Reconnects {
+    fn on_frame(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _frame: &[u8]) {}
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, _reason: CloseReason) {
+        let mut pairs = self.pairs.lock().unwrap();
+        if pairs.is_empty() {
+            let new = ctx.connect(&self.addr, &ConnectOptions::default()).unwrap();
+            pairs.push((id, new));
+        }
+    }
+}
+
+#[test]
+fn connect_inside_on_close_gets_a_new_id() {
+    let pairs = Arc::new(Mutex::new(Vec::new()));
+    let pairs2 = Arc::clone(&pairs);
+    let server = Served::start(Config::default(), Framing::Raw, move |addr| Reconnects { addr, pairs: pairs2 });
+    drop(server.connect());
+    wait_until(Duration::from_secs(10), "the reconnect", || !pairs.lock().unwrap().is_empty());
+    let (closed, new) = pairs.lock().unwrap()[0];
+    assert_eq!(closed.index(), new.index(), "the slot just freed is taken");
+    assert_ne!(closed, new);
+    // The closed id names nothing; the new one its connection.
+    let (old_addr, new_addr) = server.ask(move |ctx| (ctx.local_addr(closed).is_ok(), ctx.local_addr(new).is_ok()));
+    assert_eq!((old_addr, new_addr), (false, true));
+}

@@ -38,9 +38,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use log::{debug, warn};
 
-use super::{errno, Reactor, ACCEPT_RETRY, INTEREST};
+use super::{errno, Key, Reactor, ACCEPT_RETRY, INTEREST, MAX_FRAME_LIMIT};
 use crate::conn::{flag, Conn};
-use crate::handler::{CloseReason, ConnId};
+use crate::handler::CloseReason;
 use crate::sys;
 
 impl Reactor {
@@ -114,7 +114,8 @@ impl Reactor {
         if let Err(e) = listener.options.socket.apply(fd.as_fd()) {
             debug!("{peer}: socket options: {e}");
         }
-        let mut conn = Conn::new(fd, listener.options.framing, listener.handler);
+        let (framing, handler, max_frame) = (listener.options.framing, listener.handler, listener.options.max_frame);
+        let mut conn = Conn::new(fd, framing, handler, core.next_generation());
         conn.set(if counted { flag::COUNTED_CONN } else { flag::QUIET });
         let key = core.conns.insert(conn);
         // Registering a socket that already has data reports it at once:
@@ -127,7 +128,8 @@ impl Reactor {
             return;
         }
         core.touch(key);
-        self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, ConnId(key)));
+        let id = core.id(key);
+        self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
     }
 
     /// `EPOLLOUT` (or an error) on a connecting socket: `SO_ERROR` says
@@ -140,10 +142,11 @@ impl Reactor {
                 // The connect timeout is over.
                 self.core.set_write_deadline(key, 0);
                 self.core.touch(key);
-                self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, ConnId(key)));
+                let id = self.core.id(key);
+                self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
             }
             Ok(Some(err)) | Err(err) => {
-                debug!("{}: connect failed: {err}", ConnId(key));
+                debug!("{}: connect failed: {err}", Key(key));
                 self.core.kill(key, CloseReason::ConnectFailed(errno(&err)));
             }
         }

@@ -51,7 +51,7 @@ use std::os::fd::AsFd;
 
 use log::{debug, warn};
 
-use super::{errno, Reactor};
+use super::{errno, Key, Reactor};
 use crate::conn::{flag, Closing};
 use crate::framing::{self, AtEof, Decoded};
 use crate::handler::{CloseReason, ConnId};
@@ -111,7 +111,7 @@ impl Reactor {
                 Err(e) => {
                     // ECONNRESET and friends. Everything read before the
                     // error was delivered above.
-                    debug!("{}: read: {e}", ConnId(key));
+                    debug!("{}: read: {e}", Key(key));
                     core.kill(key, CloseReason::Error(errno(&e)));
                     break;
                 }
@@ -144,8 +144,8 @@ impl Reactor {
         // frame (a slice of it) and `ctx` (which can reach every connection)
         // are not borrowed from the same place.
         let mut input = conn.input.take();
-        let handler = conn.handler;
-        let max_frame = core.config.max_frame;
+        let handler = conn.handler();
+        let max_frame = conn.max_frame(core.config.max_frame);
         core.delivering = key;
         let mut need = 0;
         loop {
@@ -153,7 +153,7 @@ impl Reactor {
             // A connection handed to another handler waits for its new
             // owner's on_open (see `Ctx::hand_over`): `may_deliver` is
             // false until then, here and in later reads of this wake-up.
-            if !conn.may_deliver() || conn.handler != handler {
+            if !conn.may_deliver() || conn.handler() != handler {
                 break;
             }
             let mut scanned = input.scanned as usize;
@@ -169,7 +169,7 @@ impl Reactor {
                 }
                 Err(e) => {
                     if self.core.peer_warnings.allow(self.core.clock.now()) {
-                        warn!("{}: protocol error: {e}; closing", ConnId(key));
+                        warn!("{}: protocol error: {e}; closing", Key(key));
                     }
                     self.core.kill(key, CloseReason::FrameTooLarge);
                     break;
@@ -177,14 +177,14 @@ impl Reactor {
             }
         }
         let conn = &mut self.core.conns[key];
-        if conn.has(flag::READ_EOF) && conn.may_deliver() && conn.handler == handler {
+        if conn.has(flag::READ_EOF) && conn.may_deliver() && conn.handler() == handler {
             match framing::at_eof(conn.framing, input.unread()) {
                 AtEof::Clean => {}
                 AtEof::FinalLine => self.deliver_frame(key, input.unread()),
                 AtEof::Truncated => {
                     if self.core.peer_warnings.allow(self.core.clock.now()) {
                         let discarded = input.unread().len();
-                        warn!("{}: stream ended inside a frame; {discarded} bytes discarded", ConnId(key));
+                        warn!("{}: stream ended inside a frame; {discarded} bytes discarded", Key(key));
                     }
                 }
             }
@@ -213,7 +213,7 @@ impl Reactor {
                 conn.set(flag::APP_PAUSED);
             }
         }
-        let id = ConnId(key);
+        let id = ConnId::new(key, conn.gen);
         self.call_conn(key, "on_frame", |h, ctx| h.on_frame(ctx, id, frame));
         let still_paused = self.core.conns.get(key).is_some_and(|c| c.has(flag::APP_PAUSED) && !c.has(flag::DEAD));
         if passive && still_paused {
@@ -230,7 +230,8 @@ impl Reactor {
         }
         if !conn.has(flag::EOF_TOLD) {
             conn.set(flag::EOF_TOLD);
-            self.call_conn(key, "on_eof", |h, ctx| h.on_eof(ctx, ConnId(key)));
+            let id = ConnId::new(key, conn.gen);
+            self.call_conn(key, "on_eof", |h, ctx| h.on_eof(ctx, id));
         }
         // Our write side already shut too: nothing is left to do.
         self.core.close_if_finished(key);

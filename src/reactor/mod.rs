@@ -79,6 +79,13 @@
 //! removes it from the epoll set (no descriptor is ever duplicated), so no
 //! event for it can appear in a later batch.
 //!
+//! An application's ids outlive their connections in the same way (a
+//! [`Handle::submit`] job, a table not yet cleared, a `connect` made in
+//! `on_close` that takes the slot just freed): every [`crate::ConnId`]
+//! carries the generation of its connection, and [`Ctx`] checks it on
+//! every call, so a **stale id** acts on nothing instead of on whoever
+//! holds the slot now (see [`ctx`]).
+//!
 //! # Callbacks, deferred events and panics
 //!
 //! A handler runs with a [`Ctx`] that can reach every connection, but not
@@ -207,6 +214,9 @@ struct Core {
     drain_deadline: Micros,
     /// Counted connections open (see `ListenOptions::counted`).
     counted: usize,
+    /// Connections created so far: the next one's generation (see
+    /// [`ConnId`]).
+    generation: u32,
     next_publish: Micros,
     next_tick: Micros,
     counters: Counters,
@@ -261,6 +271,7 @@ impl Reactor {
                 draining: false,
                 drain_deadline: 0,
                 counted: 0,
+                generation: 0,
                 next_publish,
                 next_tick,
                 counters: Counters::default(),
@@ -406,7 +417,7 @@ impl Reactor {
             self.core.counters.panics += 1;
             match about {
                 Some(key) if self.core.conns.contains(key) => {
-                    error!("{}: handler panicked in {what}; aborting the connection", ConnId(key));
+                    error!("{}: handler panicked in {what}; aborting the connection", Key(key));
                     self.core.abort(key, CloseReason::Panic);
                 }
                 _ => error!("handler panicked in {what}; the reactor goes on"),
@@ -416,7 +427,7 @@ impl Reactor {
 
     /// Run a callback of the handler that owns connection `key`.
     fn call_conn(&mut self, key: usize, what: &'static str, f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>)) {
-        if let Some(handler) = self.core.conns.get(key).map(|c| c.handler) {
+        if let Some(handler) = self.core.conns.get(key).map(|c| c.handler()) {
             self.call(handler, Some(key), what, f);
         }
     }
@@ -475,7 +486,7 @@ impl Reactor {
         if bits & sys::EPOLLERR != 0 {
             if let Some(conn) = self.core.conns.get(key).filter(|c| !c.has(flag::DEAD)) {
                 if let Ok(Some(err)) = sys::take_socket_error(conn.fd.as_fd()) {
-                    log::debug!("{}: socket error: {err}", ConnId(key));
+                    log::debug!("{}: socket error: {err}", Key(key));
                     self.core.kill(key, CloseReason::Error(errno(&err)));
                 }
             }
@@ -495,11 +506,11 @@ impl Reactor {
                 let reason = if conn.has(flag::CONNECTING) {
                     CloseReason::ConnectFailed(nix::errno::Errno::ETIMEDOUT)
                 } else if conn.has(flag::WRITE_SHUT) {
-                    conn.closing.into() // linger over: close as planned
+                    conn.closing().into() // linger over: close as planned
                 } else {
                     let unsent = conn.output.len();
                     if core.peer_warnings.allow(now) {
-                        warn!("{}: send timeout ({unsent} bytes pending); closing", ConnId(key));
+                        warn!("{}: send timeout ({unsent} bytes pending); closing", Key(key));
                     }
                     CloseReason::SendTimeout { unsent }
                 };
@@ -507,7 +518,7 @@ impl Reactor {
                 continue;
             }
             if conn.idle_deadline != 0 && conn.idle_deadline <= now {
-                log::debug!("{}: idle timeout", ConnId(key));
+                log::debug!("{}: idle timeout", Key(key));
                 core.kill(key, CloseReason::IdleTimeout);
                 continue;
             }
@@ -522,7 +533,8 @@ impl Reactor {
             }
             core.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
             if fired {
-                self.call_conn(key, "on_timer", |h, ctx| h.on_timer(ctx, ConnId(key)));
+                let id = ConnId::new(key, conn.gen);
+                self.call_conn(key, "on_timer", |h, ctx| h.on_timer(ctx, id));
             }
         }
         let core = &mut self.core;
@@ -595,7 +607,7 @@ impl Reactor {
         if conn.has(flag::HANDING_OVER) && notice != Notice::Open {
             return self.core.notice(key, notice);
         }
-        let id = ConnId(key);
+        let id = self.core.id(key);
         match notice {
             Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
@@ -633,9 +645,9 @@ impl Reactor {
         core.accept_paused_until = 0;
         // Notices for this key must not reach a connection that reuses it.
         core.notices.retain(|&(k, _)| k != key);
-        let handler = conn.handler;
+        let (handler, id) = (conn.handler(), ConnId::new(key, conn.gen));
         drop(conn);
-        self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, ConnId(key), reason));
+        self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, id, reason));
     }
 
     /// Stop accepting and close every connection gracefully.
@@ -710,6 +722,27 @@ impl Drop for Reactor {
 }
 
 impl Core {
+    /// The id of the connection at `key`, which must exist.
+    fn id(&self, key: usize) -> ConnId {
+        ConnId::new(key, self.conns[key].gen)
+    }
+
+    /// The connection `id` names, if it is still there: `None` for a stale
+    /// id, whose slot another connection may hold now (see [`ConnId`]).
+    fn live(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.key()).filter(|c| c.gen == id.gen())
+    }
+
+    fn live_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.key()).filter(|c| c.gen == id.gen())
+    }
+
+    /// The generation of a connection being created.
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        self.generation
+    }
+
     /// The earliest moment the loop must wake for, if any.
     fn next_wakeup(&self) -> Option<Micros> {
         let mut due = earliest(self.next_publish, self.next_tick);
@@ -810,6 +843,15 @@ impl Core {
         for key in left {
             self.kill(key, CloseReason::Shutdown);
         }
+    }
+}
+
+/// A slab key in logs, written as a [`ConnId`] is.
+struct Key(usize);
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
     }
 }
 

@@ -110,6 +110,8 @@ enum Phase {
 
 /// The messages of one connection.
 struct Flow {
+    /// The connection (its slot is `id.index()`).
+    id: ConnId,
     /// Messages sent, and messages fully echoed.
     sent: u64,
     recvd: u64,
@@ -467,9 +469,10 @@ impl Generator {
         let queued: usize = self
             .slots
             .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s, Slot::Open(_)))
-            .map(|(i, _)| ctx.pending_output(ConnId(i)))
+            .filter_map(|s| match s {
+                Slot::Open(flow) => Some(ctx.pending_output(flow.id)),
+                _ => None,
+            })
             .sum();
         let phase = match self.phase {
             Phase::Connecting | Phase::Waiting => "  (connecting)",
@@ -518,6 +521,7 @@ impl Handler for Generator {
                     .map(|o| Schedule::new(o.arrival, o.rate_per_conn, ordinal, self.plan.conns as u64, now));
                 let closed = schedule.is_none();
                 let mut flow = Flow {
+                    id,
                     sent: 0,
                     recvd: 0,
                     off: 0,

@@ -102,15 +102,15 @@ impl Generator {
                 break;
             }
             self.due.pop();
-            let current = matches!(
-                self.slots.get(i),
-                Some(Slot::Open(Flow { schedule: Some(s), .. })) if s.due() == due
-            );
-            if current {
+            let current = match self.slots.get(i) {
+                Some(Slot::Open(Flow { schedule: Some(s), id, .. })) if s.due() == due => Some(*id),
+                _ => None,
+            };
+            if let Some(id) = current {
                 // A fresh clock reading per connection: its send lag is
                 // measured when it is really sent.
                 let now = self.ns(Instant::now());
-                budget -= self.pump(ctx, ConnId(i), now, until, budget);
+                budget -= self.pump(ctx, id, now, until, budget);
             }
         }
     }

@@ -268,9 +268,9 @@ impl Chat {
         let mut args: Vec<&[u8]> = vec![server.as_bytes()];
         args.extend(serials.iter().map(|s| s.as_bytes()));
         bus.eval(ctx, Script::Resync, &args, Op::Ignore);
-        for ((i, member), serial) in registered().zip(&serials) {
+        for ((_, member), serial) in registered().zip(&serials) {
             let args = [&server, serial, &member.room, &member.nick].map(|a| a.as_bytes());
-            bus.eval(ctx, Script::Restore, &args, Op::Restore { id: ConnId(i), serial: member.serial });
+            bus.eval(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
         }
         let node = bus.node_channel.clone();
         bus.command(ctx, &[b"PUBLISH", &node, b"synced"], Op::Synced);
@@ -294,7 +294,7 @@ impl Chat {
         figures(ctx).backend_up = true;
         self.outage = false;
         for i in 0..self.members.len() {
-            let id = ConnId(i);
+            let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
             let Some(member) = self.member_mut(id) else { continue };
             if std::mem::take(&mut member.told) {
                 self.reply(ctx, id, &["* chat backend restored"]);
@@ -335,7 +335,7 @@ impl Chat {
         drop(bus.reset(ctx));
         figures(ctx).backend_up = false;
         for i in 0..self.members.len() {
-            let id = ConnId(i);
+            let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
             let Some(member) = self.member_mut(id) else { continue };
             member.target = None;
             member.unseen = 0;
@@ -360,16 +360,16 @@ impl Chat {
             room.awaiting.clear();
             (room.joins, room.leaves, room.sub) = (0, 0, Sub::Off);
         }
-        for (i, member) in self.members.iter().enumerate() {
+        for member in &self.members {
             if let Some(member) = member.as_ref().filter(|m| m.reg == Reg::Done) {
-                self.rooms.entry(member.room.clone()).or_default().members.push(ConnId(i));
+                self.rooms.entry(member.room.clone()).or_default().members.push(member.id);
             }
         }
         self.rooms.retain(|_, r| !r.members.is_empty());
         if !self.outage {
             self.outage = true;
             for i in 0..self.members.len() {
-                let id = ConnId(i);
+                let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
                 if let Some(member) = self.member_mut(id).filter(|m| !m.told) {
                     member.told = true;
                     self.reply(ctx, id, &["* chat backend unavailable"]);

@@ -223,6 +223,8 @@ pub struct Chat {
 
 #[derive(Debug)]
 struct Member {
+    /// Its connection (the table's index is `id.index()`).
+    id: ConnId,
     /// Empty until Redis has given the member a `guestN`.
     nick: String,
     room: String,
@@ -318,6 +320,7 @@ impl Handler for Chat {
             self.members.resize_with(id.index() + 1, || None);
         }
         let member = Member {
+            id,
             nick,
             room: LOBBY.to_string(),
             bucket: Bucket::full(self.rate, ctx.now()),

@@ -432,10 +432,11 @@ impl Chat {
         let mut quit = None;
         let ours = our_tag(tag, &bus.server);
         if let Some((kind, conn, serial)) = ours {
-            let id = ConnId(conn);
             let here = members.get_mut(conn).and_then(Option::as_mut).filter(|m| m.serial == serial);
+            let id = here.as_ref().map(|m| m.id);
             let in_room = here.as_ref().is_some_and(|m| m.room == name);
             if let Some(member) = here {
+                let id = member.id;
                 member.unseen = member.unseen.saturating_sub(1);
                 match kind {
                     b'W' => {
@@ -458,7 +459,7 @@ impl Chat {
             match kind {
                 b'J' => {
                     room.joins = room.joins.saturating_sub(1);
-                    if in_room && !room.members.contains(&id) {
+                    if let Some(id) = id.filter(|id| in_room && !room.members.contains(id)) {
                         room.members.push(id);
                     }
                 }
@@ -496,7 +497,7 @@ mod tests {
         assert_eq!(split_event(b"17 - a: hi\n"), Some((17, &b"-"[..], &b"a: hi\n"[..])));
         assert_eq!(split_event(b"x - a\n"), None);
         assert_eq!(split_event(b"1 -"), None);
-        let t = tag('J', "ab-1", ConnId(5), 9);
+        let t = tag('J', "ab-1", ConnId::new(5, 1), 9);
         assert_eq!(our_tag(t.as_bytes(), "ab-1"), Some((b'J', 5, 9)));
         assert_eq!(our_tag(t.as_bytes(), "ab-2"), None);
         assert_eq!(our_tag(b"-", "ab-1"), None);
