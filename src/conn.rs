@@ -124,6 +124,9 @@ pub struct Extra {
     pub timer: Micros,
     /// An output policy of its own, instead of the reactor's.
     pub policy: Option<OutputPolicy>,
+    /// A frame limit of its own, instead of the reactor's (from
+    /// `ListenOptions::max_frame` or `ConnectOptions::max_frame`).
+    pub max_frame: Option<usize>,
 }
 
 /// Where [`Conn::closing`] is kept in [`Conn::flags`] (two bits).
@@ -243,6 +246,11 @@ impl Conn {
     /// The extra state, allocated on first use.
     pub fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Its frame limit: its own, or `default` (the reactor's).
+    pub fn max_frame(&self, default: usize) -> usize {
+        self.extra.as_ref().and_then(|e| e.max_frame).unwrap_or(default)
     }
 
     /// The application timer's deadline (0 if none).

@@ -58,6 +58,11 @@ pub struct Counters {
     pub flow_pauses: u64,
     /// The largest output queue seen on any connection, in bytes.
     pub outq_high_water: usize,
+    /// Connections to the `/metrics` endpoint open now (a gauge; they
+    /// are not among `connections`).
+    pub metrics_connections: usize,
+    /// Metrics connections refused because too many were open.
+    pub metrics_refused: u64,
 }
 
 impl Counters {
@@ -83,6 +88,8 @@ impl Counters {
         self.waits += other.waits;
         self.flow_pauses += other.flow_pauses;
         self.outq_high_water = self.outq_high_water.max(other.outq_high_water);
+        self.metrics_connections += other.metrics_connections;
+        self.metrics_refused += other.metrics_refused;
         if let Some(theirs) = &other.chat {
             let mine = self.chat.get_or_insert_with(|| ChatCounters { backend_up: true, ..ChatCounters::default() });
             mine.rooms += theirs.rooms;
@@ -103,7 +110,7 @@ impl Counters {
         let mut s = format!(
             "stats live={} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={}",
+             panics={} metrics_live={} metrics_refused={}",
             self.connections,
             self.accepted,
             self.refused_full,
@@ -118,6 +125,8 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
+            self.metrics_connections,
+            self.metrics_refused,
         );
         if let Some(chat) = &self.chat {
             let _ = write!(

@@ -112,3 +112,98 @@ fn sigterm_under_a_reconnect_storm_exits_zero_within_the_drain() {
     assert_eq!(status.code(), Some(0), "{}", server.stderr_text());
 }
 
+// ---------------------------------------------------------------------------
+// 3. The /metrics listener's bounds
+// ---------------------------------------------------------------------------
+
+/// Many clients each send most of a megabyte of a request line that never
+/// ends (`--max-frame` is a megabyte): the server must not hold it. At
+/// most 64 are admitted, each cut at 8 KiB; the others are refused.
+#[test]
+fn unfinished_metrics_requests_do_not_take_the_memory() {
+    const CLIENTS: usize = 100;
+    const EACH: usize = 1000 * 1024;
+    let (server, metrics) = common::metrics::start_with_metrics(&["echo"]);
+    let before = server.rss_kib();
+    let line = vec![b'a'; EACH];
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let line = line.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(metrics) else { return None };
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                // Cut or refused: the write fails, as it should.
+                let _ = s.write_all(b"GET /");
+                let _ = s.write_all(&line);
+                Some(s)
+            })
+        })
+        .collect();
+    let held: Vec<TcpStream> = writers.into_iter().filter_map(|w| w.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = server.rss_kib().saturating_sub(before);
+    eprintln!("{} clients, the server grew by {grown} KiB", held.len());
+    assert!(grown < 32 * 1024, "the server grew by {grown} KiB for unfinished metrics requests");
+    drop(held);
+    let (head, _) = common::metrics::http(metrics, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+}
+
+/// 64 metrics connections may be open; the 65th is refused at once, and
+/// counted; once one closes, a scrape is served again.
+#[test]
+fn the_65th_metrics_connection_is_refused_and_counted() {
+    let (server, metrics) = common::metrics::start_with_metrics(&["echo", "--stats", "1"]);
+    let mut idle: Vec<TcpStream> = (0..64).map(|_| TcpStream::connect(metrics).unwrap()).collect();
+    // The 64 are in once each has been served its accept: a byte of a
+    // request line each, which the server reads.
+    for s in &mut idle {
+        s.write_all(b"G").unwrap();
+    }
+    let mut extra = TcpStream::connect(metrics).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut got = Vec::new();
+    let refused = match extra.read_to_end(&mut got) {
+        Ok(_) => got.is_empty(),
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+    };
+    assert!(refused, "the 65th connection was served: {:?}", String::from_utf8_lossy(&got));
+    // The first 64 are still there.
+    idle[0].set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(
+        matches!(idle[0].read(&mut [0u8; 1]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "an admitted connection was closed"
+    );
+    drop(idle.pop());
+    common::wait_until(Duration::from_secs(5), "a scrape served again, with the refusal counted", || {
+        let Ok(mut s) = TcpStream::connect(metrics) else { return false };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        // (A scrape racing the close just made may be refused too.)
+        let value = |name: &str| {
+            body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(-1.0)
+        };
+        // The 63 left: a scrape is published after it is rendered.
+        value("edgeloop_metrics_refused_total") >= 1.0 && value("edgeloop_metrics_connections") == 63.0
+    });
+    drop(idle);
+    common::wait_until(Duration::from_secs(5), "the --stats line", || {
+        let err = server.stderr_text();
+        err.lines().any(|l| l.contains(" metrics_live=") && !l.contains(" metrics_refused=0 "))
+    });
+}
+
+/// A head over 8 KiB, in lines each under it, is answered 431.
+#[test]
+fn a_metrics_head_over_8_kib_gets_431() {
+    let (_server, metrics) = common::metrics::start_with_metrics(&["echo"]);
+    // Ten lines of a kilobyte: each well under the limit, and few enough
+    // for the parser's header slots.
+    let head = format!("GET /metrics HTTP/1.1\r\n{}\r\n", format!("X-Filler: {}\r\n", "a".repeat(1000)).repeat(10));
+    assert!(head.len() > 8 * 1024);
+    let (status, _) = common::metrics::http(metrics, head.as_bytes());
+    assert!(status.starts_with("HTTP/1.1 431 Request Header Fields Too Large"), "{status}");
+}
+

@@ -71,6 +71,8 @@ fn the_exposition_parses_with_help_and_type_for_every_metric() {
         ("edgeloop_frames_received_total", "counter"),
         ("edgeloop_output_queued_bytes", "gauge"),
         ("edgeloop_accept_paused_total", "counter"),
+        ("edgeloop_metrics_connections", "gauge"),
+        ("edgeloop_metrics_refused_total", "counter"),
         ("edgeloop_chat_rooms", "gauge"),
         ("edgeloop_chat_members", "gauge"),
         ("edgeloop_chat_messages_total", "counter"),
@@ -114,9 +116,9 @@ fn bad_metrics_requests_get_errors_and_cost_nothing_else() {
         let (head, _) = http(metrics, garbage);
         assert!(head.starts_with("HTTP/1.1 400 "), "{garbage:?}: {head}");
     }
-    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    let huge = format!("GET /metrics HTTP/1.1\r\n{}\r\n", format!("X-Filler: {}\r\n", "a".repeat(1000)).repeat(10));
     let (head, _) = http(metrics, huge.as_bytes());
-    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
     // The echo service and the metrics still answer, the silent client
     // notwithstanding.
     round_trip(&mut connect(&server), b"still echoing");

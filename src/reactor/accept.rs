@@ -117,6 +117,9 @@ impl Reactor {
         let (framing, handler, max_frame) = (listener.options.framing, listener.handler, listener.options.max_frame);
         let mut conn = Conn::new(fd, framing, handler, core.next_generation());
         conn.set(if counted { flag::COUNTED_CONN } else { flag::QUIET });
+        if let Some(max) = max_frame {
+            conn.extra().max_frame = Some(max.min(MAX_FRAME_LIMIT));
+        }
         let key = core.conns.insert(conn);
         // Registering a socket that already has data reports it at once:
         // epoll checks readiness on EPOLL_CTL_ADD, so no edge is lost.

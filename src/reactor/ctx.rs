@@ -300,6 +300,9 @@ impl Ctx<'_> {
         options.socket.apply(fd.as_fd())?;
         let mut conn = Conn::new(fd, options.framing, handler, self.core.next_generation());
         conn.set(flag::CONNECTING);
+        if let Some(max) = options.max_frame {
+            conn.extra().max_frame = Some(max.min(super::MAX_FRAME_LIMIT));
+        }
         let key = self.core.conns.insert(conn);
         if let Err(e) = self.core.epoll.add(self.core.conns[key].fd.as_fd(), key as u64, INTEREST) {
             self.core.conns.remove(key);
