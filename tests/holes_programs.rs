@@ -207,3 +207,59 @@ fn a_metrics_head_over_8_kib_gets_431() {
     assert!(status.starts_with("HTTP/1.1 431 Request Header Fields Too Large"), "{status}");
 }
 
+// ---------------------------------------------------------------------------
+// 8. The chat on Redis: its links' frame limit, and rooms across workers
+// ---------------------------------------------------------------------------
+
+/// `--max-frame 16` is for clients' lines; Redis's lines must still get
+/// through — among them its longer error lines: after a `SCRIPT FLUSH`
+/// the next script call is answered `-NOSCRIPT No matching script...`
+/// (48 bytes), which the chat must read to send the script again.
+#[test]
+fn chat_on_redis_works_with_a_tiny_max_frame() {
+    let Some(redis) = common::Redis::start() else { return };
+    let url = redis.url();
+    let server = Server::start(&["chat", "--redis", url.as_str(), "--max-frame", "16"]);
+    let mut a = common::chat::Client::join(&server);
+    let mut b = common::chat::Client::join(&server);
+    a.expect(&format!("* {} joined", b.nick));
+    a.send("hi there");
+    b.expect(&format!("{}: hi there", a.nick));
+    assert_eq!(redis.command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK\r\n"));
+    a.send("and again");
+    b.expect(&format!("{}: and again", a.nick));
+    assert!(!server.stderr_text().contains("Redis"), "{}", server.stderr_text());
+}
+
+/// With two workers, members of one room on both workers make one room of
+/// the server, not two.
+#[test]
+fn a_room_on_two_workers_is_counted_once() {
+    let Some(redis) = common::Redis::start() else { return };
+    let url = redis.url();
+    let (server, metrics) = common::metrics::start_with_metrics(&["chat", "--workers", "2", "--redis", url.as_str()]);
+    let value = |name: &str, worker: Option<&str>| {
+        let s = common::metrics::scrape(metrics);
+        common::metrics::metric(&s, name, worker.map(|w| ("worker", w)))
+    };
+    let mut members = Vec::new();
+    loop {
+        members.push(common::chat::Client::join(&server));
+        let n = members.len() as f64;
+        common::wait_until(Duration::from_secs(5), "every member counted", || value("edgeloop_connections", None) == n);
+        if value("edgeloop_worker_connections", Some("0")) > 0.0
+            && value("edgeloop_worker_connections", Some("1")) > 0.0
+        {
+            break;
+        }
+        assert!(members.len() < 64, "64 members, all on one worker");
+    }
+    // Everyone is in the lobby: one room. (The overlap is published once a
+    // tick: waited for.)
+    common::wait_until(Duration::from_secs(5), "one room", || value("edgeloop_chat_rooms", None) == 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(value("edgeloop_chat_rooms", None), 1.0);
+    let last = members.len() - 1;
+    members[last].send("/join elsewhere");
+    common::wait_until(Duration::from_secs(5), "two rooms", || value("edgeloop_chat_rooms", None) == 2.0);
+}
