@@ -10,6 +10,7 @@
 //! ```text
 //!   ReadBuf.buf:  [ delivered | unread bytes ........ | spare capacity ]
 //!                 0         start                    len              cap
+//!                 (start and the line cursor are u32: cap < 4 GiB always)
 //!
 //!   OutQueue:     [chunk 0 (sent up to `offset`)] [chunk 1] ... [chunk n]
 //!                  owned Vec<u8> or shared Rc<[u8]>, written with one
@@ -36,6 +37,12 @@ const MIN_READ_ROOM: usize = 4096;
 const CHUNK_OVERHEAD: usize = 64;
 /// How many chunks one vectored send covers.
 pub const MAX_IOVECS: usize = 64;
+/// The most a read buffer ever holds. Its offsets (`start`, `scanned`)
+/// are 32-bit, to keep a connection small; a frame is at most
+/// [`crate::reactor::MAX_FRAME_LIMIT`] (2 GiB) plus its header, so
+/// whatever a connection that may read can hold — one partial frame, plus
+/// `MIN_READ_ROOM` to read into — fits below this.
+pub const MAX_READ_BUF: usize = u32::MAX as usize;
 
 /// A free list of equally sized byte buffers.
 pub struct BufPool {
@@ -107,11 +114,14 @@ impl ReadBuf {
             self.buf.drain(..self.start as usize);
             self.start = 0;
         }
-        let want = need.max(unread + MIN_READ_ROOM).max(READ_BUF_SIZE);
+        let want = need.max(unread + MIN_READ_ROOM).clamp(READ_BUF_SIZE, MAX_READ_BUF);
         if self.buf.capacity() < want {
             // Only a frame whose header was validated against max_frame, or
             // a line still under max_frame, gets here: growth is bounded.
-            self.buf.reserve(want - self.buf.len());
+            // Exactly: `reserve` would double, and a buffer grown past a
+            // 2 GiB frame would pass 4 GiB, where the 32-bit offsets wrap
+            // (the edge case "offsets at the frame limit").
+            self.buf.reserve_exact(want - self.buf.len());
         }
         &mut self.buf
     }
@@ -399,6 +409,21 @@ mod tests {
         // The next read grows it back to a useful size.
         assert!(rb.prepare(&mut pool, 0).capacity() >= READ_BUF_SIZE);
         assert_eq!(rb.unread(), b"part");
+    }
+
+    /// A frame at the limit: 2 GiB buffered, its header saying 4 more
+    /// bytes are needed. The buffer must grow to what is needed, not
+    /// double past 4 GiB (`start` would wrap). `vec![0; n]` is calloc's
+    /// untouched pages, and growing them is an mremap: this costs address
+    /// space, not memory.
+    #[test]
+    fn a_frame_at_the_limit_keeps_the_offsets_in_32_bits() {
+        use crate::reactor::MAX_FRAME_LIMIT;
+        let mut pool = BufPool::new(READ_BUF_SIZE, 0);
+        let mut rb = ReadBuf { buf: vec![0u8; MAX_FRAME_LIMIT], start: 0, scanned: 0 };
+        let capacity = rb.prepare(&mut pool, MAX_FRAME_LIMIT + 4).capacity();
+        assert!(capacity >= MAX_FRAME_LIMIT + 4, "{capacity}");
+        assert!(capacity <= MAX_READ_BUF, "{capacity} bytes: 32-bit offsets would wrap");
     }
 
     #[test]

@@ -29,8 +29,10 @@
 //! # Memory
 //!
 //! A connection is 96 bytes (a unit test guards it): what every
-//! connection needs is inline; the output queue is a pointer to a pooled
-//! box that exists only while output is pending, and what few connections
+//! connection needs is inline — its generation too, for which the handler
+//! and the closing reason were packed into the flags word; the output
+//! queue is a pointer to a pooled box that exists only while output is
+//! pending, and what few connections
 //! use — an application timer, an output policy of their own — is in
 //! [`Extra`], allocated the first time it is set.
 
@@ -88,6 +90,10 @@ pub mod flag {
     /// Handed to another handler whose `on_open` has not run yet: nothing
     /// is read or delivered until it has (see `Ctx::hand_over`).
     pub const HANDING_OVER: u32 = 1 << 18;
+    /// An event carried `EPOLLPRI`: urgent data is pending, and a read
+    /// stops at its mark, so a short read does not mean drained; read
+    /// until `EAGAIN` (see `reactor::input`).
+    pub const URGENT: u32 = 1 << 19;
 }
 
 /// How a graceful close will be reported once it completes.
@@ -118,18 +124,28 @@ pub struct Extra {
     pub timer: Micros,
     /// An output policy of its own, instead of the reactor's.
     pub policy: Option<OutputPolicy>,
+    /// A frame limit of its own, instead of the reactor's (from
+    /// `ListenOptions::max_frame` or `ConnectOptions::max_frame`).
+    pub max_frame: Option<usize>,
 }
+
+/// Where [`Conn::closing`] is kept in [`Conn::flags`] (two bits).
+const CLOSING_SHIFT: u32 = 20;
+/// Where [`Conn::handler`] is kept in [`Conn::flags`] (the top byte).
+const HANDLER_SHIFT: u32 = 24;
 
 /// A connection's entry in the reactor's slab.
 pub struct Conn {
     /// The socket; dropping it closes it (and leaves the epoll set).
     pub fd: OwnedFd,
-    /// The [`flag`] bits.
+    /// The [`flag`] bits (bits 0 to 19); in bits 20–21 how a graceful
+    /// close will be reported, in the top byte the handler it belongs to:
+    /// packed, so that the generation fits without growing the entry.
     pub flags: u32,
-    /// Index of the handler it belongs to.
-    pub handler: u8,
-    /// How a graceful close in progress will be reported.
-    pub closing: Closing,
+    /// Its generation: the reactor's count of connections when it was
+    /// created. With the slab key, its [`crate::ConnId`]; an id whose
+    /// generation differs names an earlier holder of the slot (stale).
+    pub gen: u32,
     /// How the input is cut into frames.
     pub framing: Framing,
     /// Frames left to deliver under `Active::Once`/`N` (with `COUNTED`).
@@ -151,13 +167,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A fresh connection on `fd`, owned by handler `handler`.
-    pub fn new(fd: OwnedFd, framing: Framing, handler: u8) -> Conn {
+    /// A fresh connection on `fd`, owned by handler `handler`, of
+    /// generation `gen`.
+    pub fn new(fd: OwnedFd, framing: Framing, handler: u8, gen: u32) -> Conn {
         Conn {
             fd,
-            flags: 0,
-            handler,
-            closing: Closing::PeerClosed,
+            flags: u32::from(handler) << HANDLER_SHIFT,
+            gen,
             framing,
             active_left: 0,
             input: ReadBuf::default(),
@@ -184,6 +200,35 @@ impl Conn {
         self.flags &= !bits;
     }
 
+    /// Index of the handler it belongs to.
+    pub fn handler(&self) -> u8 {
+        (self.flags >> HANDLER_SHIFT) as u8
+    }
+
+    /// Give it to handler `handler`.
+    pub fn set_handler(&mut self, handler: u8) {
+        self.flags = self.flags & !(0xff << HANDLER_SHIFT) | u32::from(handler) << HANDLER_SHIFT;
+    }
+
+    /// How a graceful close in progress will be reported.
+    pub fn closing(&self) -> Closing {
+        match (self.flags >> CLOSING_SHIFT) & 0b11 {
+            0 => Closing::PeerClosed,
+            1 => Closing::Local,
+            _ => Closing::Shutdown,
+        }
+    }
+
+    /// Set how a graceful close in progress will be reported.
+    pub fn set_closing(&mut self, closing: Closing) {
+        let bits = match closing {
+            Closing::PeerClosed => 0,
+            Closing::Local => 1,
+            Closing::Shutdown => 2,
+        };
+        self.flags = self.flags & !(0b11 << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
+    }
+
     /// Whether reading from the socket is allowed now. A closing connection
     /// is read (its input discarded) to see the peer's FIN, paused or not.
     pub fn may_read(&self) -> bool {
@@ -201,6 +246,11 @@ impl Conn {
     /// The extra state, allocated on first use.
     pub fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Its frame limit: its own, or `default` (the reactor's).
+    pub fn max_frame(&self, default: usize) -> usize {
+        self.extra.as_ref().and_then(|e| e.max_frame).unwrap_or(default)
     }
 
     /// The application timer's deadline (0 if none).
@@ -221,13 +271,29 @@ mod tests {
     #[test]
     fn closing_reads_even_when_paused() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let mut conn = super::Conn::new(a.into(), super::Framing::Line, 0);
+        let mut conn = super::Conn::new(a.into(), super::Framing::Line, 0, 0);
         conn.set(super::flag::APP_PAUSED | super::flag::FLOW_PAUSED);
         assert!(!conn.may_read());
         conn.set(super::flag::CLOSING);
         assert!(conn.may_read());
         conn.set(super::flag::READ_EOF);
         assert!(!conn.may_read());
+    }
+
+    /// The handler and the closing reason share the flags word: neither
+    /// disturbs the other, nor the flags.
+    #[test]
+    fn handler_and_closing_are_packed_apart_from_the_flags() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut conn = super::Conn::new(a.into(), super::Framing::Line, 255, 7);
+        conn.set(super::flag::URGENT | super::flag::APP_PAUSED);
+        conn.set_closing(super::Closing::Shutdown);
+        assert_eq!((conn.handler(), conn.closing()), (255, super::Closing::Shutdown));
+        conn.set_handler(3);
+        conn.set_closing(super::Closing::Local);
+        conn.clear(super::flag::URGENT);
+        assert_eq!((conn.handler(), conn.closing(), conn.gen), (3, super::Closing::Local, 7));
+        assert!(conn.has(super::flag::APP_PAUSED) && !conn.has(super::flag::URGENT));
     }
 
     /// The idle-memory budget (128 bytes per connection, slab tag included)

@@ -17,24 +17,54 @@ use nix::errno::Errno;
 use crate::reactor::Ctx;
 
 /// Names a connection from its `on_open` (or `connect`) until its
-/// `on_close` returns. Ids are slab keys: they are small, dense integers,
-/// good for indexing the application's own per-connection table, and they
-/// are reused after `on_close` — an application must forget an id there,
-/// or it will one day name somebody else. (A generation counter would catch
-/// that, at 4 bytes per connection; the servers here do not need it.)
+/// `on_close` returns, and never another one.
+///
+/// An id is a slab key and a generation. The key, [`ConnId::index`], is a
+/// small, dense integer, good for indexing the application's own
+/// per-connection table; it is reused after `on_close` (most recently
+/// freed first). The generation tells the connections that held one key
+/// apart: an id kept past `on_close` — in a [`crate::Handle::submit`] job,
+/// in the application's state — is *stale*, and every [`crate::Ctx`]
+/// method treats it as a closed connection (a send is
+/// [`SendError::Closed`], an action does nothing, a query is an error),
+/// whoever holds its key now. Two ids are equal only if they name the
+/// same connection; a table indexed by `index()` must still be cleared in
+/// `on_close`, as the next connection will take the slot.
+///
+/// The generation is a 32-bit count of the reactor's connections: an id
+/// could be mistaken only after 2^32 more connections, if the last of
+/// them took the same slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub(crate) usize);
+pub struct ConnId {
+    key: u32,
+    gen: u32,
+}
 
 impl ConnId {
-    /// The id as an index, for the application's own tables.
+    pub(crate) fn new(key: usize, gen: u32) -> ConnId {
+        ConnId { key: key as u32, gen }
+    }
+
+    /// The slab key (whether it is still this connection's: see `gen`).
+    pub(crate) fn key(self) -> usize {
+        self.key as usize
+    }
+
+    /// The generation the connection was given when it was created.
+    pub(crate) fn gen(self) -> u32 {
+        self.gen
+    }
+
+    /// The id as an index, for the application's own tables (shared, in
+    /// turn, by the connections that reuse the slot).
     pub fn index(self) -> usize {
-        self.0
+        self.key as usize
     }
 }
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
+        write!(f, "#{}", self.key)
     }
 }
 

@@ -271,6 +271,12 @@ pub struct ListenOptions {
     /// Its connections count towards [`Config::max_conns`] and the
     /// `connections` figures (a metrics listener's do not).
     pub counted: bool,
+    /// A frame limit of its own for the connections it accepts, instead of
+    /// [`Config::max_frame`] (gen_tcp's `packet_size` per socket): a
+    /// listener for small requests (an HTTP head) need not let each
+    /// connection buffer a service's largest frame. Kept with the
+    /// connection's rarely used state: a small allocation per connection.
+    pub max_frame: Option<usize>,
 }
 
 impl Default for ListenOptions {
@@ -283,6 +289,7 @@ impl Default for ListenOptions {
             socket: SocketOptions::default(),
             filter: None,
             counted: true,
+            max_frame: None,
         }
     }
 }
@@ -297,6 +304,7 @@ impl std::fmt::Debug for ListenOptions {
             .field("socket", &self.socket)
             .field("filter", &self.filter.as_ref().map(|_| ".."))
             .field("counted", &self.counted)
+            .field("max_frame", &self.max_frame)
             .finish()
     }
 }
@@ -316,4 +324,9 @@ pub struct ConnectOptions {
     /// The handler the connection belongs to; `None`: the handler whose
     /// callback is running (or the first handler, outside callbacks).
     pub handler: Option<HandlerId>,
+    /// A frame limit of its own, instead of [`Config::max_frame`]: a link
+    /// to a backend whose replies have their own sizes (the chat's Redis
+    /// links) need not follow the limit set for clients. As
+    /// [`ListenOptions::max_frame`].
+    pub max_frame: Option<usize>,
 }

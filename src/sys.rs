@@ -26,7 +26,7 @@
 use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub const EPOLLERR: u32 = EpollFlags::EPOLLERR.bits() as u32;
 pub const EPOLLHUP: u32 = EpollFlags::EPOLLHUP.bits() as u32;
 /// Edge-triggered: report changes, once.
 pub const EPOLLET: u32 = EpollFlags::EPOLLET.bits() as u32;
+/// Urgent (`MSG_OOB`) data is pending: a read stops at its mark.
+pub const EPOLLPRI: u32 = EpollFlags::EPOLLPRI.bits() as u32;
 
 /// One event slot as `epoll_wait` fills it: the readiness bits and the
 /// token that was registered with the descriptor. Read it with
@@ -168,7 +170,18 @@ fn to_socket_addr(addr: &SockaddrStorage) -> io::Result<SocketAddr> {
 fn stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    Ok(socket::socket(family, SockType::Stream, flags, None)?)
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    // Before any byte can arrive; accepted sockets inherit it from their
+    // listener.
+    set_oob_inline(fd.as_fd())?;
+    Ok(fd)
+}
+
+/// `SO_OOBINLINE`: urgent (`MSG_OOB`) bytes stay in the stream, in order,
+/// instead of being taken out of it (see [`crate::reactor::input`]).
+/// Accepted sockets inherit it from their listener.
+pub fn set_oob_inline(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(socket::setsockopt(&fd, sockopt::OobInline, &true)?)
 }
 
 /// A non-blocking, close-on-exec listening socket bound to `addr`, with

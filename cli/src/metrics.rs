@@ -5,14 +5,28 @@
 //! own: its connections are ordinary connections of that reactor, so a
 //! slow or hostile metrics client costs what any client costs — a slab
 //! entry and a bounded buffer — and nothing else waits for it. They are
-//! left out of `--max-conns` and of the figures themselves
-//! ([`ListenOptions::counted`]).
+//! left out of `--max-conns` and of the service's figures
+//! ([`ListenOptions::counted`]), and bounded on their own:
 //!
-//! A request is read in `line` framing, its head gathered (at most
-//! [`MAX_HEAD`] bytes) until the empty line that ends it, and parsed with
-//! `httparse`. `GET /metrics` gets 200 with the exposition; another path
-//! 404; another method 405; anything that is not HTTP 400 (as soon as the
-//! parser says so); a client that has not sent a whole head within
+//! - **Memory.** The listener has a frame limit of its own
+//!   ([`ListenOptions::max_frame`]): [`MAX_HEAD`], not `--max-frame` (a
+//!   megabyte). A head over [`MAX_HEAD`] is answered `431 Request Header
+//!   Fields Too Large`; a single line over it is cut by the reactor
+//!   before the handler sees it (closed without an answer: the line was
+//!   never whole). Either way a connection buffers at most one line of
+//!   8 KiB and a head of 8 KiB.
+//! - **Descriptors.** At most [`MAX_CONNECTIONS`] metrics connections are
+//!   open at once; more are refused at once (reset as soon as they are
+//!   accepted), so unfinished requests cannot take the descriptors the
+//!   service needs. Both are counted: `metrics_live`/`metrics_refused` in
+//!   `--stats`, `edgeloop_metrics_connections` and
+//!   `edgeloop_metrics_refused_total` here.
+//!
+//! A request is read in `line` framing, its head gathered until the empty
+//! line that ends it, and parsed with `httparse`. `GET /metrics` gets 200
+//! with the exposition; another path 404; another method 405; anything
+//! that is not HTTP 400 (as soon as the parser says so); a head too large
+//! 431; a client that has not sent a whole head within
 //! [`REQUEST_TIMEOUT`] is cut. Every answer closes the connection
 //! gracefully (`Connection: close`).
 //!
@@ -34,23 +48,36 @@ use edgeloop::{ConnId, Ctx, Framing, Handler, ListenOptions};
 pub const MAX_HEAD: usize = 8 * 1024;
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most metrics connections open at once; more are refused.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The `/metrics` handler.
 pub struct Metrics {
     workers: Vec<Arc<Mutex<Counters>>>,
     /// The request head gathered so far, per connection.
     heads: Vec<Option<Vec<u8>>>,
+    /// Which connections were admitted (not refused), per connection.
+    admitted: Vec<bool>,
+    /// Connections admitted and not yet closed.
+    open: usize,
 }
 
 impl Metrics {
     /// Serve the sum of these workers' published counters.
     pub fn new(workers: Vec<Arc<Mutex<Counters>>>) -> Metrics {
-        Metrics { workers, heads: Vec::new() }
+        Metrics { workers, heads: Vec::new(), admitted: Vec::new(), open: 0 }
     }
 
-    /// How the metrics listener listens: lines, uncounted.
+    /// How the metrics listener listens: lines of at most [`MAX_HEAD`],
+    /// uncounted.
     pub fn listen_options() -> ListenOptions {
-        ListenOptions { framing: Framing::Line, backlog: 128, counted: false, ..ListenOptions::default() }
+        ListenOptions {
+            framing: Framing::Line,
+            backlog: 128,
+            counted: false,
+            max_frame: Some(MAX_HEAD),
+            ..ListenOptions::default()
+        }
     }
 
     fn answer(&mut self, ctx: &mut Ctx<'_>, id: ConnId, status: &str, body: &str) {
@@ -70,7 +97,19 @@ impl Handler for Metrics {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         if self.heads.len() <= id.index() {
             self.heads.resize_with(id.index() + 1, || None);
+            self.admitted.resize(id.index() + 1, false);
         }
+        if self.open >= MAX_CONNECTIONS {
+            // Refused at once: a reset, and the descriptor is free at the
+            // end of this iteration (a graceful close would hold it while
+            // lingering).
+            ctx.counters_mut().metrics_refused += 1;
+            ctx.abort(id);
+            return;
+        }
+        self.open += 1;
+        ctx.counters_mut().metrics_connections = self.open;
+        self.admitted[id.index()] = true;
         self.heads[id.index()] = Some(Vec::new());
         ctx.set_timer(id, REQUEST_TIMEOUT);
     }
@@ -82,6 +121,7 @@ impl Handler for Metrics {
             Request::Metrics => ("200 OK", render(&sum(&self.workers), &self.workers)),
             Request::NotFound => ("404 Not Found", "not found; try /metrics\n".into()),
             Request::NotAllowed => ("405 Method Not Allowed", "only GET\n".into()),
+            Request::TooLarge => ("431 Request Header Fields Too Large", format!("at most {MAX_HEAD} bytes\n")),
             Request::Bad(why) => ("400 Bad Request", format!("{why}\n")),
         };
         ctx.cancel_timer(id);
@@ -93,9 +133,14 @@ impl Handler for Metrics {
         ctx.abort(id);
     }
 
-    fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _reason: CloseReason) {
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, id: ConnId, _reason: CloseReason) {
         if let Some(head) = self.heads.get_mut(id.index()) {
             *head = None;
+        }
+        if self.admitted.get(id.index()).copied().unwrap_or(false) {
+            self.admitted[id.index()] = false;
+            self.open -= 1;
+            ctx.counters_mut().metrics_connections = self.open;
         }
     }
 }
@@ -111,7 +156,9 @@ pub enum Request {
     NotFound,
     /// Another method.
     NotAllowed,
-    /// Not HTTP, or a head over [`MAX_HEAD`]; why.
+    /// A head over [`MAX_HEAD`] bytes.
+    TooLarge,
+    /// Not HTTP; why.
     Bad(String),
 }
 
@@ -119,7 +166,7 @@ pub enum Request {
 /// gathered so far, and judge the head with `httparse`.
 pub fn take_line(head: &mut Vec<u8>, line: &[u8]) -> Request {
     if head.len() + line.len() > MAX_HEAD {
-        return Request::Bad("request head too large".into());
+        return Request::TooLarge;
     }
     head.extend_from_slice(line);
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -202,6 +249,18 @@ pub fn render(total: &Counters, workers: &[Arc<Mutex<Counters>>]) -> String {
         &one(total.accept_exhausted),
     );
     metric("edgeloop_panics_total", "counter", "Handler callbacks that panicked.", &one(total.panics));
+    metric(
+        "edgeloop_metrics_connections",
+        "gauge",
+        "Connections to this metrics endpoint open now (scrapes included).",
+        &one(total.metrics_connections as u64),
+    );
+    metric(
+        "edgeloop_metrics_refused_total",
+        "counter",
+        "Metrics connections refused at once because 64 were open.",
+        &one(total.metrics_refused),
+    );
     if let Some(chat) = &total.chat {
         metric("edgeloop_chat_rooms", "gauge", "Chat rooms with members on this server.", &one(chat.rooms));
         metric("edgeloop_chat_members", "gauge", "Chat members on this server.", &one(chat.members));

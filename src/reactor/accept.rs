@@ -38,9 +38,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use log::{debug, warn};
 
-use super::{errno, Reactor, ACCEPT_RETRY, INTEREST};
+use super::{errno, Key, Reactor, ACCEPT_RETRY, INTEREST, MAX_FRAME_LIMIT};
 use crate::conn::{flag, Conn};
-use crate::handler::{CloseReason, ConnId};
+use crate::handler::CloseReason;
 use crate::sys;
 
 impl Reactor {
@@ -55,17 +55,26 @@ impl Reactor {
 
     /// Accept until `EAGAIN`, the budget, or descriptor exhaustion.
     pub(super) fn accept(&mut self, index: usize) {
+        self.accept_at_most(index, self.core.config.accept_budget);
+    }
+
+    /// Accept until `EAGAIN`, `most` connections, or descriptor
+    /// exhaustion; returns how many were taken from the queue (served or
+    /// refused).
+    pub(super) fn accept_at_most(&mut self, index: usize, most: usize) -> usize {
         self.core.accept_paused_until = 0;
-        for _ in 0..self.core.config.accept_budget {
-            let Some(listener) = self.core.listeners.get(index) else { return };
+        let mut taken = 0;
+        while taken < most {
+            let Some(listener) = self.core.listeners.get(index) else { return taken };
             match sys::accept(listener.fd.as_fd()) {
                 Ok((fd, peer)) => {
+                    taken += 1;
                     self.core.counters.accepted += listener.options.counted as u64;
                     self.admit(index, fd, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.core.listeners[index].pending = false;
-                    return;
+                    return taken;
                 }
                 // The peer gave up before we got to it, or a signal: next.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO)) => {}
@@ -78,12 +87,13 @@ impl Reactor {
                     }
                     self.core.counters.accept_exhausted += 1;
                     self.core.accept_paused_until = self.core.clock.after(ACCEPT_RETRY);
-                    return;
+                    return taken;
                 }
             }
         }
         // Budget spent: more may wait, and no new edge will say so (it stays
         // pending).
+        taken
     }
 
     fn admit(&mut self, index: usize, fd: OwnedFd, peer: SocketAddr) {
@@ -104,8 +114,12 @@ impl Reactor {
         if let Err(e) = listener.options.socket.apply(fd.as_fd()) {
             debug!("{peer}: socket options: {e}");
         }
-        let mut conn = Conn::new(fd, listener.options.framing, listener.handler);
+        let (framing, handler, max_frame) = (listener.options.framing, listener.handler, listener.options.max_frame);
+        let mut conn = Conn::new(fd, framing, handler, core.next_generation());
         conn.set(if counted { flag::COUNTED_CONN } else { flag::QUIET });
+        if let Some(max) = max_frame {
+            conn.extra().max_frame = Some(max.min(MAX_FRAME_LIMIT));
+        }
         let key = core.conns.insert(conn);
         // Registering a socket that already has data reports it at once:
         // epoll checks readiness on EPOLL_CTL_ADD, so no edge is lost.
@@ -117,7 +131,8 @@ impl Reactor {
             return;
         }
         core.touch(key);
-        self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, ConnId(key)));
+        let id = core.id(key);
+        self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
     }
 
     /// `EPOLLOUT` (or an error) on a connecting socket: `SO_ERROR` says
@@ -130,10 +145,11 @@ impl Reactor {
                 // The connect timeout is over.
                 self.core.set_write_deadline(key, 0);
                 self.core.touch(key);
-                self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, ConnId(key)));
+                let id = self.core.id(key);
+                self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
             }
             Ok(Some(err)) | Err(err) => {
-                debug!("{}: connect failed: {err}", ConnId(key));
+                debug!("{}: connect failed: {err}", Key(key));
                 self.core.kill(key, CloseReason::ConnectFailed(errno(&err)));
             }
         }

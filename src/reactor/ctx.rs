@@ -3,8 +3,12 @@
 //! Every method takes the [`ConnId`] it acts on and may act on any
 //! connection, not only the one a callback is about. Acting on a
 //! connection that is closing is a no-op (sends return
-//! [`SendError::Closed`]). After `on_close` the id belongs to nobody — or,
-//! once reused, to a new connection: forget it.
+//! [`SendError::Closed`]). After `on_close` the id is **stale**: its slot
+//! may hold a new connection by now, but the id's generation is not the
+//! newcomer's, so every method here treats a stale id as a closed
+//! connection — a send is `SendError::Closed`, an action does nothing, a
+//! query is a `NotFound` error — and a job or a table that kept it can
+//! never reach the wrong client (the edge case "stale ids").
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,11 +40,11 @@ pub struct Ctx<'a> {
 /// "Chat fan-out"): below it, the copy is cheaper for every recipient.
 pub const SHARE_MIN: usize = 2048;
 
-/// The connection, if it can still be sent to.
+/// The connection, if it can still be sent to (and `id` is not stale).
 fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Result<&mut Conn, SendError> {
     conns
-        .get_mut(id.0)
-        .filter(|c| !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
+        .get_mut(id.key())
+        .filter(|c| c.gen == id.gen() && !c.has(flag::DEAD | flag::CLOSING | flag::SHUTDOWN_WANTED | flag::WRITE_SHUT))
         .ok_or(SendError::Closed)
 }
 
@@ -62,9 +66,9 @@ impl Ctx<'_> {
     pub fn send(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
         let (header, n) = header(writable(&mut core.conns, id)?, payload.len())?;
-        core.may_queue(id.0, n + payload.len())?;
-        core.conns[id.0].output.push_copy(&[&header[..n], payload], &mut core.out_pool);
-        core.queued(id.0);
+        core.may_queue(id.key(), n + payload.len())?;
+        core.conns[id.key()].output.push_copy(&[&header[..n], payload], &mut core.out_pool);
+        core.queued(id.key());
         Ok(())
     }
 
@@ -85,21 +89,21 @@ impl Ctx<'_> {
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
                 debug!("{id}: send: {e}");
-                core.kill(id.0, CloseReason::Error(errno(&e)));
+                core.kill(id.key(), CloseReason::Error(errno(&e)));
                 return Err(SendError::Closed);
             }
         };
         core.counters.writes += 1;
         core.counters.bytes_out += sent as u64;
-        core.touch(id.0);
+        core.touch(id.key());
         if sent == payload.len() {
             return Ok(());
         }
         // What the kernel refused is queued whatever the policy says: the
         // caller was told nothing was refused when the first byte went out.
         let core = &mut *self.core;
-        core.conns[id.0].output.push_copy(&[&payload[sent..]], &mut core.out_pool);
-        core.queued(id.0);
+        core.conns[id.key()].output.push_copy(&[&payload[sent..]], &mut core.out_pool);
+        core.queued(id.key());
         Ok(())
     }
 
@@ -115,11 +119,11 @@ impl Ctx<'_> {
         }
         let core = &mut *self.core;
         let (header, n) = header(writable(&mut core.conns, id)?, msg.len())?;
-        core.may_queue(id.0, n + msg.len())?;
-        let conn = &mut core.conns[id.0];
+        core.may_queue(id.key(), n + msg.len())?;
+        let conn = &mut core.conns[id.key()];
         conn.output.push_copy(&[&header[..n]], &mut core.out_pool);
         conn.output.push_shared(Rc::clone(msg), &mut core.out_pool);
-        core.queued(id.0);
+        core.queued(id.key());
         Ok(())
     }
 
@@ -135,14 +139,14 @@ impl Ctx<'_> {
     /// Switch framing (`inet:setopts(S, [{packet, P}])`). Bytes already
     /// buffered are decoded with the new framing, at once.
     pub fn set_framing(&mut self, id: ConnId, framing: Framing) {
-        if let Some(conn) = self.core.conns.get_mut(id.0) {
+        if let Some(conn) = self.core.live_mut(id) {
             conn.framing = framing;
             // (If this is the connection being delivered, its buffer is out
             // and its cursor is already 0: a frame was just completed, and
             // the delivery loop goes on with the new framing.)
             conn.input.scanned = 0;
-            if self.core.delivering != id.0 {
-                self.core.push_ready(id.0);
+            if self.core.delivering != id.key() {
+                self.core.push_ready(id.key());
             }
         }
     }
@@ -151,8 +155,8 @@ impl Ctx<'_> {
     /// a paused connection delivers what is already buffered and reads the
     /// socket at once: the edge that announced those bytes has passed.
     pub fn set_active(&mut self, id: ConnId, active: Active) {
-        let delivering = self.core.delivering == id.0;
-        let Some(conn) = self.core.conns.get_mut(id.0) else { return };
+        let delivering = self.core.delivering == id.key();
+        let Some(conn) = self.core.live_mut(id) else { return };
         let was_paused = conn.has(flag::APP_PAUSED);
         let mut passive = false;
         match active {
@@ -179,10 +183,10 @@ impl Ctx<'_> {
             }
         }
         if was_paused && !conn.has(flag::APP_PAUSED) && !delivering {
-            self.core.push_ready(id.0);
+            self.core.push_ready(id.key());
         }
         if passive {
-            self.core.notice(id.0, Notice::Passive);
+            self.core.notice(id.key(), Notice::Passive);
         }
     }
 
@@ -191,7 +195,7 @@ impl Ctx<'_> {
     /// is an [`crate::Handler::on_eof`] event and the connection stays
     /// open for writing until the application closes it.
     pub fn set_exit_on_close(&mut self, id: ConnId, on: bool) {
-        if let Some(conn) = self.core.conns.get_mut(id.0) {
+        if let Some(conn) = self.core.live_mut(id) {
             if on {
                 conn.clear(flag::KEEP_OPEN);
             } else {
@@ -203,7 +207,7 @@ impl Ctx<'_> {
     /// Give this connection an output policy of its own (limit,
     /// watermarks, what happens past the limit).
     pub fn set_output_policy(&mut self, id: ConnId, policy: OutputPolicy) {
-        if let Some(conn) = self.core.conns.get_mut(id.0) {
+        if let Some(conn) = self.core.live_mut(id) {
             conn.extra().policy = Some(policy);
         }
     }
@@ -216,7 +220,7 @@ impl Ctx<'_> {
         if let Ok(conn) = writable(&mut self.core.conns, id) {
             conn.set(flag::SHUTDOWN_WANTED);
             if conn.output.is_empty() {
-                self.core.output_drained(id.0);
+                self.core.output_drained(id.key());
             }
         }
     }
@@ -225,16 +229,16 @@ impl Ctx<'_> {
     /// wait briefly for the peer's FIN, close. No more frames are
     /// delivered. A connect still in progress is abandoned at once.
     pub fn close(&mut self, id: ConnId) {
-        if self.core.conns.contains(id.0) {
-            self.core.close_gracefully(id.0, Closing::Local);
+        if self.core.live(id).is_some() {
+            self.core.close_gracefully(id.key(), Closing::Local);
         }
     }
 
     /// Close now with a reset (`{linger, {true, 0}}` then `close`): what
     /// is queued is dropped, the peer sees `ECONNRESET`.
     pub fn abort(&mut self, id: ConnId) {
-        if self.core.conns.contains(id.0) {
-            self.core.abort(id.0, CloseReason::Aborted);
+        if self.core.live(id).is_some() {
+            self.core.abort(id.key(), CloseReason::Aborted);
         }
     }
 
@@ -243,18 +247,19 @@ impl Ctx<'_> {
     /// (the loop's wait takes a nanosecond timeout).
     pub fn set_timer(&mut self, id: ConnId, after: Duration) {
         let core = &mut *self.core;
-        if let Some(conn) = core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
+        let live = core.conns.get_mut(id.key()).filter(|c| c.gen == id.gen() && !c.has(flag::DEAD));
+        if let Some(conn) = live {
             // Zero means "as soon as possible", not "never".
             let due = core.clock.after(after.max(Duration::from_micros(1)));
             conn.extra().timer = due;
-            core.deadlines.schedule(id.0, conn.next_deadline(), &mut conn.scheduled);
+            core.deadlines.schedule(id.key(), conn.next_deadline(), &mut conn.scheduled);
         }
     }
 
     /// Cancel the connection's timer, if set. (Its heap entry goes stale
     /// and is skipped: see [`crate::timer`].)
     pub fn cancel_timer(&mut self, id: ConnId) {
-        if let Some(extra) = self.core.conns.get_mut(id.0).and_then(|c| c.extra.as_mut()) {
+        if let Some(extra) = self.core.live_mut(id).and_then(|c| c.extra.as_mut()) {
             extra.timer = 0;
         }
     }
@@ -266,10 +271,10 @@ impl Ctx<'_> {
     /// order.
     pub fn hand_over(&mut self, id: ConnId, to: HandlerId) {
         if (to.0 as usize) < self.core.handlers {
-            if let Some(conn) = self.core.conns.get_mut(id.0).filter(|c| !c.has(flag::DEAD)) {
-                conn.handler = to.0;
+            if let Some(conn) = self.core.live_mut(id).filter(|c| !c.has(flag::DEAD)) {
+                conn.set_handler(to.0);
                 conn.set(flag::HANDING_OVER);
-                self.core.notice(id.0, Notice::Open);
+                self.core.notice(id.key(), Notice::Open);
             }
         }
     }
@@ -277,7 +282,7 @@ impl Ctx<'_> {
     /// Set socket options on a connection (`inet:setopts` for `nodelay`,
     /// `keepalive`, `sndbuf`, `recbuf`).
     pub fn set_socket_options(&mut self, id: ConnId, options: &SocketOptions) -> io::Result<()> {
-        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        let conn = self.core.live(id).ok_or_else(|| not_found(id))?;
         if !options.nodelay {
             sys::set_nodelay(conn.fd.as_fd(), false)?;
         }
@@ -286,19 +291,19 @@ impl Ctx<'_> {
 
     /// The socket options a connection has now (`inet:getopts`).
     pub fn socket_options(&self, id: ConnId) -> io::Result<SocketOptions> {
-        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        let conn = self.core.live(id).ok_or_else(|| not_found(id))?;
         SocketOptions::read(conn.fd.as_fd())
     }
 
     /// The peer's address (`inet:peername`).
     pub fn peer_addr(&self, id: ConnId) -> io::Result<SocketAddr> {
-        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        let conn = self.core.live(id).ok_or_else(|| not_found(id))?;
         sys::peer_addr(conn.fd.as_fd())
     }
 
     /// The local address (`inet:sockname`).
     pub fn local_addr(&self, id: ConnId) -> io::Result<SocketAddr> {
-        let conn = self.core.conns.get(id.0).ok_or_else(|| not_found(id))?;
+        let conn = self.core.live(id).ok_or_else(|| not_found(id))?;
         sys::local_addr(conn.fd.as_fd())
     }
 
@@ -314,8 +319,11 @@ impl Ctx<'_> {
         }
         let fd = sys::connect(addr, options.local.as_ref())?;
         options.socket.apply(fd.as_fd())?;
-        let mut conn = Conn::new(fd, options.framing, handler);
+        let mut conn = Conn::new(fd, options.framing, handler, self.core.next_generation());
         conn.set(flag::CONNECTING);
+        if let Some(max) = options.max_frame {
+            conn.extra().max_frame = Some(max.min(super::MAX_FRAME_LIMIT));
+        }
         let key = self.core.conns.insert(conn);
         if let Err(e) = self.core.epoll.add(self.core.conns[key].fd.as_fd(), key as u64, INTEREST) {
             self.core.conns.remove(key);
@@ -325,7 +333,7 @@ impl Ctx<'_> {
             let deadline = self.core.clock.after(timeout.max(Duration::from_micros(1)));
             self.core.set_write_deadline(key, deadline);
         }
-        Ok(ConnId(key))
+        Ok(self.core.id(key))
     }
 
     /// Begin the shutdown a SIGTERM begins, once this callback returns:
@@ -335,9 +343,9 @@ impl Ctx<'_> {
         self.core.stop_requested = true;
     }
 
-    /// Bytes queued for `id` and not yet written.
+    /// Bytes queued for `id` and not yet written (0 for a closed id).
     pub fn pending_output(&self, id: ConnId) -> usize {
-        self.core.conns.get(id.0).map_or(0, |c| c.output.len())
+        self.core.live(id).map_or(0, |c| c.output.len())
     }
 
     /// Open connections (including those closing).

@@ -21,14 +21,37 @@
 //! complete frame and then the EOF rules; `ECONNRESET` closes with the
 //! error, after what was read before it was delivered); **slowloris**: only
 //! a delivered frame counts as activity for the idle timeout, so a peer
-//! dribbling a frame that never ends is idle however often it sends.
+//! dribbling a frame that never ends is idle however often it sends;
+//! **urgent data**, below.
+//!
+//! # Urgent data (`MSG_OOB`)
+//!
+//! A TCP peer may mark a byte urgent (`send(..., MSG_OOB)`), and Linux
+//! stops a read at that mark: `abc` then urgent `d` then `efg`, all
+//! queued, read back as `abc` (short) and then `defg`. A short read is
+//! then no sign of a drained socket, and the rest would wait for an edge
+//! that never comes — a stalled connection. And by default the urgent
+//! byte itself is taken out of the stream (only `recv(MSG_OOB)` gets it),
+//! so an echo would silently drop it.
+//!
+//! Both are needed, and both are done: every socket has `SO_OOBINLINE`
+//! (set on listeners, inherited by what they accept; set on connects), so
+//! an urgent byte is an ordinary byte of the stream, in order — what a
+//! byte-stream service owes its peer, and what RFC 6093 asks of
+//! applications that meet urgent data; and sockets are registered for
+//! `EPOLLPRI`, which the kernel raises while urgent data is pending: an
+//! event carrying it marks the connection `URGENT`, and such a connection
+//! is read until `EAGAIN`, as after `EPOLLRDHUP`. The cost is one `read`
+//! that says `EAGAIN`, only when urgent data came. (`SO_OOBINLINE` alone
+//! would not do: the read still stops at the mark. `EPOLLPRI` alone would
+//! not either: the urgent byte would be lost.)
 
 use std::io;
 use std::os::fd::AsFd;
 
 use log::{debug, warn};
 
-use super::{errno, Reactor};
+use super::{errno, Key, Reactor};
 use crate::conn::{flag, Closing};
 use crate::framing::{self, AtEof, Decoded};
 use crate::handler::{CloseReason, ConnId};
@@ -74,17 +97,21 @@ impl Reactor {
                     // connection.
                     self.core.flush_if_dirty(key);
                     budget = budget.saturating_sub(n);
-                    let hup = self.core.conns.get(key).is_some_and(|c| c.has(flag::HUP_SEEN));
-                    if n < room && !hup {
+                    let read_on = self.core.conns.get(key).is_some_and(|c| c.has(flag::HUP_SEEN | flag::URGENT));
+                    if n < room && !read_on {
                         break; // drained: see "Short reads"
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Really drained: an urgent mark, if any, is behind us.
+                    conn.clear(flag::URGENT);
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ECONNRESET and friends. Everything read before the
                     // error was delivered above.
-                    debug!("{}: read: {e}", ConnId(key));
+                    debug!("{}: read: {e}", Key(key));
                     core.kill(key, CloseReason::Error(errno(&e)));
                     break;
                 }
@@ -117,8 +144,8 @@ impl Reactor {
         // frame (a slice of it) and `ctx` (which can reach every connection)
         // are not borrowed from the same place.
         let mut input = conn.input.take();
-        let handler = conn.handler;
-        let max_frame = core.config.max_frame;
+        let handler = conn.handler();
+        let max_frame = conn.max_frame(core.config.max_frame);
         core.delivering = key;
         let mut need = 0;
         loop {
@@ -126,7 +153,7 @@ impl Reactor {
             // A connection handed to another handler waits for its new
             // owner's on_open (see `Ctx::hand_over`): `may_deliver` is
             // false until then, here and in later reads of this wake-up.
-            if !conn.may_deliver() || conn.handler != handler {
+            if !conn.may_deliver() || conn.handler() != handler {
                 break;
             }
             let mut scanned = input.scanned as usize;
@@ -142,7 +169,7 @@ impl Reactor {
                 }
                 Err(e) => {
                     if self.core.peer_warnings.allow(self.core.clock.now()) {
-                        warn!("{}: protocol error: {e}; closing", ConnId(key));
+                        warn!("{}: protocol error: {e}; closing", Key(key));
                     }
                     self.core.kill(key, CloseReason::FrameTooLarge);
                     break;
@@ -150,14 +177,14 @@ impl Reactor {
             }
         }
         let conn = &mut self.core.conns[key];
-        if conn.has(flag::READ_EOF) && conn.may_deliver() && conn.handler == handler {
+        if conn.has(flag::READ_EOF) && conn.may_deliver() && conn.handler() == handler {
             match framing::at_eof(conn.framing, input.unread()) {
                 AtEof::Clean => {}
                 AtEof::FinalLine => self.deliver_frame(key, input.unread()),
                 AtEof::Truncated => {
                     if self.core.peer_warnings.allow(self.core.clock.now()) {
                         let discarded = input.unread().len();
-                        warn!("{}: stream ended inside a frame; {discarded} bytes discarded", ConnId(key));
+                        warn!("{}: stream ended inside a frame; {discarded} bytes discarded", Key(key));
                     }
                 }
             }
@@ -186,7 +213,7 @@ impl Reactor {
                 conn.set(flag::APP_PAUSED);
             }
         }
-        let id = ConnId(key);
+        let id = ConnId::new(key, conn.gen);
         self.call_conn(key, "on_frame", |h, ctx| h.on_frame(ctx, id, frame));
         let still_paused = self.core.conns.get(key).is_some_and(|c| c.has(flag::APP_PAUSED) && !c.has(flag::DEAD));
         if passive && still_paused {
@@ -205,7 +232,8 @@ impl Reactor {
         let conn = &mut self.core.conns[key];
         if !conn.has(flag::EOF_TOLD) {
             conn.set(flag::EOF_TOLD);
-            self.call_conn(key, "on_eof", |h, ctx| h.on_eof(ctx, ConnId(key)));
+            let id = ConnId::new(key, conn.gen);
+            self.call_conn(key, "on_eof", |h, ctx| h.on_eof(ctx, id));
         }
         // Our write side already shut too: nothing is left to do.
         self.core.close_if_finished(key);

@@ -5,7 +5,7 @@
 //! ```text
 //!   epoll_pwait2(timeout = 0 if work is queued, else the nearest deadline)
 //!   read the clock once ("now" for the whole iteration)
-//!   for each event:        OUT → flush;  IN/RDHUP/HUP/ERR → read & deliver
+//!   for each event:        IN/RDHUP/HUP/ERR → read & deliver;  OUT → flush
 //!   listeners ready:       accept until EAGAIN or the accept budget
 //!   ready list:            connections with input left over from last time
 //!   deadlines:             idle, send timeout, connect timeout, linger,
@@ -23,7 +23,7 @@
 //! # Edge-triggered, and what it costs
 //!
 //! Every socket is registered once with `EPOLLIN | EPOLLOUT | EPOLLRDHUP |
-//! EPOLLET` and never modified: no `EPOLL_CTL_MOD` system call toggles
+//! EPOLLPRI | EPOLLET` and never modified: no `EPOLL_CTL_MOD` system call toggles
 //! interest in writability, as a level-triggered loop must do. The price is
 //! that an edge is reported once, so the loop must remember what it has
 //! not finished:
@@ -54,6 +54,15 @@
 //!   re-arming puts it on the ready list: what is buffered is delivered
 //!   and the socket read at once. Likewise after a framing switch with
 //!   bytes still buffered, and after a connection is handed over.
+//! - **Input before output.** An event may carry both `EPOLLIN` and
+//!   `EPOLLOUT`, and both are handled, input first. The order matters when
+//!   the peer's last bytes arrive with its reset (`EPOLLIN | EPOLLERR |
+//!   EPOLLHUP` in one event: a client that closes with unread data, or
+//!   with `SO_LINGER` 0): a flush of queued output would fail with
+//!   `ECONNRESET` and close the connection before those bytes were read,
+//!   so whether a peer's last frame reached the application would depend
+//!   on the server's own backlog. Read first, the frame is delivered and
+//!   the reset is then met by the read (or the flush) that follows it.
 //! - **Spurious events.** An event may find nothing to do (the bytes were
 //!   already read during the previous event's drain); every path handles
 //!   `EAGAIN` as "nothing now".
@@ -69,6 +78,13 @@
 //! end of the iteration, after every event of the batch. Closing a socket
 //! removes it from the epoll set (no descriptor is ever duplicated), so no
 //! event for it can appear in a later batch.
+//!
+//! An application's ids outlive their connections in the same way (a
+//! [`Handle::submit`] job, a table not yet cleared, a `connect` made in
+//! `on_close` that takes the slot just freed): every [`crate::ConnId`]
+//! carries the generation of its connection, and [`Ctx`] checks it on
+//! every call, so a **stale id** acts on nothing instead of on whoever
+//! holds the slot now (see [`ctx`]).
 //!
 //! # Callbacks, deferred events and panics
 //!
@@ -127,6 +143,9 @@ pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How long a gracefully closed connection waits for the peer's FIN after
 /// our `SHUT_WR` before the socket is closed anyway.
 pub const LINGER: Duration = Duration::from_secs(5);
+/// The longest shutdown spends accepting the connections its listeners
+/// still hold (see `Reactor::shut_down`).
+pub const FINAL_ACCEPT_TIME: Duration = Duration::from_millis(100);
 /// The most handlers one reactor holds (a connection names its handler in
 /// one byte).
 pub const MAX_HANDLERS: usize = 256;
@@ -140,7 +159,7 @@ const LISTENER_TOKEN: u64 = u64::MAX - 2;
 /// are connections').
 const MAX_LISTENERS: u64 = 1 << 16;
 const EVENTS_PER_WAIT: usize = 1024;
-const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLET;
+const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLPRI | sys::EPOLLET;
 
 /// A handler event that must wait until no callback is running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +216,9 @@ struct Core {
     drain_deadline: Micros,
     /// Counted connections open (see `ListenOptions::counted`).
     counted: usize,
+    /// Connections created so far: the next one's generation (see
+    /// [`ConnId`]).
+    generation: u32,
     next_publish: Micros,
     next_tick: Micros,
     counters: Counters,
@@ -252,6 +274,7 @@ impl Reactor {
                 draining: false,
                 drain_deadline: 0,
                 counted: 0,
+                generation: 0,
                 next_publish,
                 next_tick,
                 counters: Counters::default(),
@@ -305,6 +328,8 @@ impl Reactor {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners on one reactor"));
         }
         let local = sys::local_addr(fd.as_fd())?;
+        // A socket bound elsewhere may lack it; its connections inherit it.
+        sys::set_oob_inline(fd.as_fd())?;
         let token = LISTENER_TOKEN - self.core.listeners.len() as u64;
         self.core.epoll.add(fd.as_fd(), token, sys::EPOLLIN | sys::EPOLLET)?;
         self.core.listeners.push(Listener { fd, handler: handler.0, options, pending: false });
@@ -332,6 +357,14 @@ impl Reactor {
     /// Run until a shutdown (a signal, [`Ctx::stop`] or [`Handle::stop`])
     /// has closed every connection.
     pub fn run(&mut self) -> io::Result<()> {
+        let result = self.run_loop();
+        if result.is_err() {
+            self.core.waker.close();
+        }
+        result
+    }
+
+    fn run_loop(&mut self) -> io::Result<()> {
         let mut events = vec![sys::empty_event(); EVENTS_PER_WAIT];
         self.core.clock.tick();
         for h in 0..self.handlers.len() {
@@ -340,7 +373,9 @@ impl Reactor {
         self.settle();
         self.core.publish();
         loop {
-            if self.core.draining && self.core.conns.is_empty() {
+            // Jobs submitted meanwhile were accepted: they run first (see
+            // `waker` on "After `run` has returned").
+            if self.core.draining && self.core.conns.is_empty() && self.core.waker.close_if_idle() {
                 self.core.publish();
                 return Ok(());
             }
@@ -385,7 +420,7 @@ impl Reactor {
             self.core.counters.panics += 1;
             match about {
                 Some(key) if self.core.conns.contains(key) => {
-                    error!("{}: handler panicked in {what}; aborting the connection", ConnId(key));
+                    error!("{}: handler panicked in {what}; aborting the connection", Key(key));
                     self.core.abort(key, CloseReason::Panic);
                 }
                 _ => error!("handler panicked in {what}; the reactor goes on"),
@@ -395,7 +430,7 @@ impl Reactor {
 
     /// Run a callback of the handler that owns connection `key`.
     fn call_conn(&mut self, key: usize, what: &'static str, f: impl FnOnce(&mut dyn Handler, &mut Ctx<'_>)) {
-        if let Some(handler) = self.core.conns.get(key).map(|c| c.handler) {
+        if let Some(handler) = self.core.conns.get(key).map(|c| c.handler()) {
             self.call(handler, Some(key), what, f);
         }
     }
@@ -427,6 +462,10 @@ impl Reactor {
         if bits & (sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
             conn.set(flag::HUP_SEEN);
         }
+        // Urgent data: a read stops at its mark (see `input`).
+        if bits & sys::EPOLLPRI != 0 {
+            conn.set(flag::URGENT);
+        }
         if conn.has(flag::CONNECTING) {
             if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) == 0 {
                 return;
@@ -434,20 +473,23 @@ impl Reactor {
             self.finish_connect(key);
         }
         // An event may carry both IN and OUT: handle both (handling only one
-        // is a classic bug). Flushing first frees room, which may lift flow
-        // control before the read.
+        // is a classic bug). Input goes first ("Input before output"): with
+        // a reset pending, a flush would fail and kill the connection before
+        // the bytes that came in with the reset were read. A flush that
+        // lifts flow control puts the connection on the ready list, so
+        // nothing waits for reading second.
+        if bits & (sys::EPOLLIN | sys::EPOLLPRI | sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
+            self.handle_input(key);
+        }
         if bits & (sys::EPOLLOUT | sys::EPOLLERR | sys::EPOLLHUP) != 0 {
             self.core.flush(key);
-        }
-        if bits & (sys::EPOLLIN | sys::EPOLLRDHUP | sys::EPOLLHUP | sys::EPOLLERR) != 0 {
-            self.handle_input(key);
         }
         // EPOLLERR with nothing to read (an error on the write side): fetch
         // the error so the connection does not linger half-dead.
         if bits & sys::EPOLLERR != 0 {
             if let Some(conn) = self.core.conns.get(key).filter(|c| !c.has(flag::DEAD)) {
                 if let Ok(Some(err)) = sys::take_socket_error(conn.fd.as_fd()) {
-                    log::debug!("{}: socket error: {err}", ConnId(key));
+                    log::debug!("{}: socket error: {err}", Key(key));
                     self.core.kill(key, CloseReason::Error(errno(&err)));
                 }
             }
@@ -467,11 +509,11 @@ impl Reactor {
                 let reason = if conn.has(flag::CONNECTING) {
                     CloseReason::ConnectFailed(nix::errno::Errno::ETIMEDOUT)
                 } else if conn.has(flag::WRITE_SHUT) {
-                    conn.closing.into() // linger over: close as planned
+                    conn.closing().into() // linger over: close as planned
                 } else {
                     let unsent = conn.output.len();
                     if core.peer_warnings.allow(now) {
-                        warn!("{}: send timeout ({unsent} bytes pending); closing", ConnId(key));
+                        warn!("{}: send timeout ({unsent} bytes pending); closing", Key(key));
                     }
                     CloseReason::SendTimeout { unsent }
                 };
@@ -479,7 +521,7 @@ impl Reactor {
                 continue;
             }
             if conn.idle_deadline != 0 && conn.idle_deadline <= now {
-                log::debug!("{}: idle timeout", ConnId(key));
+                log::debug!("{}: idle timeout", Key(key));
                 core.kill(key, CloseReason::IdleTimeout);
                 continue;
             }
@@ -494,7 +536,8 @@ impl Reactor {
             }
             core.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
             if fired {
-                self.call_conn(key, "on_timer", |h, ctx| h.on_timer(ctx, ConnId(key)));
+                let id = ConnId::new(key, conn.gen);
+                self.call_conn(key, "on_timer", |h, ctx| h.on_timer(ctx, id));
             }
         }
         let core = &mut self.core;
@@ -598,7 +641,7 @@ impl Reactor {
         if conn.has(flag::HANDING_OVER) && notice != Notice::Open {
             return self.core.notice(key, notice);
         }
-        let id = ConnId(key);
+        let id = self.core.id(key);
         match notice {
             Notice::Busy => self.call_conn(key, "on_busy", |h, ctx| h.on_busy(ctx, id)),
             Notice::Ready => self.call_conn(key, "on_ready", |h, ctx| h.on_ready(ctx, id)),
@@ -636,9 +679,9 @@ impl Reactor {
         core.accept_paused_until = 0;
         // Notices for this key must not reach a connection that reuses it.
         core.notices.retain(|&(k, _)| k != key);
-        let handler = conn.handler;
+        let (handler, id) = (conn.handler(), ConnId::new(key, conn.gen));
         drop(conn);
-        self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, ConnId(key), reason));
+        self.call(handler, None, "on_close", |h, ctx| h.on_close(ctx, id, reason));
     }
 
     /// Stop accepting and close every connection gracefully.
@@ -653,15 +696,26 @@ impl Reactor {
     /// Handlers hear `on_stop` before their connections start closing, so
     /// that what they queue then (a chat's "left" notices to Redis) is
     /// flushed by the graceful close.
+    ///
+    /// That last accepting is bounded (the edge case "a reconnect storm at
+    /// shutdown"): clients that reconnect as fast as they are accepted
+    /// would keep the queue from ever reaching `EAGAIN`, and the shutdown
+    /// would never begin. What was queued when the shutdown began is at
+    /// most the listener's backlog, so each listener gives at most that
+    /// many, and all of them together at most [`FINAL_ACCEPT_TIME`];
+    /// whoever arrives after that is reset with the queue, as if a moment
+    /// late.
     fn shut_down(&mut self) {
+        let until = std::time::Instant::now() + FINAL_ACCEPT_TIME;
         for i in 0..self.core.listeners.len() {
+            let mut left = self.core.listeners[i].options.backlog.max(1) as usize;
             self.core.listeners[i].pending = true;
-            while self.core.listeners[i].pending {
-                let before = self.core.counters.accepted;
-                self.accept(i);
-                if self.core.counters.accepted == before {
-                    break; // EAGAIN, or out of descriptors
+            while self.core.listeners[i].pending && left > 0 && std::time::Instant::now() < until {
+                let taken = self.accept_at_most(i, left.min(self.core.config.accept_budget));
+                if taken == 0 {
+                    break; // out of descriptors
                 }
+                left -= taken;
             }
         }
         for h in 0..self.handlers.len() {
@@ -695,7 +749,35 @@ impl Reactor {
     }
 }
 
+impl Drop for Reactor {
+    /// A reactor that is gone runs no more jobs: its handles say so.
+    fn drop(&mut self) {
+        self.core.waker.close();
+    }
+}
+
 impl Core {
+    /// The id of the connection at `key`, which must exist.
+    fn id(&self, key: usize) -> ConnId {
+        ConnId::new(key, self.conns[key].gen)
+    }
+
+    /// The connection `id` names, if it is still there: `None` for a stale
+    /// id, whose slot another connection may hold now (see [`ConnId`]).
+    fn live(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.key()).filter(|c| c.gen == id.gen())
+    }
+
+    fn live_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.key()).filter(|c| c.gen == id.gen())
+    }
+
+    /// The generation of a connection being created.
+    fn next_generation(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1);
+        self.generation
+    }
+
     /// The earliest moment the loop must wake for, if any.
     fn next_wakeup(&self) -> Option<Micros> {
         let mut due = earliest(self.next_publish, self.next_tick);
@@ -796,6 +878,15 @@ impl Core {
         for key in left {
             self.kill(key, CloseReason::Shutdown);
         }
+    }
+}
+
+/// A slab key in logs, written as a [`ConnId`] is.
+struct Key(usize);
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
     }
 }
 

@@ -38,10 +38,10 @@ use std::os::fd::AsFd;
 
 use log::{debug, warn};
 
-use super::{errno, Core, Notice, LINGER};
+use super::{errno, Core, Key, Notice, LINGER};
 use crate::buffer::MAX_IOVECS;
 use crate::conn::{flag, Closing, Conn};
-use crate::handler::{CloseReason, ConnId, SendError};
+use crate::handler::{CloseReason, SendError};
 use crate::options::{OutputPolicy, OverLimit};
 use crate::sys;
 
@@ -70,7 +70,7 @@ impl Core {
         // Without linger 0, close(2) would still send what the kernel
         // holds, then a FIN: an abort must reset.
         if let Err(e) = sys::set_linger_zero(conn.fd.as_fd()) {
-            debug!("{}: SO_LINGER: {e}", ConnId(key));
+            debug!("{}: SO_LINGER: {e}", Key(key));
         }
         conn.output.clear(&mut self.out_pool);
         self.kill(key, reason);
@@ -87,7 +87,7 @@ impl Core {
             return self.kill(key, closing.into());
         }
         conn.set(flag::CLOSING);
-        conn.closing = closing;
+        conn.set_closing(closing);
         if conn.output.is_empty() {
             self.output_drained(key);
         }
@@ -136,7 +136,7 @@ impl Core {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EPIPE/ECONNRESET: the peer is gone.
-                    debug!("{}: send: {e}", ConnId(key));
+                    debug!("{}: send: {e}", Key(key));
                     return self.kill(key, CloseReason::Error(errno(&e)));
                 }
             }
@@ -191,7 +191,7 @@ impl Core {
         }
         if !conn.has(flag::WRITE_SHUT) {
             if let Err(e) = sys::shutdown_write(conn.fd.as_fd()) {
-                debug!("{}: shutdown: {e}", ConnId(key));
+                debug!("{}: shutdown: {e}", Key(key));
                 return self.kill(key, CloseReason::Error(errno(&e)));
             }
             conn.set(flag::WRITE_SHUT);
@@ -216,7 +216,7 @@ impl Core {
     pub(super) fn close_if_finished(&mut self, key: usize) {
         let conn = &self.conns[key];
         if conn.has(flag::READ_EOF) && conn.has(flag::WRITE_SHUT) {
-            let reason = if conn.has(flag::CLOSING) { conn.closing.into() } else { CloseReason::PeerClosed };
+            let reason = if conn.has(flag::CLOSING) { conn.closing().into() } else { CloseReason::PeerClosed };
             self.kill(key, reason);
         }
     }
@@ -274,7 +274,7 @@ impl Core {
                 }
                 OverLimit::Disconnect => {
                     if self.peer_warnings.allow(self.clock.now()) {
-                        warn!("{}: {len} bytes of output pending, over the limit; disconnecting", ConnId(key));
+                        warn!("{}: {len} bytes of output pending, over the limit; disconnecting", Key(key));
                     }
                     conn.output.clear(&mut self.out_pool);
                     return self.kill(key, CloseReason::OutbufFull);

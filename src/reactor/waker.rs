@@ -11,6 +11,12 @@
 //! the reactor wakes coalesce into one wake-up. This is how several
 //! reactors share one process (`--workers`): nothing on the hot path is
 //! shared, and a shutdown reaches each through its handle.
+//!
+//! **After `run` has returned**, nobody will run a job: [`Handle::submit`]
+//! then fails (`BrokenPipe`) instead of accepting work that would be
+//! dropped. The reactor closes its queue only when it finds the queue
+//! empty, under the queue's lock: a job submitted while `run` was on its
+//! way out is either run or refused, never accepted and lost.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,13 +31,41 @@ pub type Job = Box<dyn FnOnce(&mut Ctx<'_>) + Send>;
 
 pub(super) struct Shared {
     eventfd: OwnedFd,
-    jobs: Mutex<Vec<Job>>,
+    jobs: Mutex<Queue>,
     stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// `run` has returned (or the reactor is gone): no job will run again.
+    closed: bool,
 }
 
 impl Shared {
     pub(super) fn new() -> io::Result<Shared> {
-        Ok(Shared { eventfd: sys::eventfd()?, jobs: Mutex::new(Vec::new()), stop: AtomicBool::new(false) })
+        Ok(Shared { eventfd: sys::eventfd()?, jobs: Mutex::default(), stop: AtomicBool::new(false) })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the reactor's thread, as `run` is about to return: refuse jobs
+    /// from now on — unless some are queued, which must run first (they
+    /// were accepted); then `false`, and the loop goes on.
+    pub(super) fn close_if_idle(&self) -> bool {
+        let mut queue = self.queue();
+        queue.closed = queue.jobs.is_empty();
+        queue.closed
+    }
+
+    /// Refuse jobs from now on, whatever is queued (`run` failed, or the
+    /// reactor is dropped).
+    pub(super) fn close(&self) {
+        let mut queue = self.queue();
+        queue.closed = true;
+        queue.jobs.clear();
     }
 
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
@@ -44,7 +78,7 @@ impl Shared {
         if let Err(e) = sys::eventfd_drain(self.fd()) {
             log::warn!("waker: {e}");
         }
-        let jobs = std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|e| e.into_inner()));
+        let jobs = std::mem::take(&mut self.queue().jobs);
         (self.stop.load(Ordering::Acquire), jobs)
     }
 }
@@ -66,9 +100,20 @@ impl Handle {
     }
 
     /// Run `job` on the reactor's thread, soon. A panic in it is caught
-    /// and logged; the reactor goes on.
+    /// and logged; the reactor goes on. Once the reactor's `run` has
+    /// returned (or the reactor is dropped), fails with
+    /// [`io::ErrorKind::BrokenPipe`]: nothing would run the job.
     pub fn submit(&self, job: impl FnOnce(&mut Ctx<'_>) + Send + 'static) -> io::Result<()> {
-        self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(job));
+        {
+            let mut queue = self.shared.queue();
+            if queue.closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the reactor has stopped: the job would not run",
+                ));
+            }
+            queue.jobs.push(Box::new(job));
+        }
         self.wake()
     }
 

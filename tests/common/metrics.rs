@@ -20,12 +20,18 @@ pub fn free_addr() -> SocketAddr {
 /// busy with other tests' connections, an ephemeral port can be taken in
 /// between, so that case is retried with another.
 pub fn start_with_metrics(args: &[&str]) -> (Server, SocketAddr) {
+    start_with_metrics_from(|| Command::new(super::edgeloop_bin()), args)
+}
+
+/// Like [`start_with_metrics`], from a command `make` prepares (with an
+/// environment variable, say).
+pub fn start_with_metrics_from(make: impl Fn() -> Command, args: &[&str]) -> (Server, SocketAddr) {
     for _ in 0..5 {
         let metrics = free_addr();
         let addr = metrics.to_string();
         let mut all = args.to_vec();
         all.extend_from_slice(&["--metrics", &addr]);
-        match Server::try_start_with(Command::new(super::edgeloop_bin()), &all) {
+        match Server::try_start_with(make(), &all) {
             Ok(server) => return (server, metrics),
             Err(e) if e.contains(&addr) && e.contains("in use") => eprintln!("note: {addr} was taken; retrying"),
             Err(e) => panic!("{e}"),

@@ -412,6 +412,7 @@ impl Handler for Chat {
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
         if self.bus.is_some() {
             self.link_tick(ctx);
+            self.room_keys(ctx);
         }
     }
 
@@ -559,6 +560,21 @@ impl Chat {
         let figures = figures(ctx);
         figures.rooms = self.rooms.len() as u64;
         figures.members = self.population as u64;
+    }
+
+    /// With Redis (and so perhaps `--workers`): which rooms this worker
+    /// has, as hashes of their names, for the server's sum to count a room
+    /// with members on two workers once (see
+    /// [`edgeloop::stats::ChatCounters::room_keys`]). Once a tick: the count
+    /// itself is exact at once, the overlap at most a tick late.
+    fn room_keys(&self, ctx: &mut Ctx<'_>) {
+        let mut keys: Vec<u64> = self.rooms.keys().map(|name| edgeloop::stats::room_key(name)).collect();
+        keys.sort_unstable();
+        let figures = figures(ctx);
+        // The count with its keys, so that the sum subtracts the overlap
+        // from counts that agree with it.
+        figures.rooms = keys.len() as u64;
+        figures.room_keys = Some(keys.into());
     }
 
     /// Take `id` out of `room`; an empty room ceases to exist (without

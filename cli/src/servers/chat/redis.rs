@@ -96,6 +96,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const OUTBUF: usize = 64 << 20;
 /// Channels per `SUBSCRIBE` when re-subscribing after a reconnect.
 pub const SUBSCRIBE_BATCH: usize = 256;
+/// The smallest frame limit of the links to Redis, whatever `--max-frame`
+/// says for clients (see `Bus::new`): a reply's lines, and the pieces a
+/// long bulk string is read in.
+pub const LINK_FRAME_MIN: usize = 64 * 1024;
 /// Elements of an array reply at most.
 pub const MAX_ARRAY: usize = 1 << 20;
 /// The longest `/who` answer, in bytes of names (a room of some 300 000
@@ -354,7 +358,11 @@ impl Bus {
         // its sequence number, tag and nickname; an answer to `/who`, at
         // most WHO_MAX bytes of names.
         let bulk = max_frame.max(WHO_MAX).saturating_add(4096);
-        let limits = Limits { frame: max_frame, bulk, array: MAX_ARRAY };
+        // The links' frames are Redis's lines and the pieces bulks are read
+        // in, not clients' lines: a small `--max-frame` (16) must not cut an
+        // error line or a channel name, so the links have a limit of their
+        // own, never below LINK_FRAME_MIN.
+        let limits = Limits { frame: max_frame.max(LINK_FRAME_MIN), bulk, array: MAX_ARRAY };
         Bus {
             chan_prefix: format!("{PREFIX}{}:chan:", url.db),
             bodies: Script::ALL.iter().map(|s| s.body_for(url.db)).collect(),
@@ -415,7 +423,12 @@ impl Bus {
 
     /// Start both connections.
     pub fn connect(&mut self, ctx: &mut Ctx<'_>) {
-        let options = ConnectOptions { framing: Framing::Line, timeout: Some(CONNECT_TIMEOUT), ..Default::default() };
+        let options = ConnectOptions {
+            framing: Framing::Line,
+            timeout: Some(CONNECT_TIMEOUT),
+            max_frame: Some(self.limits.frame),
+            ..Default::default()
+        };
         let policy = OutputPolicy::new(OUTBUF, OverLimit::Disconnect);
         for which in [Which::Cmd, Which::Sub] {
             match ctx.connect(&self.addr, &options) {
