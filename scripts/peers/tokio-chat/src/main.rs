@@ -45,6 +45,11 @@ use tokio::sync::Notify;
 const MAX_OUTBUF: usize = 4 * 1024 * 1024;
 /// Read buffer per connection, and so the longest line accepted.
 const READ_BUF: usize = 64 * 1024;
+/// The most one read takes (the size BufReader uses). A read that is ready
+/// does not yield to the other tasks, and tokio's cooperative budget allows
+/// 128 of them per poll: with 64 KiB reads one flooding sender could fill
+/// every member's 4 MiB before any writer runs, and cut them all.
+const READ_CHUNK: usize = 8 * 1024;
 
 struct Member {
     nick: String,
@@ -129,7 +134,8 @@ async fn serve(room: Rc<RefCell<Room>>, mut stream: TcpStream) {
         let mut batch = Vec::new();
         let prefix = format!("{}: ", me.nick);
         while filled < buf.len() {
-            match rd.read(&mut buf[filled..]).await {
+            let upto = (filled + READ_CHUNK).min(buf.len());
+            match rd.read(&mut buf[filled..upto]).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => filled += n,
             }
