@@ -12,6 +12,7 @@
 # speaks; see each one's header):
 #   bin/tokio-chat     tokio current-thread, Rc<RefCell<>> room, a task per member (cargo)
 #   bin/go-chat        mutex-guarded room, reader + writer goroutine per member (go)
+#   bin/erlang-chat    one room process owning the sockets, port_command nosuspend (escript)
 # Tools: bin/pingpong (closed-loop echo client), check.py (echo conformance
 # check), check_chat.py (chat conformance check).
 set -uo pipefail
@@ -65,17 +66,16 @@ for p in go-echo go-chat; do
     fi
 done
 
-# Erlang: an escript, syntax-checked and copied.
-if command -v escript >/dev/null; then
-    if escript -s erlang-echo.erl && cp -f erlang-echo.erl bin/erlang-echo &&
-        chmod +x bin/erlang-echo; then
-        built+=(erlang-echo)
+# Erlang: escripts, syntax-checked and copied.
+for p in erlang-echo erlang-chat; do
+    if ! command -v escript >/dev/null; then
+        skipped+=("$p (no escript; INSTALL_PEERS=1 installs erlang-base)")
+    elif escript -s $p.erl && cp -f $p.erl bin/$p && chmod +x bin/$p; then
+        built+=($p)
     else
-        failed+=(erlang-echo)
+        failed+=($p)
     fi
-else
-    skipped+=("erlang-echo (no escript; INSTALL_PEERS=1 installs erlang-base)")
-fi
+done
 
 echo "built:   ${built[*]:-none}  (in $(pwd)/bin)"
 ((${#skipped[@]})) && printf 'skipped: %s\n' "${skipped[@]}"
