@@ -30,9 +30,8 @@
 %%
 %% Edge cases: each port_command makes the driver send an {inet_reply, ...}
 %% message back, which the room drops; a port already closed raises badarg,
-%% taken as a cut. On a member's EOF the room closes its socket, and
-%% gen_tcp:close waits for the queued output to go (the room blocks meanwhile:
-%% fine for a benchmark peer, members do not leave while it is measured).
+%% taken as a cut. On a member's EOF ({exit_on_close, false}) it leaves and
+%% a process of its own closes its socket once the queued output is sent.
 %% +Bd: SIGTERM/SIGINT stop the VM. Schedulers default to one per core in
 %% the CPU affinity (taskset -c 0 gives +S 1).
 -mode(compile).
@@ -40,12 +39,16 @@
 -define(MAX_OUTBUF, 4194304).
 -define(MAX_LINE, 65536).
 -define(ACTIVE, 32).
+-define(DRAIN, 64).
 
 main([Addr]) ->
     {IP, Port} = parse(Addr),
     {ok, L} = gen_tcp:listen(Port, [binary, {packet, raw}, {active, false},
                                     {ip, IP}, {reuseaddr, true},
                                     {backlog, 1024}, {nodelay, true},
+                                    %% on a member's EOF keep the socket so
+                                    %% what is owed is still written
+                                    {exit_on_close, false},
                                     {high_watermark, ?MAX_OUTBUF},
                                     {low_watermark, ?MAX_OUTBUF div 2}]),
     {ok, {RIP, RPort}} = inet:sockname(L),
@@ -77,25 +80,13 @@ room(Members, Ports, N) ->
         {inet_reply, _, _} ->
             room(Members, Ports, N);
         {tcp, S, Data} ->
-            case Members of
-                #{S := {Nick, Prefix, Part}} ->
-                    Buf = case Part of <<>> -> Data; _ -> <<Part/binary, Data/binary>> end,
-                    case binary:split(Buf, <<"\n">>, [global]) of
-                        [Rest] when byte_size(Rest) > ?MAX_LINE ->
-                            {M1, P1} = cut([S], Members, Ports),
-                            room(M1, P1, N);
-                        [Rest] ->
-                            room(Members#{S := {Nick, Prefix, Rest}}, Ports, N);
-                        Pieces ->
-                            {Lines, [Rest]} = lists:split(length(Pieces) - 1, Pieces),
-                            Batch = iolist_to_binary([[Prefix, strip_cr(Line), $\n] || Line <- Lines]),
-                            M0 = Members#{S := {Nick, Prefix, Rest}},
-                            {M1, P1} = fanout(Batch, M0, Ports),
-                            room(M1, P1, N)
-                    end;
-                _ ->
-                    room(Members, Ports, N)
-            end;
+            {M0, Acc, Long} = drain(S, Data, {Members, [], []}, ?DRAIN),
+            {M1, P1} = case iolist_to_binary(Acc) of
+                           <<>> -> {M0, Ports};
+                           Batch -> fanout(Batch, M0, Ports)
+                       end,
+            {M2, P2} = cut(Long, M1, P1),
+            room(M2, P2, N);
         {tcp_passive, S} ->
             _ = inet:setopts(S, [{active, ?ACTIVE}]),
             room(Members, Ports, N);
@@ -113,6 +104,59 @@ room(Members, Ports, N) ->
             room(M1, P1, N);
         _ ->
             room(Members, Ports, N)
+    end.
+
+%% Lines of one read appended to Acc (an iolist, formatted), then of every
+%% other read already in the mailbox, up to Left of them: one fan-out for
+%% all, as a Go or tokio writer sends all that is pending at once.
+drain(S, Data, State, Left) ->
+    State1 = lines(S, Data, State),
+    receive
+        {tcp, S2, Data2} when Left > 0 -> drain(S2, Data2, State1, Left - 1);
+        {inet_reply, _, _} -> drain(none, <<>>, State1, Left);
+        {tcp_passive, S2} when Left > 0 ->
+            _ = inet:setopts(S2, [{active, ?ACTIVE}]),
+            drain(none, <<>>, State1, Left - 1)
+    after 0 -> State1
+    end.
+
+%% {Members, Acc, Long}: Acc the formatted lines (an iolist), Long the
+%% senders whose partial line passed MAX_LINE (cut after the fan-out; what
+%% they sent meanwhile is dropped).
+lines(S, Data, {Members, _, Long} = State) ->
+    case Members of
+        #{S := {Nick, Prefix, Part}} ->
+            case Long =/= [] andalso lists:member(S, Long) of
+                true -> State;
+                false -> split(S, Nick, Prefix, Part, Data, State)
+            end;
+        _ ->
+            State
+    end.
+
+split(S, Nick, Prefix, Part, Data, {Members, Acc, Long}) ->
+    Buf = case Part of <<>> -> Data; _ -> <<Part/binary, Data/binary>> end,
+    case binary:split(Buf, <<"\n">>, [global]) of
+        [Rest] when byte_size(Rest) > ?MAX_LINE ->
+            {Members, Acc, [S | Long]};
+        [Rest] ->
+            {Members#{S := {Nick, Prefix, Rest}}, Acc, Long};
+        Pieces ->
+            {Lines, [Rest]} = lists:split(length(Pieces) - 1, Pieces),
+            {Members#{S := {Nick, Prefix, Rest}},
+             [Acc | [[Prefix, strip_cr(Line), $\n] || Line <- Lines]], Long}
+    end.
+
+%% Abort: now, the queue discarded. Otherwise close/1 waits until the queue
+%% is sent, so a process of its own does it and the room carries on.
+close(S, true) ->
+    _ = inet:setopts(S, [{linger, {true, 0}}]),
+    gen_tcp:close(S);
+close(S, false) ->
+    Closer = spawn(fun() -> receive go -> gen_tcp:close(S) end end),
+    case gen_tcp:controlling_process(S, Closer) of
+        ok -> Closer ! go;
+        {error, _} -> exit(Closer, kill), gen_tcp:close(S)
     end.
 
 strip_cr(Line) ->
@@ -148,8 +192,7 @@ leave(S, Members, Ports, Abort) ->
     case maps:take(S, Members) of
         {{Nick, _, _}, M1} ->
             P1 = lists:delete(S, Ports),
-            Abort andalso inet:setopts(S, [{linger, {true, 0}}]),
-            gen_tcp:close(S),
+            close(S, Abort),
             fanout(<<"* ", Nick/binary, " left\n">>, M1, P1);
         error ->
             {Members, Ports}
