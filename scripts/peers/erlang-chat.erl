@@ -12,8 +12,9 @@
 %% and a message per member per line):
 %% - One room process owns every socket ({active, N}: a message per read,
 %%   re-armed on tcp_passive); an acceptor hands it each new socket.
-%% - All the complete lines of one read are formatted once ("NICK: TEXT\n"
-%%   each) into one binary, which goes to every member's port with
+%% - All the complete lines of one read, and of the other reads already in
+%%   its mailbox (up to 64), are formatted once ("NICK: TEXT\n" each) into
+%%   one binary, which goes to every member's port with
 %%   erlang:port_command(Port, Bin, [nosuspend]): the inet driver's output
 %%   queue is the member's pending buffer, and the driver writes everything
 %%   queued with one writev when the socket is writable.
