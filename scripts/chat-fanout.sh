@@ -4,6 +4,8 @@
 #   scripts/chat-fanout.sh                 # M = 10 100 1000, K = 4, 5 s each
 #   REDIS=1 scripts/chat-fanout.sh         # each M on one server, then on two
 #                                          # servers sharing one Redis
+#   PEERS=1 REPEAT=2 scripts/chat-fanout.sh  # beside the chat peers of
+#                                          # scripts/peers/ (go-chat, tokio-chat)
 #   MEMBERS="10 1000" SENDERS=2 DURATION=3 TEXT_BYTES=100 REPEAT=3 WINDOW=4096 \
 #       scripts/chat-fanout.sh
 #
@@ -13,6 +15,7 @@
 # measures the server flat out, senders unthrottled), runs the driver (1 s warm-up, DURATION s
 # measured) and prints one row:
 #
+#   server         edgeloop, or a peer (PEERS=1)
 #   mode           single: one server; redis: two servers on one Redis
 #                  (`--redis`), the members split between them, the senders
 #                  too — each message crosses Redis once and every server
@@ -23,6 +26,8 @@
 #                  core; both servers together in redis mode)
 #   ns/delivery    server CPU time (utime+stime, /proc/PID/stat) per delivery
 #                  (both servers; Redis's own CPU is the next column)
+#   M deliv/CPU-s  the same upside down: millions of deliveries per second of
+#                  server CPU (the figure to compare servers by)
 #   redis CPU      redis-server's CPU use (redis mode)
 #   deliv/sendmsg  deliveries per sendmsg, from the servers' --stats counters:
 #                  how many queued messages one vectored write carried
@@ -30,6 +35,17 @@
 #                  in microseconds (queueing under this load included)
 #   drv CPU        the driver's CPU use: near 100% means the driver, not the
 #                  server, was the limit
+#
+# PEERS=1 also runs, for every M, each chat peer that scripts/peers/build.sh
+# built (bin/go-chat, bin/tokio-chat: one room, the subset of the chat the
+# driver speaks, see their headers), the same way: started fresh, pinned to
+# the server's CPU (so Go runs GOMAXPROCS=1), measured by the same driver.
+# SERVERS="edgeloop go-chat" picks a subset. Runs alternate (for each
+# repetition, for each M, every server in turn) so that a noisy machine hits
+# all alike; the peers have no --stats, so their deliv/sendmsg is "-". After
+# the rows, with PEERS=1 or REPEAT > 1, a summary: per M and server the range
+# (min-max) over the repetitions, and with PEERS=1 edgeloop's median
+# deliveries per CPU-second divided by the best peer's.
 #
 # The server is pinned to CPU 0 and the driver to CPU 1 when taskset exists
 # and there are two CPUs; in redis mode both servers share CPU 0 (so the
@@ -52,7 +68,8 @@ TEXT_BYTES=${TEXT_BYTES:-32}
 # keep the server busy, capped at 4 million deliveries so that M = 1000
 # does not park hundreds of megabytes in socket buffers.
 WINDOW=${WINDOW:-}
-REPEAT=${REPEAT:-1} # rows per M (alternating over M), to see the spread
+REPEAT=${REPEAT:-${REPS:-1}} # rows per M (alternating over M), to see the spread
+PEERS=${PEERS:-0}
 MODES=single
 if [[ ${REDIS:-0} == 1 ]]; then
     MODES="single redis"
@@ -65,6 +82,21 @@ echo "building..." >&2
 cargo build --release --quiet
 ${CC:-cc} -O2 -Wall -Wextra -o "$out/fanout" scripts/chat/fanout.c
 bin=target/release/edgeloop
+peers_bin=scripts/peers/bin
+if [[ $PEERS == 1 ]]; then
+    # build.sh exits 1 if one peer failed to build; the others are still usable.
+    scripts/peers/build.sh >&2 || echo "warning: scripts/peers/build.sh reported a failure" >&2
+    if [[ -z ${SERVERS:-} ]]; then
+        SERVERS=edgeloop
+        for p in go-chat tokio-chat erlang-chat; do
+            if [[ -x $peers_bin/$p ]]; then SERVERS+=" $p"; fi
+        done
+    fi
+fi
+SERVERS=${SERVERS:-edgeloop}
+for srv in $SERVERS; do
+    [[ $srv == edgeloop || -x $peers_bin/$srv ]] || { echo "no server $srv (scripts/peers/build.sh)" >&2; exit 1; }
+done
 
 pin_server=() pin_driver=()
 if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
@@ -80,10 +112,11 @@ echo "# $(uname -sr), $(nproc) CPUs, pinning: ${pin_server[*]:-none} / ${pin_dri
     "netdev_max_backlog=$(cat /proc/sys/net/core/netdev_max_backlog)," \
     "somaxconn=$(cat /proc/sys/net/core/somaxconn)"
 echo "# K=$SENDERS senders, ${TEXT_BYTES}-byte texts, window ${WINDOW:-min(16384, 4000000/M)} messages," \
-    "${DURATION}s measured per row"
-printf '%-6s %6s %3s %14s %10s %8s %12s %9s %14s %9s %9s %8s %7s\n' \
-    mode M K deliveries/s msgs/s "srv CPU" ns/delivery "redis CPU" deliv/sendmsg "own p50" "own p99" \
-    "drv CPU" closed
+    "${DURATION}s measured per row; servers: $SERVERS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-11s %-6s %6s %3s %14s %10s %8s %12s %13s %9s %14s %9s %9s %8s %7s\n' \
+    server mode M K deliveries/s msgs/s "srv CPU" ns/delivery "M deliv/CPU-s" "redis CPU" deliv/sendmsg \
+    "own p50" "own p99" "drv CPU" closed
+: >"$out/rows.tsv"
 
 pids=()
 cleanup() {
@@ -94,19 +127,26 @@ trap cleanup EXIT
 # The value of KEY=... in a line of key=value pairs.
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
-# Start `edgeloop chat ARGS...` as server number $1 with time-stamped
-# --stats lines in $out/server$1.err; sets server_pid and port.
+# Start server number $1, named $2 (edgeloop: `edgeloop chat ARGS...`, with
+# time-stamped --stats lines in $out/server$1.err; a peer: bin/NAME IP:PORT);
+# sets server_pid and port.
 start_server() {
-    local n=$1
-    shift
-    rm -f "$out/stderr$n.fifo"
+    local n=$1 name=$2
+    shift 2
+    # The redirections below happen in the child, later: a stale file would
+    # give the previous run's port.
+    rm -f "$out/stderr$n.fifo" "$out/server$n.out"
     mkfifo "$out/stderr$n.fifo"
     # Stamp each --stats line with the time it arrived, to pick the ones
     # printed during the measurement.
     while IFS= read -r line; do echo "$EPOCHREALTIME $line"; done <"$out/stderr$n.fifo" >"$out/server$n.err" &
     pids+=($!)
-    "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 "$@" \
-        >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
+    if [[ $name == edgeloop ]]; then
+        "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 "$@" \
+            >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
+    else
+        "${pin_server[@]}" "$peers_bin/$name" 127.0.0.1:0 >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
+    fi
     server_pid=$!
     pids+=("$server_pid")
     port=
@@ -128,9 +168,18 @@ stop_all() {
 status=0
 runs=()
 for _ in $(seq "$REPEAT"); do runs+=($MEMBERS); done
-for m in "${runs[@]}"; do
+# (server, mode) pairs, run in turn for each M; the peers have no Redis mode.
+combos=()
+for srv in $SERVERS; do
     for mode in $MODES; do
+        [[ $mode == redis && $srv != edgeloop ]] || combos+=("$srv:$mode")
+    done
+done
+for m in "${runs[@]}"; do
+    for combo in "${combos[@]}"; do
+        srv=${combo%:*} mode=${combo#*:}
         redis_pid=
+        rm -f "$out"/server[12].err
         if [[ $mode == redis ]]; then
             rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
             "${pin_driver[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
@@ -141,12 +190,12 @@ for m in "${runs[@]}"; do
                 redis-cli -p "$rport" ping >/dev/null 2>&1 && break
                 sleep 0.05
             done
-            start_server 1 --redis "redis://127.0.0.1:$rport"
+            start_server 1 edgeloop --redis "redis://127.0.0.1:$rport"
             p1=$port s1=$server_pid
-            start_server 2 --redis "redis://127.0.0.1:$rport"
+            start_server 2 edgeloop --redis "redis://127.0.0.1:$rport"
             ports="$p1,$port" spids="$s1,$server_pid"
         else
-            start_server 1
+            start_server 1 "$srv"
             ports=$port spids=$server_pid
         fi
 
@@ -160,7 +209,7 @@ for m in "${runs[@]}"; do
 
         r=$(cat "$out/driver.out")
         if [[ -z $r ]]; then
-            printf '%-6s %6s %3s  driver failed (see above)\n' "$mode" "$m" "$SENDERS"
+            printf '%-11s %-6s %6s %3s  driver failed (see above)\n' "$srv" "$mode" "$m" "$SENDERS"
             continue
         fi
         from=$(field measure_wall_from "$r") to=$(field measure_wall_to "$r")
@@ -169,6 +218,7 @@ for m in "${runs[@]}"; do
         # is a message line (in redis mode a few are commands to Redis).
         per_write=- dbytes=0 dwrites=0
         for f in "$out"/server[12].err; do
+            [[ -e $f ]] || continue
             [[ $mode == single && $f == */server2.err ]] && continue
             stats=$(awk -v a="$from" -v b="$to" '$1 > a && $1 < b && $2 == "stats"' "$f")
             if [[ $(wc -l <<<"$stats") -ge 2 ]]; then
@@ -183,13 +233,58 @@ for m in "${runs[@]}"; do
         redis_cpu=-
         [[ $mode == redis ]] && redis_cpu=$(awk -v c="$(field other_cpu_s "$r")" -v s="$secs" \
             'BEGIN { printf "%.0f%%", 100 * c / s }')
-        printf '%-6s %6s %3s %14s %10.0f %7.0f%% %12s %9s %14s %9s %9s %7s%% %7s\n' \
-            "$mode" "$m" "$SENDERS" "$(field deliveries_per_s "$r")" \
+        ns=$(field server_ns_per_delivery "$r")
+        per_cpu_s=$(awk -v n="$ns" 'BEGIN { if (n > 0) printf "%.1f", 1000 / n; else print "-" }')
+        printf '%-11s %-6s %6s %3s %14s %10.0f %7.0f%% %12s %13s %9s %14s %9s %9s %7s%% %7s\n' \
+            "$srv" "$mode" "$m" "$SENDERS" "$(field deliveries_per_s "$r")" \
             "$(awk -v d="$(field deliveries_per_s "$r")" -v m="$m" 'BEGIN { print d / m }')" \
             "$(awk -v c="$(field server_cpu_s "$r")" -v s="$secs" 'BEGIN { print 100 * c / s }')" \
-            "$(field server_ns_per_delivery "$r")" "$redis_cpu" "$per_write" \
+            "$ns" "$per_cpu_s" "$redis_cpu" "$per_write" \
             "$(field own_p50_us "$r")" "$(field own_p99_us "$r")" "$(field driver_cpu_pct "$r")" \
             "$(field closed "$r")"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$srv" "$mode" "$m" "$(field deliveries_per_s "$r")" \
+            "$per_cpu_s" "$(field own_p99_us "$r")" >>"$out/rows.tsv"
     done
 done
+
+# Per M and server: the range over the repetitions; with peers, edgeloop's
+# median deliveries per CPU-second over the best peer's.
+if [[ $PEERS == 1 || $REPEAT -gt 1 ]]; then
+    echo
+    echo "# summary: min-max over $REPEAT repetition(s); ratio = edgeloop median M deliv/CPU-s / best peer median"
+    awk -F'\t' -v peers="$PEERS" -v order="$SERVERS" '
+        function range(a, n,    i, lo, hi) {
+            lo = hi = a[1]
+            for (i = 2; i <= n; i++) { if (a[i] < lo) lo = a[i]; if (a[i] > hi) hi = a[i] }
+            return lo == hi ? lo : lo "-" hi
+        }
+        function median(a, n,    i, j, t, b) {
+            for (i = 1; i <= n; i++) b[i] = a[i]
+            for (i = 2; i <= n; i++) for (j = i; j > 1 && b[j - 1] > b[j]; j--) { t = b[j]; b[j] = b[j - 1]; b[j - 1] = t }
+            return n % 2 ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
+        }
+        $5 != "-" {
+            k = $3 SUBSEP $1 SUBSEP $2
+            if (!(k in n)) { keys[++nk] = k; if (!($3 in seen_m)) { seen_m[$3] = 1; ms[++nm] = $3 } }
+            i = ++n[k]; d[k, i] = $4 / 1e6; c[k, i] = $5; p[k, i] = $6
+        }
+        END {
+            printf "%-11s %-6s %6s %18s %16s %12s\n", "server", "mode", "M", "M deliveries/s", "M deliv/CPU-s", "own p99 us"
+            ns = split(order, srv, " ")
+            for (mi = 1; mi <= nm; mi++) {
+                m = ms[mi]; best = 0; ours = 0
+                for (si = 1; si <= ns; si++) for (mode_i = 1; mode_i <= 2; mode_i++) {
+                    mode = mode_i == 1 ? "single" : "redis"
+                    k = m SUBSEP srv[si] SUBSEP mode
+                    if (!(k in n)) continue
+                    split("", a1); split("", a2); split("", a3)
+                    for (i = 1; i <= n[k]; i++) { a1[i] = sprintf("%.1f", d[k, i]) + 0; a2[i] = c[k, i] + 0; a3[i] = p[k, i] + 0 }
+                    printf "%-11s %-6s %6s %18s %16s %12s\n", srv[si], mode, m, range(a1, n[k]), range(a2, n[k]), range(a3, n[k])
+                    med = median(a2, n[k])
+                    if (mode == "single") { if (srv[si] == "edgeloop") ours = med; else if (med > best) best = med }
+                }
+                if (peers == 1 && best > 0 && ours > 0) printf "%-11s %-6s %6s %18s %16.2f\n", "ratio", "", m, "", ours / best
+            }
+        }' "$out/rows.tsv"
+fi
 exit $status

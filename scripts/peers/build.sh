@@ -8,7 +8,13 @@
 #   bin/tokio-echo     tokio current-thread runtime, task per connection (cargo)
 #   bin/go-echo        goroutine per connection, stdlib only (go)
 #   bin/erlang-echo    gen_tcp {active, once}, process per connection (escript)
-# Tools: bin/pingpong (closed-loop echo client), check.py (conformance check).
+# Chat peers (one room; the subset of edgeloop's chat that scripts/chat/fanout.c
+# speaks; see each one's header):
+#   bin/tokio-chat     tokio current-thread, Rc<RefCell<>> room, a task per member (cargo)
+#   bin/go-chat        mutex-guarded room, reader + writer goroutine per member (go)
+#   bin/erlang-chat    one room process owning the sockets, port_command nosuspend (escript)
+# Tools: bin/pingpong (closed-loop echo client), check.py (echo conformance
+# check), check_chat.py (chat conformance check).
 set -uo pipefail
 cd "$(dirname "$0")"
 mkdir -p bin
@@ -33,44 +39,43 @@ else
     failed+=(c-epoll-echo)
 fi
 
-# tokio: standalone cargo project with its own Cargo.lock.
-if command -v cargo >/dev/null; then
-    if cargo build --release --locked --quiet --manifest-path tokio-echo/Cargo.toml \
-        --target-dir tokio-echo/target &&
-        cp -f tokio-echo/target/release/tokio-echo bin/tokio-echo; then
-        built+=(tokio-echo)
+# tokio: standalone cargo projects, each with its own Cargo.lock.
+for p in tokio-echo tokio-chat; do
+    if ! command -v cargo >/dev/null; then
+        skipped+=("$p (no cargo)")
+    elif cargo build --release --locked --quiet --manifest-path $p/Cargo.toml \
+        --target-dir $p/target &&
+        cp -f $p/target/release/$p bin/$p; then
+        built+=($p)
     else
-        failed+=(tokio-echo)
+        failed+=($p)
     fi
-else
-    skipped+=("tokio-echo (no cargo)")
-fi
+done
 
 # Go: stdlib only, no module downloads, works without $HOME.
-if command -v go >/dev/null; then
-    cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}"
-    if (cd go-echo && GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod \
+cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}"
+for p in go-echo go-chat; do
+    if ! command -v go >/dev/null; then
+        skipped+=("$p (no go; INSTALL_PEERS=1 installs golang-go)")
+    elif (cd $p && GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod \
         GOCACHE="${GOCACHE:-$cache/go-build}" GOPATH="${GOPATH:-${HOME:-/tmp}/go}" \
-        go build -o ../bin/go-echo .); then
-        built+=(go-echo)
+        go build -o ../bin/$p .); then
+        built+=($p)
     else
-        failed+=(go-echo)
+        failed+=($p)
     fi
-else
-    skipped+=("go-echo (no go; INSTALL_PEERS=1 installs golang-go)")
-fi
+done
 
-# Erlang: an escript, syntax-checked and copied.
-if command -v escript >/dev/null; then
-    if escript -s erlang-echo.erl && cp -f erlang-echo.erl bin/erlang-echo &&
-        chmod +x bin/erlang-echo; then
-        built+=(erlang-echo)
+# Erlang: escripts, syntax-checked and copied.
+for p in erlang-echo erlang-chat; do
+    if ! command -v escript >/dev/null; then
+        skipped+=("$p (no escript; INSTALL_PEERS=1 installs erlang-base)")
+    elif escript -s $p.erl && cp -f $p.erl bin/$p && chmod +x bin/$p; then
+        built+=($p)
     else
-        failed+=(erlang-echo)
+        failed+=($p)
     fi
-else
-    skipped+=("erlang-echo (no escript; INSTALL_PEERS=1 installs erlang-base)")
-fi
+done
 
 echo "built:   ${built[*]:-none}  (in $(pwd)/bin)"
 ((${#skipped[@]})) && printf 'skipped: %s\n' "${skipped[@]}"

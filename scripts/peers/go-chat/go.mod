@@ -1,0 +1,3 @@
+module edgeloop/peers/go-chat
+
+go 1.19
