@@ -1,0 +1,1198 @@
+#!/usr/bin/env python3
+"""A Jepsen-style checker for the chat across servers (issue 16), stdlib only.
+
+    chat_checker.py --bin target/release/edgeloop [--duration 60]
+                    [--clients 30] [--servers 3] [--rooms 3]
+                    [--faults all|none|KIND,KIND...] [--seed N] [--out DIR]
+
+It starts its own `redis-server` on a free loopback port and SERVERS chat
+servers on it (`edgeloop chat --redis redis://127.0.0.1:PORT --listen
+127.0.0.1:0`), connects CLIENTS clients spread over the servers, lets them
+talk for DURATION seconds while it injects faults, then checks the whole
+history against SPEC.md ("Chat server", "Chat across servers") and prints a
+PASS/FAIL report. Exit status: 0 PASS, 1 FAIL, 2 the run itself could not be
+done (a server did not start...). Everything it starts is stopped at the end,
+on Ctrl-C and on SIGTERM; it touches only 127.0.0.1.
+
+# The clients
+
+Client `cK` connects (one at a time, so its first line is its own
+`* guestN joined` in `lobby`), goes to its room (`lobby`, `r1`, `r2`, ...,
+spread evenly), then, with a random pause of 30-250 ms between actions:
+82 % a message, 6 % `/who`, 6 % `/nick NAME` (NAME from a pool of about as
+many names as clients, so names collide often, and sometimes `guestK`, a
+name the server's own counter will reach), 6 % `/join` another room.
+Every message's text is unique and names its sender and the room the
+sender is in: `c12-r1-n345`. A client is stop-and-wait: it sends a line only
+once the previous one has its outcome (its own line back, an answer, or a
+`!` line), so every `!` line is the answer to exactly one known line; after
+OUTCOME_WAIT (40 s) without an outcome the line is recorded as having none
+and the client goes on. Every line sent and received is recorded with its
+time (one monotonic clock for the whole process, so times of different
+clients compare). After DURATION the faults stop, every process runs again,
+each client waits (at most 30 s) to be told `* chat backend restored` if it
+was told `unavailable`, sends one last message (so that every earlier loss
+sits between two lines it received), waits 5 s, sends `/who`; then one new
+client per server (`pS`) connects, sends a line and `/who` (the server is
+alive and answering), and the servers are stopped with SIGTERM (exit 0
+expected).
+
+# The fault model (FAULTS=all, the default; FAULTS=none for a clean run)
+
+From 3 s into the run until HEAL (10 s) before its end, one fault every
+1.5-6 s, the first ones covering every kind once (in random order), then
+kinds at random:
+
+  pause_server_short  SIGSTOP one chat server for 0.5-3 s, then SIGCONT;
+  pause_server_long   SIGSTOP one chat server for 8-15 s (past the 6 s
+                      liveness TTL: the others reap it), then SIGCONT;
+  pause_redis         SIGSTOP redis-server for 0.2-4 s, then SIGCONT;
+  kill_pubsub         CLIENT KILL TYPE pubsub (every subscription drops);
+  kill_normal         CLIENT KILL TYPE normal (every command link drops);
+  restart_redis       SHUTDOWN NOSAVE, 0.2-3 s down, started again on the
+                      same port, empty;
+  script_flush        SCRIPT FLUSH.
+
+Pauses run beside the other faults (at most one chat server paused at a
+time); every fault is logged with its time (OUT/faults.log and the report).
+
+# The invariants (each a rule of SPEC.md; what SPEC allows is tolerated)
+
+1. One order per room. For each room, the sequences of that room's message
+   lines received by its members (each member's, in the order received) are
+   all consistent with one total order (no member sees a before b while
+   another sees b before a, no cycle). Built from them, the room's order.
+   A member receives that order restricted to its membership, without
+   holes: a line missing between two lines it received ("lost") is allowed
+   only where it was told `* some lines may have been lost` (at that place),
+   or where the room was told the member had left (`* NICK left` while it
+   had not asked to leave: a server reaped after a long pause) until it was
+   announced `* NICK joined` again. `* chat backend unavailable` / `restored`
+   do not excuse a hole: SPEC wants what was missed replayed.
+   Membership: from the member's own `* NICK joined` in the room to the
+   moment it sent the `/join` that took it out; a line is owed to the member
+   when it was sent after the member's join reached the member and first
+   received by anyone before the member asked to leave (so its place in the
+   room's order is certainly inside the membership, whatever the clocks).
+2. No duplicates. No member receives a message line twice.
+3. One outcome per sent line. Each message a client sent got exactly one of:
+   its own line back, or `! chat backend unavailable`. A line refused was
+   received by nobody; a line that came back was received by every member
+   that was in the room throughout (the "owed" rule of 1). Each `/nick`,
+   `/join`, `/who` got one answer. Tolerated: a line with no outcome when its
+   sender was told `* some lines may have been lost` after sending it
+   (counted apart as "lost in an announced gap").
+4. Nicknames unique at every moment. From each client's own evidence (its
+   `guestN` on connect, `* OLD is now NEW` for itself, its own lines coming
+   back as `NICK: ...`), intervals in which it certainly held a name: from
+   the receipt of one piece of evidence to the sending of the next one with
+   the same name, unless `* chat backend unavailable` reached it between the
+   two (a server that lost Redis may lose its names). Two clients' intervals
+   for one name must not overlap. A `/who` answer lists no name twice, and a
+   `guestN` the server hands out is never handed out again.
+
+And beside them (also SPEC rules): no ghosts (a member of the room never
+sees a line from NICK after `* NICK left` until `* NICK joined` or a rename
+to NICK); a client's own line comes back under its own name unless a
+`* chat backend restored` since explains a rename; no line from a room the
+member is not in; `* chat backend unavailable` and `restored` alternate,
+starting with `unavailable`; a `/who` answered while the backend is up (no
+notice within 3 s) lists the asker; no line outside the protocol; no client
+is disconnected; every server is alive and answers at the end and exits 0
+on SIGTERM.
+
+Output: a report on stdout; OUT/faults.log, OUT/history.jsonl (every line
+sent and received per client), OUT/report.txt, OUT/chatS.log and
+OUT/redis.log (the servers' standard error).
+"""
+import argparse
+import asyncio
+import bisect
+import collections
+import heapq
+import json
+import os
+import random
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+OUTCOME_WAIT = 40.0  # s: longer than any fault's effect (15 s pause + reconnects)
+CONNECT_WAIT = 15.0
+HEAL = 10.0  # s of the run without faults at its end
+RESTORE_WAIT = 30.0
+DRAIN = 5.0
+THINK = (0.030, 0.250)
+SHOW = 5  # violations shown per kind
+NEAR = 30.0  # s: how far a name held by a client is looked for around a `left`
+
+NICK_RE = r"[A-Za-z0-9_-]{1,32}"
+RE_JOINED = re.compile(rf"^\* ({NICK_RE}) joined$")
+RE_LEFT = re.compile(rf"^\* ({NICK_RE}) left$")
+RE_RENAME = re.compile(rf"^\* ({NICK_RE}) is now ({NICK_RE})$")
+RE_MSG = re.compile(rf"^({NICK_RE}): (.*)$")
+RE_TEXT = re.compile(r"^([cp]\d+)-([A-Za-z0-9_]+)-n(\d+)$")
+RE_GUEST = re.compile(r"^guest\d+$")
+UNAVAILABLE_NOTICE = "* chat backend unavailable"
+RESTORED_NOTICE = "* chat backend restored"
+GAP_NOTICE = "* some lines may have been lost"
+REFUSAL = "! chat backend unavailable"
+
+FAULT_KINDS = [
+    "pause_server_short",
+    "pause_server_long",
+    "pause_redis",
+    "kill_pubsub",
+    "kill_normal",
+    "restart_redis",
+    "script_flush",
+]
+
+KINDS = [  # violation kinds: (key, invariant, what it means)
+    ("order", "1 one order", "two members saw a room's lines in different orders"),
+    ("lost", "1 one order", "a line missing from a member's sequence of its room, with no gap notice there"),
+    ("leak", "1 one order", "a line of a room the member is not in"),
+    ("duplicate", "2 no duplicate", "a member received one line twice"),
+    ("outcome", "3 one outcome", "a sent line without exactly one outcome, or refused yet delivered"),
+    ("nick", "4 unique names", "two live members held one name at one moment"),
+    ("guest", "4 unique names", "a guestN handed out twice"),
+    ("ghost", "no ghosts", "a line from a member after `* NICK left`, with no join since"),
+    ("identity", "no ghosts", "own line back under another name, without a rename or restore"),
+    ("who", "no ghosts", "/who (backend up) without the asker"),
+    ("notices", "notices", "`unavailable` / `restored` out of turn"),
+    ("unexpected", "protocol", "a line outside the protocol, or an answer to nothing"),
+    ("disconnected", "no crash", "a client was disconnected"),
+    ("server", "no crash", "a server died, did not answer, or did not exit 0 on SIGTERM"),
+]
+
+
+def now():
+    return time.monotonic()
+
+
+# --------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_cmd(port, *args, timeout=2.0):
+    """One command on a fresh connection; the first reply line, or None when
+    the connection closed without one (SHUTDOWN)."""
+    out = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(out)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+        return data.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
+class Proc:
+    def __init__(self, name, argv, log):
+        self.name, self.argv, self.log = name, argv, log
+        self.popen = None
+        self.paused = False
+        self.addr = None
+
+    def start(self, wait_line=False):
+        logf = open(self.log, "ab")
+        # Own session: a Ctrl-C at the terminal reaches only the checker, which
+        # stops what it started in order (and sees the exit status).
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if wait_line else logf,
+            stderr=logf,
+            start_new_session=True,
+        )
+        logf.close()
+        self.paused = False
+        if wait_line:
+            fd = self.popen.stdout.fileno()
+            buf, deadline = b"", now() + 15
+            while b"\n" not in buf:
+                left = deadline - now()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise RuntimeError(f"{self.name}: no `listening on` line within 15 s")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError(f"{self.name}: exited before listening (see {self.log})")
+                buf += chunk
+            line = buf.split(b"\n", 1)[0].decode()
+            m = re.match(r"^listening on (127\.0\.0\.1):(\d+)$", line)
+            if not m:
+                raise RuntimeError(f"{self.name}: unexpected first line {line!r}")
+            self.addr = (m[1], int(m[2]))
+
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def pause(self):
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self, grace=8.0):
+        """SIGTERM (after SIGCONT), then SIGKILL; the exit status or None."""
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.resume()
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+                return "killed"
+        return self.popen.returncode
+
+
+class Redis(Proc):
+    def __init__(self, port, log):
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+        super().__init__("redis", argv, log)
+        self.port = port
+
+    def start(self, wait_line=False):
+        super().start()
+        deadline = now() + 10
+        while now() < deadline:
+            try:
+                if redis_cmd(self.port, "PING", timeout=0.5) == "+PONG":
+                    return
+            except OSError:
+                pass
+            if not self.alive():
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not start (see {self.log})")
+
+
+# ------------------------------------------------------------------ faults
+
+
+class Faults:
+    def __init__(self, checker, kinds, rng):
+        self.c, self.kinds, self.rng = checker, kinds, rng
+        self.log = []  # (t, text)
+        self.counts = collections.Counter()
+        self.tasks = set()
+        self.server_paused = False
+        self.redis_busy = False
+
+    def note(self, text):
+        t = now() - self.c.t0
+        self.log.append((t, text))
+        self.c.fault_file.write(f"{t:8.3f} {text}\n")
+        self.c.fault_file.flush()
+
+    async def run(self, start, end):
+        await asyncio.sleep(max(0.0, start - now()))
+        order = self.kinds[:]
+        self.rng.shuffle(order)
+        while True:
+            kind = order.pop(0) if order else self.rng.choice(self.kinds)
+            length = {"pause_server_long": 15.0, "pause_server_short": 3.0, "pause_redis": 4.0,
+                      "restart_redis": 5.0}.get(kind, 0.5)
+            if now() + length > end:
+                # Too long for the time left: a shorter one if any, else done.
+                short = [k for k in self.kinds if k not in ("pause_server_long",)]
+                if kind == "pause_server_long" and short and now() + 5.0 <= end:
+                    continue
+                break
+            await self.inject(kind)
+            await asyncio.sleep(self.rng.uniform(1.5, 6.0))
+        for task in list(self.tasks):
+            await task
+
+    async def inject(self, kind):
+        rng, c = self.rng, self.c
+        if kind.startswith("pause_server"):
+            if self.server_paused:
+                kind = "kill_pubsub"
+            else:
+                self.server_paused = True
+                server = rng.choice(c.servers)
+                secs = rng.uniform(8, 15) if kind.endswith("long") else rng.uniform(0.5, 3)
+                self.counts[kind] += 1
+                self.spawn(self.pause(server, secs, kind))
+                return
+        if kind in ("pause_redis", "restart_redis") and self.redis_busy:
+            kind = "script_flush"
+        self.counts[kind] += 1
+        if kind == "pause_redis":
+            self.redis_busy = True
+            self.spawn(self.pause_redis(rng.uniform(0.2, 4)))
+        elif kind == "restart_redis":
+            self.redis_busy = True
+            self.spawn(self.restart_redis(rng.uniform(0.2, 3)))
+        else:
+            cmd = {"kill_pubsub": ("CLIENT", "KILL", "TYPE", "pubsub"),
+                   "kill_normal": ("CLIENT", "KILL", "TYPE", "normal"),
+                   "script_flush": ("SCRIPT", "FLUSH")}[kind]
+            try:
+                reply = await asyncio.to_thread(redis_cmd, c.redis.port, *cmd)
+            except OSError as e:
+                reply = f"error {e}"
+            self.note(f"{kind}: {' '.join(cmd)} -> {reply}")
+
+    def spawn(self, coro):
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def pause(self, server, secs, kind):
+        server.pause()
+        self.note(f"{kind}: SIGSTOP {server.name} (pid {server.popen.pid}) for {secs:.1f} s")
+        try:
+            await asyncio.sleep(secs)
+        finally:
+            server.resume()
+            self.note(f"{kind}: SIGCONT {server.name}")
+            self.server_paused = False
+
+    async def pause_redis(self, secs):
+        self.c.redis.pause()
+        self.note(f"pause_redis: SIGSTOP redis for {secs:.1f} s")
+        try:
+            await asyncio.sleep(secs)
+        finally:
+            self.c.redis.resume()
+            self.note("pause_redis: SIGCONT redis")
+            self.redis_busy = False
+
+    async def restart_redis(self, secs):
+        redis = self.c.redis
+        try:
+            try:
+                await asyncio.to_thread(redis_cmd, redis.port, "SHUTDOWN", "NOSAVE")
+            except OSError:
+                pass
+            try:
+                await asyncio.to_thread(redis.popen.wait, 5)
+            except subprocess.TimeoutExpired:
+                redis.popen.kill()
+                await asyncio.to_thread(redis.popen.wait)
+            self.note(f"restart_redis: SHUTDOWN NOSAVE (exit {redis.popen.returncode}), down {secs:.1f} s")
+            await asyncio.sleep(secs)
+        finally:
+            await asyncio.to_thread(redis.start)
+            self.note("restart_redis: redis-server started again, empty")
+            self.redis_busy = False
+
+
+# ------------------------------------------------------------------ clients
+
+# Stream item kinds
+MSG, JOIN, LEFT, REN, WHO, ERR, UNAV, REST, GAP, OTHER = range(10)
+
+
+class Item:
+    __slots__ = ("t", "kind", "a", "b", "room")
+
+    def __init__(self, t, kind, a, b, room):
+        self.t, self.kind, self.a, self.b, self.room = t, kind, a, b, room
+
+
+class Msg:
+    __slots__ = ("text", "sender", "room", "sent", "returned", "refused", "first_recv", "receivers")
+
+    def __init__(self, text, sender, room, sent):
+        self.text, self.sender, self.room, self.sent = text, sender, room, sent
+        self.returned, self.refused = [], []
+        self.first_recv = None
+        self.receivers = 0
+
+
+class Stay:
+    """A membership of one room in the client's own view: from the receipt of
+    its own `joined` (j, stream index start) to the sending of the `/join`
+    that took it out (l, stream index end)."""
+
+    __slots__ = ("room", "j", "start", "l", "end")
+
+    def __init__(self, room, j, start):
+        self.room, self.j, self.start = room, j, start
+        self.l, self.end = float("inf"), None
+
+
+class Pending:
+    __slots__ = ("kind", "arg", "line", "sent", "future", "record")
+
+    def __init__(self, kind, arg, line, sent, future, record):
+        self.kind, self.arg, self.line, self.sent, self.future, self.record = kind, arg, line, sent, future, record
+
+
+class Client:
+    def __init__(self, checker, cid, server, rng):
+        self.c, self.cid, self.server, self.rng = checker, cid, server, rng
+        self.stream = []
+        self.sent = []  # (t, line)
+        self.cmds = []  # dicts: kind, arg, sent, outcome
+        self.nick = None
+        self.room = None
+        self.prev_room = None
+        self.settled = True  # a line of the current room seen since joining it
+        self.stays = []
+        self.status = "up"
+        self.unavail = []  # times `* chat backend unavailable` arrived
+        self.notices = []  # times of unavailable and restored notices
+        self.gaps = []  # times of gap notices
+        self.evidence = []  # (nick, lo, hi)
+        self.timeline = []  # (t, nick): the name this client believes it has from t
+        self.guests = []  # (name, t) handed out to it by the server
+        self.restored_since = False
+        self.pending = None
+        self.departed = set()
+        self.seq = 0
+        self.reader = self.writer = None
+        self.closing = False
+        self.closed = False
+        self.connected_at = None
+        self.registered = None
+
+    def violate(self, kind, text):
+        self.c.violate(kind, f"{self.cid}@{self.server.name}: {text}")
+
+    def rel(self, t):
+        return f"{t - self.c.t0:.3f}s"
+
+    def push(self, t, kind, a=None, b=None):
+        self.stream.append(Item(t, kind, a, b, self.room))
+        return len(self.stream) - 1
+
+    def set_nick(self, nick, lo, hi):
+        if nick != self.nick:
+            self.timeline.append((hi, nick))
+        self.nick = nick
+        self.evidence.append((nick, lo, hi))
+        self.restored_since = False
+
+    def resolve(self, outcome, t):
+        p = self.pending
+        if p is None:
+            return
+        if p.record is not None and p.record.get("outcome") is None:
+            p.record["outcome"], p.record["t"] = outcome, t
+        if not p.future.done():
+            p.future.set_result(outcome)
+
+    # ----- the network side
+
+    async def connect(self):
+        self.connected_at = now()
+        self.reader, self.writer = await asyncio.open_connection(*self.server.addr)
+        self.registered = asyncio.get_running_loop().create_future()
+        asyncio.ensure_future(self.read_loop())
+        await asyncio.wait_for(asyncio.shield(self.registered), CONNECT_WAIT)
+
+    async def read_loop(self):
+        try:
+            while True:
+                data = await self.reader.readline()
+                if not data.endswith(b"\n"):
+                    break
+                if self.c.recording:
+                    self.on_line(now(), data[:-1].decode("utf-8", "replace"))
+        except (ConnectionError, OSError) as e:
+            if not self.closing:
+                self.violate("disconnected", f"connection error {e} at {self.rel(now())}")
+        else:
+            if not self.closing:
+                self.violate("disconnected", f"the server closed the connection at {self.rel(now())}")
+        self.closed = True
+        if self.pending and not self.pending.future.done():
+            self.pending.future.set_result(None)
+
+    async def send(self, kind, arg, line, record=None):
+        if self.closed:
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        t = now()  # before the write: a send time is never later than the real one
+        self.pending = Pending(kind, arg, line, t, fut, record)
+        if record is not None:
+            record["sent"] = t
+        if kind == "msg":
+            self.c.msgs[arg].sent = t
+        self.sent.append((t, line))
+        try:
+            self.writer.write(line.encode() + b"\n")
+            await self.writer.drain()
+            return await asyncio.wait_for(fut, OUTCOME_WAIT)
+        except asyncio.TimeoutError:
+            return None
+        except (ConnectionError, OSError):
+            return None
+        finally:
+            self.pending = None
+
+    async def say(self):
+        self.seq += 1
+        text = f"{self.cid}-{self.room}-n{self.seq}"
+        msg = Msg(text, self.cid, self.room, now())
+        self.c.msgs[text] = msg
+        rec = {"kind": "msg", "arg": text, "outcome": None}
+        self.cmds.append(rec)
+        return await self.send("msg", text, text, rec)
+
+    async def command(self, kind, arg=None):
+        line = f"/{kind} {arg}" if arg else f"/{kind}"
+        rec = {"kind": kind, "arg": arg, "outcome": None}
+        self.cmds.append(rec)
+        return await self.send(kind, arg, line, rec)
+
+    async def traffic(self, until, first_room):
+        if first_room != self.room:
+            await self.command("join", first_room)
+        rng = self.rng
+        while now() < until and not self.closed:
+            await asyncio.sleep(rng.uniform(*THINK))
+            r = rng.random()
+            if r < 0.06:
+                await self.command("who")
+            elif r < 0.12:
+                if rng.random() < 0.2:
+                    name = f"guest{rng.randint(1, 3 * len(self.c.clients) + 20)}"
+                else:
+                    name = rng.choice(self.c.nick_pool)
+                if name != self.nick:
+                    await self.command("nick", name)
+            elif r < 0.18:
+                rooms = [x for x in self.c.rooms if x != self.room]
+                await self.command("join", rng.choice(rooms))
+            else:
+                await self.say()
+
+    async def finish(self):
+        """The end: back to `up`, one last line, then `/who`."""
+        deadline = now() + RESTORE_WAIT
+        while self.status != "up" and now() < deadline and not self.closed:
+            await asyncio.sleep(0.1)
+        for _ in range(5):
+            if await self.say() == "ok" or self.closed:
+                break
+            await asyncio.sleep(1.0)
+
+    def close(self):
+        self.closing = True
+        if self.writer is not None:
+            self.writer.close()
+
+    # ----- what a line means, seen from this client (its own view)
+
+    def on_line(self, t, line):
+        p = self.pending
+        if line == UNAVAILABLE_NOTICE:
+            self.push(t, UNAV)
+            if self.status == "down":
+                self.violate("notices", f"`{line}` again at {self.rel(t)} without `restored` between")
+            self.status = "down"
+            self.unavail.append(t)
+            self.notices.append(t)
+        elif line == RESTORED_NOTICE:
+            self.push(t, REST)
+            if self.status != "down":
+                self.violate("notices", f"`{line}` at {self.rel(t)} without `unavailable` before")
+            self.status = "up"
+            self.restored_since = True
+            self.notices.append(t)
+        elif line == GAP_NOTICE:
+            self.push(t, GAP)
+            self.gaps.append(t)
+        elif line.startswith("* members:"):
+            names = line[len("* members:"):].split()
+            self.push(t, WHO, names)
+            if p is None or p.kind != "who":
+                self.violate("unexpected", f"`{line[:80]}` at {self.rel(t)} answers no /who")
+                return
+            self.resolve("ok", t)
+            dups = sorted(n for n, k in collections.Counter(names).items() if k > 1)
+            if dups:
+                self.c.violate("nick", f"{self.cid}@{self.server.name}: /who at {self.rel(t)} lists {dups} twice")
+            quiet = not any(p.sent - 3.0 <= x <= t for x in self.notices)
+            if self.status == "up" and quiet and self.nick not in names:
+                self.violate("who", f"/who at {self.rel(t)} (backend up) omits its own name {self.nick}: `{line[:120]}`")
+        elif line.startswith("! "):
+            self.push(t, ERR, line)
+            if p is None or p.kind == "who":
+                self.violate("unexpected", f"`{line}` at {self.rel(t)} answers no line")
+            elif line == REFUSAL:
+                self.resolve("refused", t)
+                if p.kind == "msg":
+                    self.c.msgs[p.arg].refused.append(t)
+            elif p.kind == "nick" and line in (f"! nickname {p.arg} is in use", f"! you are already {p.arg}"):
+                self.resolve("failed", t)
+            elif p.kind == "join" and line == f"! you are already in {p.arg}":
+                self.resolve("failed", t)
+            else:
+                self.violate("unexpected", f"`{line}` at {self.rel(t)} in answer to `{p.line}`")
+                self.resolve("error", t)
+        elif m := RE_RENAME.match(line):
+            old, new = m[1], m[2]
+            self.push(t, REN, old, new)
+            if old == self.nick:
+                if p is not None and p.kind == "nick" and new == p.arg:
+                    self.set_nick(new, p.sent, t)
+                    self.resolve("ok", t)
+                else:  # renamed by the server (a name taken while Redis was lost)
+                    self.set_nick(new, t, t)
+                    if RE_GUEST.match(new):
+                        self.guests.append((new, t))
+            else:
+                if old in self.departed:
+                    self.violate("ghost", f"`{line}` at {self.rel(t)} in {self.room}, after `* {old} left`, no join since")
+                self.departed.discard(old)
+                self.departed.discard(new)
+        elif m := RE_JOINED.match(line):
+            nick = m[1]
+            idx = self.push(t, JOIN, nick)
+            if self.nick is None:
+                # Registration: its own join into lobby is its first line.
+                self.room = "lobby"
+                self.stream[idx].room = "lobby"
+                self.set_nick(nick, self.connected_at, t)
+                if RE_GUEST.match(nick):
+                    self.guests.append((nick, t))
+                self.stays.append(Stay("lobby", t, idx))
+                if not self.registered.done():
+                    self.registered.set_result(t)
+            elif p is not None and p.kind == "join" and nick == self.nick:
+                stay = self.stays[-1]
+                stay.l, stay.end = p.sent, idx
+                self.prev_room, self.room = self.room, p.arg
+                self.stream[idx].room = self.room
+                self.stays.append(Stay(self.room, t, idx))
+                self.departed = set()
+                self.settled = False
+                self.evidence.append((nick, p.sent, t))
+                self.resolve("ok", t)
+            elif nick != self.nick:
+                self.departed.discard(nick)
+        elif m := RE_LEFT.match(line):
+            nick = m[1]
+            self.push(t, LEFT, nick)
+            if nick != self.nick and self.settled:
+                self.departed.add(nick)
+        elif m := RE_MSG.match(line):
+            nick, text = m[1], m[2]
+            tm = RE_TEXT.match(text)
+            msg = self.c.msgs.get(text) if tm else None
+            if msg is None:
+                self.push(t, OTHER, line)
+                self.violate("unexpected", f"`{line[:120]}` at {self.rel(t)}: no client sent this text")
+                return
+            self.push(t, MSG, text, nick)
+            msg.receivers += 1
+            if msg.first_recv is None:
+                msg.first_recv = t
+            if msg.room == self.room:
+                self.settled = True
+            allowed = (self.room, self.prev_room, p.arg if p is not None and p.kind == "join" else None)
+            if msg.room not in allowed:
+                self.violate("leak", f"`{line}` (room {msg.room}) at {self.rel(t)} while in {self.room}")
+            if msg.sender == self.cid:
+                msg.returned.append(t)
+                if p is not None and p.kind == "msg" and p.arg == text:
+                    self.resolve("ok", t)
+                if nick != self.nick and not self.restored_since:
+                    self.violate("identity", f"own line `{line}` at {self.rel(t)} under {nick}, but its name is {self.nick} (no rename, no restore since)")
+                self.set_nick(nick, msg.sent, t)
+            elif nick in self.departed:
+                self.violate("ghost", f"`{line}` at {self.rel(t)} in {self.room}: after `* {nick} left`, no join since")
+        else:
+            self.push(t, OTHER, line)
+            self.violate("unexpected", f"`{line[:120]}` at {self.rel(t)}")
+
+
+# ------------------------------------------------------------------ checks
+
+
+def nicks_near(client, t):
+    """Names `client` held (in its own view) within NEAR seconds of t."""
+    names = {n for n, lo, hi in client.evidence if t - NEAR <= hi <= t + NEAR}
+    i = bisect.bisect_right([x for x, _ in client.timeline], t - NEAR) - 1
+    if i >= 0:
+        names.add(client.timeline[i][1])
+    return names
+
+
+def room_sequences(clients, msgs):
+    """room -> cid -> [text] (first receipt only, in the order received)."""
+    seqs = collections.defaultdict(dict)
+    for c in clients:
+        seen = set()
+        for it in c.stream:
+            if it.kind == MSG and it.a not in seen:
+                seen.add(it.a)
+                seqs[msgs[it.a].room].setdefault(c.cid, []).append(it.a)
+    return seqs
+
+
+def reference_order(seqs, msgs):
+    """A total order of the room's lines consistent with every member's
+    sequence (Kahn, ties by first receipt); True if there was a cycle."""
+    succ = collections.defaultdict(set)
+    indeg = collections.Counter()
+    nodes = set()
+    for seq in seqs.values():
+        nodes.update(seq)
+        for a, b in zip(seq, seq[1:]):
+            if b not in succ[a]:
+                succ[a].add(b)
+                indeg[b] += 1
+    heap = [(msgs[x].first_recv, x) for x in nodes if indeg[x] == 0]
+    heapq.heapify(heap)
+    order, done = [], set()
+    cyclic = False
+    while len(order) < len(nodes):
+        if not heap:  # a cycle: go on from the earliest line left
+            cyclic = True
+            x = min((msgs[x].first_recv, x) for x in nodes if x not in done)
+            heap.append(x)
+        _, x = heapq.heappop(heap)
+        if x in done:
+            continue
+        done.add(x)
+        order.append(x)
+        for y in succ[x]:
+            indeg[y] -= 1
+            if indeg[y] == 0 and y not in done:
+                heapq.heappush(heap, (msgs[y].first_recv, y))
+    return {x: i for i, x in enumerate(order)}, cyclic
+
+
+def check(c):
+    clients, msgs = c.all_clients, c.msgs
+    by_cid = {x.cid: x for x in clients}
+    rel = lambda t: f"{t - c.t0:.3f}s"  # noqa: E731
+
+    # 2. duplicates
+    for cl in clients:
+        counts = collections.Counter(it.a for it in cl.stream if it.kind == MSG)
+        for text, k in counts.items():
+            if k > 1:
+                c.violate("duplicate", f"{cl.cid}@{cl.server.name} received `{text}` {k} times")
+
+    # 1. one order per room
+    seqs = room_sequences(clients, msgs)
+    positions = {}
+    for room, members in sorted(seqs.items()):
+        pos_of = {cid: {x: i for i, x in enumerate(seq)} for cid, seq in members.items()}
+        inverted = 0
+        cids = sorted(members)
+        for i, m in enumerate(cids):
+            for n in cids[i + 1:]:
+                pn, last, prev = pos_of[n], -1, None
+                for x in members[m]:
+                    p = pn.get(x)
+                    if p is None:
+                        continue
+                    if p < last:
+                        inverted += 1
+                        c.violate("order", f"room {room}: {m} received `{prev}` before `{x}`, {n} the other way round")
+                        break
+                    last, prev = p, x
+        positions[room], cyclic = reference_order(members, msgs)
+        if cyclic and not inverted:
+            c.violate("order", f"room {room}: the members' sequences admit no single order (a cycle through three or more members)")
+
+    # Excused holes: where the room was told a member left while it had not
+    # asked to (reaped), until it was announced joined again.
+    excused = collections.defaultdict(set)
+    ever = {m.cid: {n for n, _, _ in m.evidence} for m in clients}
+    for n in clients:
+        st = n.stream
+        for i, it in enumerate(st):
+            if it.kind != LEFT:
+                continue
+            for m in clients:
+                if it.a not in ever[m.cid]:
+                    continue
+                names = nicks_near(m, it.t)
+                if it.a not in names:
+                    continue
+                if any(s.room == it.room and it.t - 60 <= s.l <= it.t for s in m.stays):
+                    continue  # its own /join away
+                for k in range(i + 1, len(st)):
+                    nx = st[k]
+                    if nx.kind == JOIN and nx.a in names:
+                        break
+                    if nx.t > it.t + 120:
+                        break
+                    if nx.kind == MSG and msgs[nx.a].room == it.room:
+                        excused[m.cid].add(nx.a)
+
+    # 1 and 3. holes: (a) between two lines a member received consecutively
+    # (no gap notice between), a line another member received between them;
+    # (b) a line owed to a member's stay that it never received.
+    lost = {}
+    received = {cl.cid: {it.a for it in cl.stream if it.kind == MSG} for cl in clients}
+    for cl in clients:
+        got = received[cl.cid]
+        for s in cl.stays:
+            end = s.end if s.end is not None else len(cl.stream)
+            pos = positions.get(s.room, {})
+            members = seqs.get(s.room, {})
+            mine = []  # (stream index, ref position, text)
+            gaps = []
+            for i in range(s.start, end):
+                it = cl.stream[i]
+                if it.kind == GAP:
+                    gaps.append(i)
+                elif it.kind == MSG and msgs[it.a].room == s.room and it.a in pos:
+                    mine.append((i, pos[it.a], it.a))
+            # (a) consecutive pairs, no gap notice between
+            for (ia, pa, a), (ib, pb, b) in zip(mine, mine[1:]):
+                if pb - pa <= 1 or any(ia < g < ib for g in gaps):
+                    continue
+                for n, seq in members.items():
+                    if n == cl.cid:
+                        continue
+                    pn = c.pos_cache.setdefault((s.room, n), {x: i for i, x in enumerate(seq)})
+                    qa, qb = pn.get(a), pn.get(b)
+                    if qa is None or qb is None or qb - qa <= 1:
+                        continue
+                    for x in seq[qa + 1:qb]:
+                        if x not in got and x not in excused[cl.cid] and (cl.cid, x) not in lost:
+                            lost[(cl.cid, x)] = f"between `{a}` and `{b}` (at {rel(cl.stream[ia].t)}-{rel(cl.stream[ib].t)}); {n} received it between them"
+            # (b) owed lines never received
+            refs = [p for _, p, _ in mine]
+            sent = c.by_room_sent.get(s.room, [])
+            for _, x, msg in sent[bisect.bisect_right(sent, (s.j, "\uffff")):]:
+                if msg.sent >= s.l:
+                    break
+                if msg.first_recv is None or msg.first_recv >= s.l:
+                    continue
+                if msg.sender == cl.cid or x in got or x in excused[cl.cid] or (cl.cid, x) in lost:
+                    continue
+                k = bisect.bisect_left(refs, pos.get(x, 0))
+                lo = mine[k - 1][0] if k > 0 else s.start
+                hi = mine[k][0] if k < len(mine) else end
+                if any(lo < g < hi for g in gaps):
+                    continue
+                lost[(cl.cid, x)] = (f"sent by {msg.sender} at {rel(msg.sent)} (after this member's join at {rel(s.j)}), "
+                                     f"first received at {rel(msg.first_recv)}, by {msg.receivers} member(s); "
+                                     f"never received, no gap notice")
+    for (cid, x), why in sorted(lost.items(), key=lambda kv: msgs[kv[0][1]].sent):
+        cl = by_cid[cid]
+        c.violate("lost", f"{cid}@{cl.server.name} in room {msgs[x].room} missed `{x}`: {why}")
+
+    # 3. one outcome per sent line
+    c.lost_in_gap = 0
+    for cl in clients:
+        for rec in cl.cmds:
+            if rec["kind"] == "msg":
+                msg = msgs[rec["arg"]]
+                back, refused = len(msg.returned), len(msg.refused)
+                if back and refused:
+                    c.violate("outcome", f"`{msg.text}` ({cl.cid}@{cl.server.name}, sent at {rel(msg.sent)}) came back and was refused")
+                elif refused and msg.receivers:
+                    c.violate("outcome", f"`{msg.text}` ({cl.cid}@{cl.server.name}, sent at {rel(msg.sent)}) refused at {rel(msg.refused[0])}, yet received by {msg.receivers} member(s)")
+                elif refused > 1:
+                    c.violate("outcome", f"`{msg.text}` ({cl.cid}@{cl.server.name}) refused {refused} times")
+                elif not back and not refused:
+                    if any(g > msg.sent for g in cl.gaps):
+                        c.lost_in_gap += 1
+                    else:
+                        c.violate("outcome", f"`{msg.text}` ({cl.cid}@{cl.server.name}, sent at {rel(msg.sent)}) got no outcome; received by {msg.receivers} member(s)")
+            elif rec["outcome"] is None and "sent" in rec:
+                c.violate("outcome", f"`/{rec['kind']} {rec['arg'] or ''}` ({cl.cid}@{cl.server.name}, sent at {rel(rec['sent'])}) got no answer")
+
+    # 4. names: certain holding intervals must not overlap between clients
+    held = collections.defaultdict(list)  # nick -> [(start, end, cid)]
+    for cl in clients:
+        breaks = sorted(cl.unavail)
+
+        def broken(prev_hi, hi):  # `unavailable` arrived in (prev_hi, hi]
+            i = bisect.bisect_right(breaks, prev_hi)
+            return i < len(breaks) and breaks[i] <= hi
+
+        chain = None  # [nick, start, end, last hi]
+        for nick, lo, hi in sorted(cl.evidence, key=lambda e: e[2]):
+            if chain is None or chain[0] != nick or broken(chain[3], hi):
+                if chain is not None and chain[2] > chain[1]:
+                    held[chain[0]].append((chain[1], chain[2], cl.cid))
+                chain = [nick, hi, hi, hi]
+            else:
+                chain[2] = max(chain[2], lo)
+                chain[3] = hi
+        if chain is not None and chain[2] > chain[1]:
+            held[chain[0]].append((chain[1], chain[2], cl.cid))
+    for nick, spans in sorted(held.items()):
+        spans.sort()
+        reported = set()
+        for i, (s1, e1, c1) in enumerate(spans):
+            for s2, e2, c2 in spans[i + 1:]:
+                if s2 >= e1:
+                    break
+                if c1 != c2 and (c1, c2) not in reported:
+                    reported.add((c1, c2))
+                    c.violate("nick", f"`{nick}` held by {c1}@{by_cid[c1].server.name} ({rel(s1)}-{rel(e1)}) and by {c2}@{by_cid[c2].server.name} ({rel(s2)}-{rel(e2)}) at once")
+    handed = collections.defaultdict(list)
+    for cl in clients:
+        for name, t in cl.guests:
+            handed[name].append((t, cl.cid))
+    for name, who in sorted(handed.items()):
+        if len({cid for _, cid in who}) > 1:
+            c.violate("guest", f"`{name}` handed out to " + ", ".join(f"{cid} at {rel(t)}" for t, cid in sorted(who)))
+
+
+# ------------------------------------------------------------------ the run
+
+
+class Checker:
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        self.fault_file = open(os.path.join(self.out, "faults.log"), "w")
+        self.redis = Redis(free_port(), os.path.join(self.out, "redis.log"))
+        self.servers = []
+        self.clients, self.probes, self.all_clients = [], [], []
+        self.msgs = {}
+        self.by_room_sent = {}
+        self.pos_cache = {}
+        self.violations = collections.defaultdict(list)
+        self.rooms = ["lobby"] + [f"r{i}" for i in range(1, args.rooms)]
+        self.nick_pool = [f"n{i}" for i in range(max(8, args.clients + args.clients // 3))]
+        self.recording = True
+        self.t0 = now()
+        self.server_report = []
+        self.lost_in_gap = 0
+
+    def violate(self, kind, text):
+        self.violations[kind].append(text)
+
+    def start(self):
+        for p in [self.redis] + self.servers:
+            if os.path.exists(p.log):
+                os.remove(p.log)
+        self.redis.start()
+        url = f"redis://127.0.0.1:{self.redis.port}"
+        for i in range(self.args.servers):
+            argv = [self.args.bin, "chat", "--redis", url, "--listen", "127.0.0.1:0"]
+            if self.args.workers > 1:
+                argv += ["--workers", str(self.args.workers)]
+            log = os.path.join(self.out, f"chat{i + 1}.log")
+            if os.path.exists(log):
+                os.remove(log)
+            server = Proc(f"chat{i + 1}", argv, log)
+            self.servers.append(server)
+            server.start(wait_line=True)
+
+    def stop_all(self):
+        codes = {}
+        for s in self.servers:
+            codes[s.name] = s.stop()
+        if self.redis.popen is not None:
+            self.redis.resume()
+            self.redis.stop(3)
+        return codes
+
+    async def run(self):
+        a = self.args
+        self.t0 = now()
+        print(f"chat-checker: {a.clients} clients on {a.servers} servers (redis port {self.redis.port}), "
+              f"rooms {' '.join(self.rooms)}, {a.duration} s, seed {a.seed}, faults: {','.join(a.faults) or 'none'}",
+              flush=True)
+        for k in range(a.clients):
+            cl = Client(self, f"c{k + 1}", self.servers[k % len(self.servers)], random.Random(f"{a.seed}-{k}"))
+            self.clients.append(cl)
+            await cl.connect()
+        end = now() + a.duration
+        faults = Faults(self, a.faults, random.Random(f"{a.seed}-faults"))
+        self.faults = faults
+        tasks = [asyncio.ensure_future(cl.traffic(end, self.rooms[k % len(self.rooms)]))
+                 for k, cl in enumerate(self.clients)]
+        fault_task = asyncio.ensure_future(faults.run(now() + 3.0, end - HEAL)) if a.faults else None
+        progress = asyncio.ensure_future(self.progress(end))
+        if fault_task:
+            await fault_task
+        await asyncio.gather(*tasks)
+        progress.cancel()
+        # Everything runs again (pauses were resumed by their tasks).
+        for p in self.servers + [self.redis]:
+            if p.paused:
+                p.resume()
+        print(f"[{now() - self.t0:6.1f}s] traffic over; last lines and /who", flush=True)
+        await asyncio.gather(*(cl.finish() for cl in self.clients))
+        await asyncio.sleep(DRAIN)
+        await asyncio.gather(*(cl.command("who") for cl in self.clients if not cl.closed))
+        # A new client on each server: alive and answering.
+        for i, server in enumerate(self.servers):
+            probe = Client(self, f"p{i + 1}", server, random.Random(i))
+            self.probes.append(probe)
+            ok = False
+            try:
+                await probe.connect()
+                ok = await probe.say() == "ok" and await probe.command("who") == "ok"
+            except (OSError, asyncio.TimeoutError) as e:
+                self.violate("server", f"{server.name}: a new client could not register: {e!r}")
+            if not server.alive():
+                self.violate("server", f"{server.name} died (exit {server.popen.returncode})")
+            elif not ok:
+                self.violate("server", f"{server.name}: a new client's line or /who got no answer")
+        await asyncio.sleep(1.0)
+        self.recording = False
+        for cl in self.clients + self.probes:
+            cl.close()
+        await asyncio.sleep(0.2)
+
+    async def progress(self, end):
+        while now() < end:
+            await asyncio.sleep(10)
+            sent = sum(len(cl.sent) for cl in self.clients)
+            got = sum(len(cl.stream) for cl in self.clients)
+            print(f"[{now() - self.t0:6.1f}s] {sent} lines sent, {got} received, "
+                  f"{sum(self.faults.counts.values())} faults", flush=True)
+
+    def report(self, codes):
+        a = self.args
+        lines = []
+        p = lines.append
+        for name, code in codes.items():
+            if code != 0:
+                self.violate("server", f"{name}: exit status {code!r} on SIGTERM (0 expected)")
+        self.all_clients = self.clients + self.probes
+        for m in self.msgs.values():
+            self.by_room_sent.setdefault(m.room, []).append((m.sent, m.text, m))
+        for v in self.by_room_sent.values():
+            v.sort(key=lambda e: e[0])
+        check(self)
+        msgs = list(self.msgs.values())
+        back = sum(1 for m in msgs if m.returned)
+        refused = sum(1 for m in msgs if m.refused and not m.returned)
+        deliveries = sum(m.receivers for m in msgs)
+        cmds = collections.Counter(r["kind"] for cl in self.all_clients for r in cl.cmds if r["kind"] != "msg")
+        notices = collections.Counter()
+        for cl in self.clients:
+            for it in cl.stream:
+                if it.kind in (UNAV, REST, GAP):
+                    notices[it.kind] += 1
+        p(f"chat-checker: {a.clients} clients on {a.servers} servers, rooms {' '.join(self.rooms)}, "
+          f"{a.duration} s, seed {a.seed}")
+        fc = self.faults.counts if hasattr(self, "faults") else {}
+        p("faults: " + (", ".join(f"{k} {fc[k]}" for k in FAULT_KINDS if fc.get(k)) or "none")
+          + f" (log: {os.path.join(self.out, 'faults.log')})")
+        for t, text in getattr(self, "faults", Faults(self, [], None)).log:
+            p(f"  {t:8.3f}s {text}")
+        p(f"traffic: {len(msgs)} messages sent, {back} came back, {refused} refused, "
+          f"{len(msgs) - back - refused} without either ({self.lost_in_gap} of them lost in an announced gap); "
+          f"{deliveries} deliveries; commands: " + ", ".join(f"/{k} {v}" for k, v in sorted(cmds.items())))
+        p(f"notices: unavailable {notices[UNAV]}, restored {notices[REST]}, gap {notices[GAP]}")
+        p("invariants:")
+        failed = False
+        for key, inv, what in KINDS:
+            found = self.violations.get(key, [])
+            failed |= bool(found)
+            p(f"  [{'FAIL' if found else 'ok  '}] {inv:15} {key:12} {len(found):6}  {what}")
+        for key, inv, _ in KINDS:
+            found = self.violations.get(key, [])
+            if found:
+                p(f"first {min(SHOW, len(found))} of {len(found)} `{key}` ({inv}):")
+                for v in found[:SHOW]:
+                    p(f"  - {v}")
+        p(f"RESULT: {'FAIL' if failed else 'PASS'}")
+        return failed, lines
+
+    def dump(self):
+        with open(os.path.join(self.out, "history.jsonl"), "w") as f:
+            names = {MSG: "msg", JOIN: "joined", LEFT: "left", REN: "rename", WHO: "who", ERR: "error",
+                     UNAV: "unavailable", REST: "restored", GAP: "gap", OTHER: "other"}
+            for cl in self.clients + self.probes:
+                rec = {
+                    "client": cl.cid, "server": cl.server.name,
+                    "sent": [[round(t - self.t0, 4), line] for t, line in cl.sent],
+                    "received": [[round(it.t - self.t0, 4), names[it.kind], it.a, it.b, it.room] for it in cl.stream],
+                    "stays": [[s.room, round(s.j - self.t0, 4), None if s.l == float("inf") else round(s.l - self.t0, 4)]
+                              for s in cl.stays],
+                }
+                f.write(json.dumps(rec) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", default="target/release/edgeloop")
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--clients", type=int, default=30)
+    ap.add_argument("--servers", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--rooms", type=int, default=3)
+    ap.add_argument("--faults", default="all", help="all, none (or 0), or a comma list of " + ",".join(FAULT_KINDS))
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--out", default="target/chat-checker")
+    args = ap.parse_args()
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1, 1 << 31)
+    if args.faults in ("all", "1", "yes"):
+        args.faults = FAULT_KINDS[:]
+    elif args.faults in ("none", "0", "no", ""):
+        args.faults = []
+    else:
+        args.faults = args.faults.split(",")
+        bad = [k for k in args.faults if k not in FAULT_KINDS]
+        if bad:
+            ap.error(f"unknown fault kinds {bad}; known: {','.join(FAULT_KINDS)}")
+    if args.duration < 20 and args.faults:
+        ap.error("--duration must be at least 20 s with faults")
+    if args.clients < 2 or args.servers < 1 or args.rooms < 1:
+        ap.error("needs at least 2 clients, 1 server, 1 room")
+
+    checker = Checker(args)
+    # The whole run is bounded: traffic, the end, the probes, plus a margin.
+    budget = args.duration + OUTCOME_WAIT + RESTORE_WAIT + 5 * OUTCOME_WAIT + 120
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    status = 2
+    try:
+        checker.start()
+
+        async def bounded():
+            await asyncio.wait_for(checker.run(), budget)
+
+        asyncio.run(bounded())
+        codes = checker.stop_all()
+        failed, lines = checker.report(codes)
+        checker.dump()
+        text = "\n".join(lines)
+        print(text)
+        with open(os.path.join(checker.out, "report.txt"), "w") as f:
+            f.write(text + "\n")
+        status = 1 if failed else 0
+    except KeyboardInterrupt:
+        print("chat-checker: interrupted; stopping what it started", file=sys.stderr)
+        status = 130
+    except (RuntimeError, OSError, asyncio.TimeoutError) as e:
+        print(f"chat-checker: could not run: {e!r}", file=sys.stderr)
+        status = 2
+    finally:
+        checker.stop_all()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
