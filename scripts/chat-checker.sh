@@ -11,6 +11,9 @@
 #   scripts/chat-checker.sh                    # one minute, every fault kind
 #   DURATION=600 scripts/chat-checker.sh       # the 10-minute run
 #   FAULTS=none scripts/chat-checker.sh        # no fault: must PASS on any build
+#   SELF_TEST=1 DURATION=20 scripts/chat-checker.sh   # a clean run, then its history tampered
+#                                              # with 12 ways: each must be caught (checks the checker)
+#   scripts/chat-checker.sh --analyse target/chat-checker/history.jsonl   # re-check a saved run
 #   FAULTS=kill_pubsub,restart_redis SEED=7 scripts/chat-checker.sh
 #   CLIENTS=60 SERVERS=3 ROOMS=4 WORKERS=2 SERVER_BIN=path/to/edgeloop scripts/chat-checker.sh
 #
@@ -32,11 +35,12 @@ OUT=${OUT:-target/chat-checker}
 SERVER_BIN=${SERVER_BIN:-target/release/edgeloop}
 
 command -v redis-server >/dev/null || { echo "error: needs redis-server (Debian: apt-get install redis-server)" >&2; exit 2; }
-if [[ $SERVER_BIN == target/release/edgeloop && -z ${NO_BUILD:-} ]]; then
+if [[ $SERVER_BIN == target/release/edgeloop && -z ${NO_BUILD:-} && ${1:-} != --analyse ]]; then
     echo "building edgeloop (release)..." >&2
     cargo build --release --quiet
 fi
 args=(--bin "$SERVER_BIN" --duration "$DURATION" --clients "$CLIENTS" --servers "$SERVERS"
       --rooms "$ROOMS" --workers "$WORKERS" --faults "$FAULTS" --out "$OUT")
 [[ -n ${SEED:-} ]] && args+=(--seed "$SEED")
-exec python3 scripts/lib/chat_checker.py "${args[@]}"
+[[ ${SELF_TEST:-0} == 1 ]] && args+=(--self-test)
+exec python3 scripts/lib/chat_checker.py "${args[@]}" "$@"

@@ -320,25 +320,27 @@ class Faults:
                 if kind == "pause_server_long" and short and now() + 5.0 <= end:
                     continue
                 break
-            await self.inject(kind)
+            await self.inject(kind, end - length)
             await asyncio.sleep(self.rng.uniform(1.5, 6.0))
         for task in list(self.tasks):
             await task
 
-    async def inject(self, kind):
+    async def inject(self, kind, latest):
         rng, c = self.rng, self.c
-        if kind.startswith("pause_server"):
-            if self.server_paused:
-                kind = "kill_pubsub"
-            else:
-                self.server_paused = True
-                server = rng.choice(c.servers)
-                secs = rng.uniform(8, 15) if kind.endswith("long") else rng.uniform(0.5, 3)
-                self.counts[kind] += 1
-                self.spawn(self.pause(server, secs, kind))
+        # One chat server paused at a time, one Redis fault at a time: wait
+        # for the one running to end rather than change the plan.
+        while (kind.startswith("pause_server") and self.server_paused) or (
+                kind in ("pause_redis", "restart_redis") and self.redis_busy):
+            if now() > latest:
                 return
-        if kind in ("pause_redis", "restart_redis") and self.redis_busy:
-            kind = "script_flush"
+            await asyncio.sleep(0.25)
+        if kind.startswith("pause_server"):
+            self.server_paused = True
+            server = rng.choice(c.servers)
+            secs = rng.uniform(8, 15) if kind.endswith("long") else rng.uniform(0.5, 3)
+            self.counts[kind] += 1
+            self.spawn(self.pause(server, secs, kind))
+            return
         self.counts[kind] += 1
         if kind == "pause_redis":
             self.redis_busy = True
@@ -350,11 +352,12 @@ class Faults:
             cmd = {"kill_pubsub": ("CLIENT", "KILL", "TYPE", "pubsub"),
                    "kill_normal": ("CLIENT", "KILL", "TYPE", "normal"),
                    "script_flush": ("SCRIPT", "FLUSH")}[kind]
+            t = now() - c.t0
             try:
                 reply = await asyncio.to_thread(redis_cmd, c.redis.port, *cmd)
             except OSError as e:
                 reply = f"error {e}"
-            self.note(f"{kind}: {' '.join(cmd)} -> {reply}")
+            self.note(f"{kind}: {' '.join(cmd)} (sent at {t:.3f}s) -> {reply}")
 
     def spawn(self, coro):
         task = asyncio.ensure_future(coro)
@@ -443,9 +446,38 @@ class Pending:
         self.kind, self.arg, self.line, self.sent, self.future, self.record = kind, arg, line, sent, future, record
 
 
+class Flag:
+    """The stand-in for a future when a history is replayed."""
+
+    def __init__(self):
+        self.value = None
+        self.is_set = False
+
+    def done(self):
+        return self.is_set
+
+    def set_result(self, value):
+        self.value, self.is_set = value, True
+
+
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def room_of(text):
+    m = RE_TEXT.match(text)
+    return m[2] if m else None
+
+
 class Client:
+    """One chat client. On the network (run by the Checker) it talks and logs
+    every event; the same class, fed a log (replay), interprets it: what a
+    line means is decided in one place, `on_line`."""
+
     def __init__(self, checker, cid, server, rng):
         self.c, self.cid, self.server, self.rng = checker, cid, server, rng
+        self.log = []  # ("c", t) | ("s", t, kind, arg, line) | ("x", t) | ("r", t, line) | ("e", t, why)
         self.stream = []
         self.sent = []  # (t, line)
         self.cmds = []  # dicts: kind, arg, sent, outcome
@@ -492,15 +524,43 @@ class Client:
         p = self.pending
         if p is None:
             return
+        self.pending = None  # a second answer answers nothing
         if p.record is not None and p.record.get("outcome") is None:
             p.record["outcome"], p.record["t"] = outcome, t
         if not p.future.done():
             p.future.set_result(outcome)
 
+    def note(self, *event):
+        if self.c.recording:
+            self.log.append(event)
+
+    # ----- replaying a log
+
+    def replay(self, event):
+        kind, t = event[0], event[1]
+        if kind == "c":
+            self.connected_at = t
+            self.registered = Flag()
+        elif kind == "s":
+            _, t, what, arg, line = event
+            rec = {"kind": what, "arg": arg, "outcome": None, "sent": t}
+            self.cmds.append(rec)
+            self.sent.append((t, line))
+            if what == "msg":
+                self.c.msgs[arg] = Msg(arg, self.cid, room_of(arg), t)
+            self.pending = Pending(what, arg, line, t, Flag(), rec)
+        elif kind == "x":
+            self.pending = None
+        elif kind == "r":
+            self.on_line(t, event[2])
+        elif kind == "e":
+            self.violate("disconnected", event[2])
+
     # ----- the network side
 
     async def connect(self):
         self.connected_at = now()
+        self.note("c", self.connected_at)
         self.reader, self.writer = await asyncio.open_connection(*self.server.addr)
         self.registered = asyncio.get_running_loop().create_future()
         asyncio.ensure_future(self.read_loop())
@@ -513,13 +573,15 @@ class Client:
                 if not data.endswith(b"\n"):
                     break
                 if self.c.recording:
-                    self.on_line(now(), data[:-1].decode("utf-8", "replace"))
+                    t, line = now(), data[:-1].decode("utf-8", "replace")
+                    self.note("r", t, line)
+                    self.on_line(t, line)
         except (ConnectionError, OSError) as e:
             if not self.closing:
-                self.violate("disconnected", f"connection error {e} at {self.rel(now())}")
+                self.note("e", now(), f"connection error {e} at {self.rel(now())}")
         else:
             if not self.closing:
-                self.violate("disconnected", f"the server closed the connection at {self.rel(now())}")
+                self.note("e", now(), f"the server closed the connection at {self.rel(now())}")
         self.closed = True
         if self.pending and not self.pending.future.done():
             self.pending.future.set_result(None)
@@ -535,22 +597,23 @@ class Client:
         if kind == "msg":
             self.c.msgs[arg].sent = t
         self.sent.append((t, line))
+        self.note("s", t, kind, arg, line)
         try:
             self.writer.write(line.encode() + b"\n")
             await self.writer.drain()
             return await asyncio.wait_for(fut, OUTCOME_WAIT)
-        except asyncio.TimeoutError:
-            return None
-        except (ConnectionError, OSError):
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            if self.pending is not None and self.pending.future is fut:
+                self.note("x", now())
             return None
         finally:
-            self.pending = None
+            if self.pending is not None and self.pending.future is fut:
+                self.pending = None
 
     async def say(self):
         self.seq += 1
         text = f"{self.cid}-{self.room}-n{self.seq}"
-        msg = Msg(text, self.cid, self.room, now())
-        self.c.msgs[text] = msg
+        self.c.msgs[text] = Msg(text, self.cid, self.room, now())
         rec = {"kind": "msg", "arg": text, "outcome": None}
         self.cmds.append(rec)
         return await self.send("msg", text, text, rec)
@@ -616,9 +679,13 @@ class Client:
             self.status = "up"
             self.restored_since = True
             self.notices.append(t)
+            # A member whose server was reaped may be spared the events of
+            # its absence: the joins it missed too.
+            self.departed = set()
         elif line == GAP_NOTICE:
             self.push(t, GAP)
             self.gaps.append(t)
+            self.departed = set()  # the joins it did not see may be in the gap
         elif line.startswith("* members:"):
             names = line[len("* members:"):].split()
             self.push(t, WHO, names)
@@ -650,19 +717,23 @@ class Client:
         elif m := RE_RENAME.match(line):
             old, new = m[1], m[2]
             self.push(t, REN, old, new)
-            if old == self.nick:
-                if p is not None and p.kind == "nick" and new == p.arg:
-                    self.set_nick(new, p.sent, t)
-                    self.resolve("ok", t)
-                else:  # renamed by the server (a name taken while Redis was lost)
-                    self.set_nick(new, t, t)
-                    if RE_GUEST.match(new):
-                        self.guests.append((new, t))
-            else:
-                if old in self.departed:
-                    self.violate("ghost", f"`{line}` at {self.rel(t)} in {self.room}, after `* {old} left`, no join since")
+            if old == self.nick and p is not None and p.kind == "nick" and new == p.arg:
+                self.set_nick(new, p.sent, t)
+                self.resolve("ok", t)
+            elif old == self.nick and RE_GUEST.match(new):
+                # Renamed by the server: its name was taken while Redis was lost.
+                self.set_nick(new, t, t)
+                self.guests.append((new, t))
+            elif old == self.nick:
+                # SPEC renames a member only to a fresh guestN: this is
+                # another member who had this client's name.
+                self.c.violate("nick", f"{self.cid}@{self.server.name}: `{line}` at {self.rel(t)} while {old} is its own "
+                                       f"name and it asked nothing: another member had its name")
+            elif old in self.departed:
+                self.violate("ghost", f"`{line}` at {self.rel(t)} in {self.room}, after `* {old} left`, no join since")
+            if old != self.nick:
                 self.departed.discard(old)
-                self.departed.discard(new)
+            self.departed.discard(new)
         elif m := RE_JOINED.match(line):
             nick = m[1]
             idx = self.push(t, JOIN, nick)
@@ -674,7 +745,7 @@ class Client:
                 if RE_GUEST.match(nick):
                     self.guests.append((nick, t))
                 self.stays.append(Stay("lobby", t, idx))
-                if not self.registered.done():
+                if self.registered is not None and not self.registered.done():
                     self.registered.set_result(t)
             elif p is not None and p.kind == "join" and nick == self.nick:
                 stay = self.stays[-1]
@@ -718,7 +789,9 @@ class Client:
                     self.violate("identity", f"own line `{line}` at {self.rel(t)} under {nick}, but its name is {self.nick} (no rename, no restore since)")
                 self.set_nick(nick, msg.sent, t)
             elif nick in self.departed:
-                self.violate("ghost", f"`{line}` at {self.rel(t)} in {self.room}: after `* {nick} left`, no join since")
+                sender = self.c.client(msg.sender)
+                self.violate("ghost", f"`{line}` (from {msg.sender}@{sender.server.name}) at {self.rel(t)} in {self.room}: "
+                                      f"after `* {nick} left`, no join since")
         else:
             self.push(t, OTHER, line)
             self.violate("unexpected", f"`{line[:120]}` at {self.rel(t)}")
@@ -960,34 +1033,121 @@ def check(c):
 # ------------------------------------------------------------------ the run
 
 
+class Analysis:
+    """The histories replayed into fresh clients, and what `check` needs."""
+
+    def __init__(self, t0, logs):
+        self.t0 = t0
+        self.recording = True
+        self.msgs = {}
+        self.by_room_sent = {}
+        self.pos_cache = {}
+        self.violations = collections.defaultdict(list)
+        self.lost_in_gap = 0
+        self.by_cid = {}
+        self.all_clients = []
+        for cid, server, events in logs:
+            cl = Client(self, cid, Named(server), None)
+            cl.log = events
+            self.by_cid[cid] = cl
+            self.all_clients.append(cl)
+        # One merged timeline: a line is received after it was sent.
+        merged = sorted((ev[1], k, i, cl) for k, cl in enumerate(self.all_clients) for i, ev in enumerate(cl.log))
+        for _, _, i, cl in merged:
+            cl.replay(cl.log[i])
+        for m in self.msgs.values():
+            self.by_room_sent.setdefault(m.room, []).append((m.sent, m.text, m))
+        for v in self.by_room_sent.values():
+            v.sort(key=lambda e: e[0])
+        check(self)
+
+    def violate(self, kind, text):
+        self.violations[kind].append(text)
+
+    def client(self, cid):
+        return self.by_cid[cid]
+
+    def failed(self):
+        return any(self.violations.values())
+
+    def summary(self):
+        msgs = list(self.msgs.values())
+        back = sum(1 for m in msgs if m.returned)
+        refused = sum(1 for m in msgs if m.refused and not m.returned)
+        cmds = collections.Counter(r["kind"] for cl in self.all_clients for r in cl.cmds if r["kind"] != "msg")
+        notices = collections.Counter(it.kind for cl in self.all_clients for it in cl.stream if it.kind in (UNAV, REST, GAP))
+        return [
+            f"traffic: {len(msgs)} messages sent, {back} came back, {refused} refused, "
+            f"{len(msgs) - back - refused} without either ({self.lost_in_gap} of them lost in an announced gap); "
+            f"{sum(m.receivers for m in msgs)} deliveries; commands: "
+            + ", ".join(f"/{k} {v}" for k, v in sorted(cmds.items())),
+            f"notices: unavailable {notices[UNAV]}, restored {notices[REST]}, gap {notices[GAP]}",
+        ]
+
+    def verdict(self):
+        lines = ["invariants:"]
+        for key, inv, what in KINDS:
+            found = self.violations.get(key, [])
+            lines.append(f"  [{'FAIL' if found else 'ok  '}] {inv:15} {key:12} {len(found):6}  {what}")
+        for key, inv, _ in KINDS:
+            found = self.violations.get(key, [])
+            if found:
+                lines.append(f"first {min(SHOW, len(found))} of {len(found)} `{key}` ({inv}):")
+                lines.extend(f"  - {v}" for v in found[:SHOW])
+        lines.append(f"RESULT: {'FAIL' if self.failed() else 'PASS'}")
+        return lines
+
+
+def save_history(path, t0, logs, meta):
+    with open(path, "w") as f:
+        f.write(json.dumps({"meta": meta}) + "\n")
+        for cid, server, events in logs:
+            rel = [[e[0], round(e[1] - t0, 6), *e[2:]] for e in events]
+            f.write(json.dumps({"client": cid, "server": server, "events": rel}) + "\n")
+
+
+def load_history(path):
+    logs, meta = [], {}
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "meta" in rec:
+                meta = rec["meta"]
+            else:
+                logs.append((rec["client"], rec["server"], [tuple(e) for e in rec["events"]]))
+    return logs, meta
+
+
 class Checker:
     def __init__(self, args):
         self.args = args
-        self.rng = random.Random(args.seed)
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
         self.fault_file = open(os.path.join(self.out, "faults.log"), "w")
         self.redis = Redis(free_port(), os.path.join(self.out, "redis.log"))
         self.servers = []
-        self.clients, self.probes, self.all_clients = [], [], []
+        self.clients, self.probes = [], []
         self.msgs = {}
-        self.by_room_sent = {}
-        self.pos_cache = {}
-        self.violations = collections.defaultdict(list)
+        self.by_cid = {}
+        self.server_problems = []  # (kind, text)
         self.rooms = ["lobby"] + [f"r{i}" for i in range(1, args.rooms)]
         self.nick_pool = [f"n{i}" for i in range(max(8, args.clients + args.clients // 3))]
         self.recording = True
         self.t0 = now()
-        self.server_report = []
-        self.lost_in_gap = 0
+        self.faults = Faults(self, [], None)
 
     def violate(self, kind, text):
-        self.violations[kind].append(text)
+        pass  # on the network only the outcomes matter; the analysis replays the logs
+
+    def client(self, cid):
+        return self.by_cid[cid]
+
+    def logs(self):
+        return [(cl.cid, cl.server.name, cl.log) for cl in self.clients + self.probes]
 
     def start(self):
-        for p in [self.redis] + self.servers:
-            if os.path.exists(p.log):
-                os.remove(p.log)
+        if os.path.exists(self.redis.log):
+            os.remove(self.redis.log)
         self.redis.start()
         url = f"redis://127.0.0.1:{self.redis.port}"
         for i in range(self.args.servers):
@@ -1014,25 +1174,23 @@ class Checker:
         a = self.args
         self.t0 = now()
         print(f"chat-checker: {a.clients} clients on {a.servers} servers (redis port {self.redis.port}), "
-              f"rooms {' '.join(self.rooms)}, {a.duration} s, seed {a.seed}, faults: {','.join(a.faults) or 'none'}",
+              f"rooms {' '.join(self.rooms)}, {a.duration:g} s, seed {a.seed}, faults: {','.join(a.faults) or 'none'}",
               flush=True)
         for k in range(a.clients):
             cl = Client(self, f"c{k + 1}", self.servers[k % len(self.servers)], random.Random(f"{a.seed}-{k}"))
             self.clients.append(cl)
+            self.by_cid[cl.cid] = cl
             await cl.connect()
         end = now() + a.duration
-        faults = Faults(self, a.faults, random.Random(f"{a.seed}-faults"))
-        self.faults = faults
+        self.faults = Faults(self, a.faults, random.Random(f"{a.seed}-faults"))
         tasks = [asyncio.ensure_future(cl.traffic(end, self.rooms[k % len(self.rooms)]))
                  for k, cl in enumerate(self.clients)]
-        fault_task = asyncio.ensure_future(faults.run(now() + 3.0, end - HEAL)) if a.faults else None
         progress = asyncio.ensure_future(self.progress(end))
-        if fault_task:
-            await fault_task
+        if a.faults:
+            await self.faults.run(now() + 3.0, end - HEAL)
         await asyncio.gather(*tasks)
         progress.cancel()
-        # Everything runs again (pauses were resumed by their tasks).
-        for p in self.servers + [self.redis]:
+        for p in self.servers + [self.redis]:  # (every pause has ended by now)
             if p.paused:
                 p.resume()
         print(f"[{now() - self.t0:6.1f}s] traffic over; last lines and /who", flush=True)
@@ -1043,16 +1201,17 @@ class Checker:
         for i, server in enumerate(self.servers):
             probe = Client(self, f"p{i + 1}", server, random.Random(i))
             self.probes.append(probe)
+            self.by_cid[probe.cid] = probe
             ok = False
             try:
                 await probe.connect()
                 ok = await probe.say() == "ok" and await probe.command("who") == "ok"
             except (OSError, asyncio.TimeoutError) as e:
-                self.violate("server", f"{server.name}: a new client could not register: {e!r}")
+                self.server_problems.append(f"{server.name}: a new client could not register: {e!r}")
             if not server.alive():
-                self.violate("server", f"{server.name} died (exit {server.popen.returncode})")
+                self.server_problems.append(f"{server.name} died (exit {server.popen.returncode})")
             elif not ok:
-                self.violate("server", f"{server.name}: a new client's line or /who got no answer")
+                self.server_problems.append(f"{server.name}: a new client's line or /who got no answer")
         await asyncio.sleep(1.0)
         self.recording = False
         for cl in self.clients + self.probes:
@@ -1069,66 +1228,195 @@ class Checker:
 
     def report(self, codes):
         a = self.args
-        lines = []
-        p = lines.append
         for name, code in codes.items():
             if code != 0:
-                self.violate("server", f"{name}: exit status {code!r} on SIGTERM (0 expected)")
-        self.all_clients = self.clients + self.probes
-        for m in self.msgs.values():
-            self.by_room_sent.setdefault(m.room, []).append((m.sent, m.text, m))
-        for v in self.by_room_sent.values():
-            v.sort(key=lambda e: e[0])
-        check(self)
-        msgs = list(self.msgs.values())
-        back = sum(1 for m in msgs if m.returned)
-        refused = sum(1 for m in msgs if m.refused and not m.returned)
-        deliveries = sum(m.receivers for m in msgs)
-        cmds = collections.Counter(r["kind"] for cl in self.all_clients for r in cl.cmds if r["kind"] != "msg")
-        notices = collections.Counter()
-        for cl in self.clients:
-            for it in cl.stream:
-                if it.kind in (UNAV, REST, GAP):
-                    notices[it.kind] += 1
-        p(f"chat-checker: {a.clients} clients on {a.servers} servers, rooms {' '.join(self.rooms)}, "
-          f"{a.duration} s, seed {a.seed}")
-        fc = self.faults.counts if hasattr(self, "faults") else {}
-        p("faults: " + (", ".join(f"{k} {fc[k]}" for k in FAULT_KINDS if fc.get(k)) or "none")
-          + f" (log: {os.path.join(self.out, 'faults.log')})")
-        for t, text in getattr(self, "faults", Faults(self, [], None)).log:
-            p(f"  {t:8.3f}s {text}")
-        p(f"traffic: {len(msgs)} messages sent, {back} came back, {refused} refused, "
-          f"{len(msgs) - back - refused} without either ({self.lost_in_gap} of them lost in an announced gap); "
-          f"{deliveries} deliveries; commands: " + ", ".join(f"/{k} {v}" for k, v in sorted(cmds.items())))
-        p(f"notices: unavailable {notices[UNAV]}, restored {notices[REST]}, gap {notices[GAP]}")
-        p("invariants:")
-        failed = False
-        for key, inv, what in KINDS:
-            found = self.violations.get(key, [])
-            failed |= bool(found)
-            p(f"  [{'FAIL' if found else 'ok  '}] {inv:15} {key:12} {len(found):6}  {what}")
-        for key, inv, _ in KINDS:
-            found = self.violations.get(key, [])
-            if found:
-                p(f"first {min(SHOW, len(found))} of {len(found)} `{key}` ({inv}):")
-                for v in found[:SHOW]:
-                    p(f"  - {v}")
-        p(f"RESULT: {'FAIL' if failed else 'PASS'}")
-        return failed, lines
+                self.server_problems.append(f"{name}: exit status {code!r} on SIGTERM (0 expected)")
+        analysis = Analysis(self.t0, self.logs())
+        for text in self.server_problems:
+            analysis.violate("server", text)
+        fc = self.faults.counts
+        lines = [f"chat-checker: {a.clients} clients on {a.servers} servers, rooms {' '.join(self.rooms)}, "
+                 f"{a.duration:g} s, seed {a.seed}",
+                 "faults: " + (", ".join(f"{k} {fc[k]}" for k in FAULT_KINDS if fc.get(k)) or "none")
+                 + f" (log: {os.path.join(self.out, 'faults.log')})"]
+        lines += [f"  {t:8.3f}s {text}" for t, text in self.faults.log]
+        lines += analysis.summary() + analysis.verdict()
+        return analysis, lines
 
-    def dump(self):
-        with open(os.path.join(self.out, "history.jsonl"), "w") as f:
-            names = {MSG: "msg", JOIN: "joined", LEFT: "left", REN: "rename", WHO: "who", ERR: "error",
-                     UNAV: "unavailable", REST: "restored", GAP: "gap", OTHER: "other"}
-            for cl in self.clients + self.probes:
-                rec = {
-                    "client": cl.cid, "server": cl.server.name,
-                    "sent": [[round(t - self.t0, 4), line] for t, line in cl.sent],
-                    "received": [[round(it.t - self.t0, 4), names[it.kind], it.a, it.b, it.room] for it in cl.stream],
-                    "stays": [[s.room, round(s.j - self.t0, 4), None if s.l == float("inf") else round(s.l - self.t0, 4)]
-                              for s in cl.stays],
-                }
-                f.write(json.dumps(rec) + "\n")
+
+# ----------------------------------------------------------- the self-test
+#
+# A clean run's history, tampered with the way a broken server would, must
+# fail on the rule it breaks; tampered the way SPEC allows, it must pass.
+
+
+def self_test(logs, t0):
+    by = {cid: list(ev) for cid, _, ev in logs}
+    servers = {cid: server for cid, server, _ in logs}
+    rng = random.Random(7)
+
+    def build(changed):
+        return [(cid, servers[cid], changed.get(cid, by[cid])) for cid in by]
+
+    def received(cid):  # indexes of other members' message lines, mid-stream
+        ev = by[cid]
+        out = []
+        for i, e in enumerate(ev):
+            if e[0] == "r" and (m := RE_MSG.match(e[2])) and not m[2].startswith(cid + "-") and RE_TEXT.match(m[2]):
+                out.append(i)
+        return out[len(out) // 4: 3 * len(out) // 4]
+
+    def pick():
+        cid = rng.choice([c for c in by if c.startswith("c")])
+        return cid, rng.choice(received(cid))
+
+    def drop():
+        cid, i = pick()
+        return {cid: by[cid][:i] + by[cid][i + 1:]}
+
+    def drop_with_notice():
+        cid, i = pick()
+        e = by[cid][i]
+        return {cid: by[cid][:i] + [("r", e[1], GAP_NOTICE)] + by[cid][i + 1:]}
+
+    def duplicate():
+        cid, i = pick()
+        return {cid: by[cid][:i + 1] + [by[cid][i]] + by[cid][i + 1:]}
+
+    def swap():
+        cid = rng.choice([c for c in by if c.startswith("c")])
+        ev = by[cid]
+        for i in received(cid):
+            j = next((k for k in range(i + 1, len(ev)) if ev[k][0] != "c"), None)
+            if j is not None and ev[j][0] == "r" and RE_MSG.match(ev[j][2]) and RE_TEXT.match(RE_MSG.match(ev[j][2])[2]):
+                a, b = RE_MSG.match(ev[i][2])[2], RE_MSG.match(ev[j][2])[2]
+                if room_of(a) == room_of(b) and a.split("-")[0] != b.split("-")[0]:
+                    new = ev[:]
+                    # Both at the later time: neither arrives before it was sent.
+                    new[i], new[j] = ("r", ev[j][1], ev[j][2]), ("r", ev[j][1], ev[i][2])
+                    return {cid: new}
+        raise RuntimeError("no two adjacent lines to swap")
+
+    def own_line(cid):  # index of a line of its own coming back, mid-run
+        ev = by[cid]
+        idx = [i for i, e in enumerate(ev) if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(cid + "-")]
+        return idx[len(idx) // 2]
+
+    def refused_yet_delivered():
+        cid = "c1"
+        i = own_line(cid)
+        return {cid: by[cid][:i] + [("r", by[cid][i][1], REFUSAL)] + by[cid][i + 1:]}
+
+    def no_outcome():
+        cid = "c2"
+        i = own_line(cid)
+        return {cid: by[cid][:i] + by[cid][i + 1:]}
+
+    def ghost():
+        cid, i = pick()
+        nick = RE_MSG.match(by[cid][i][2])[1]
+        e = by[cid][i]
+        return {cid: by[cid][:i] + [("r", e[1], f"* {nick} left")] + by[cid][i:]}
+
+    def who_twice():
+        cid = "c3"
+        ev = by[cid]
+        i = max(k for k, e in enumerate(ev) if e[0] == "r" and e[2].startswith("* members: "))
+        names = ev[i][2][len("* members: "):].split()
+        return {cid: ev[:i] + [("r", ev[i][1], "* members: " + " ".join(sorted(names + names[:1])))] + ev[i + 1:]}
+
+    def guest_twice():
+        a, b = "c1", "c2"
+        first = next(e for e in by[a] if e[0] == "r")
+        ev = by[b]
+        k = next(i for i, e in enumerate(ev) if e[0] == "r")
+        return {b: ev[:k] + [("r", ev[k][1], first[2])] + ev[k + 1:]}
+
+    def unavailable_twice():
+        cid, i = pick()
+        t = by[cid][i][1]
+        return {cid: by[cid][:i] + [("r", t, UNAVAILABLE_NOTICE), ("r", t, UNAVAILABLE_NOTICE)] + by[cid][i:]}
+
+    def garbage():
+        cid, i = pick()
+        return {cid: by[cid][:i] + [("r", by[cid][i][1], "what is this")] + by[cid][i:]}
+
+    def name_shared():
+        # c2 is given c1's name while c1 still uses it: c2's own lines come
+        # back under that name.
+        a, b = "c1", "c2"
+        spans = []  # (length, start, end, name) of c1's runs of own lines under one name
+        for e in by[a]:
+            if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(a + "-"):
+                if spans and spans[-1][3] == m[1]:
+                    spans[-1][2] = e[1]
+                else:
+                    spans.append([0, e[1], e[1], m[1]])
+        _, first, last, taken = max((x[2] - x[1], x[1], x[2], x[3]) for x in spans)
+        ev_b = by[b]
+        i = next(k for k, e in enumerate(ev_b) if e[0] == "r" and e[1] > first and (m := RE_MSG.match(e[2]))
+                 and m[2].startswith(b + "-") and m[1] != taken)
+        t = ev_b[i][1]
+        if t > (first + last) / 2:
+            raise RuntimeError("no time when c1 keeps one name long enough")
+        mine = RE_MSG.match(ev_b[i][2])[1]
+        new = ev_b[:i + 1] + [("s", t, "nick", taken, f"/nick {taken}"), ("r", t, f"* {mine} is now {taken}")]
+        rest = ev_b[i + 1:]
+        for k, e in enumerate(rest):
+            if e[0] != "r":
+                new.append(e)
+                continue
+            line = e[2]
+            if (r := RE_RENAME.match(line)) and r[1] == mine:
+                new.append(("r", e[1], f"* {taken} is now {r[2]}"))
+                new += rest[k + 1:]  # its own next rename: from there, as it was
+                break
+            if (m := RE_MSG.match(line)) and m[1] == mine:
+                line = f"{taken}: {m[2]}"
+            elif line in (f"* {mine} joined", f"* {mine} left"):
+                line = line.replace(mine, taken)
+            elif line.startswith("* members: "):
+                line = "* members: " + " ".join(sorted(taken if x == mine else x for x in line[11:].split()))
+            new.append(("r", e[1], line))
+        return {b: new}
+
+    cases = [
+        ("unchanged", lambda: {}, None),
+        ("a line dropped at one member", drop, "lost"),
+        ("a line dropped, `some lines may have been lost` in its place", drop_with_notice, None),
+        ("a line received twice", duplicate, "duplicate"),
+        ("two lines swapped at one member", swap, "order"),
+        ("a sender's own line replaced by a refusal", refused_yet_delivered, "outcome"),
+        ("a sender's own line never back", no_outcome, "outcome"),
+        ("`* NICK left` before NICK's line", ghost, "ghost"),
+        ("a name twice in /who", who_twice, "nick"),
+        ("a client given a name another client still uses", name_shared, "nick"),
+        ("one guestN given to two clients", guest_twice, "guest"),
+        ("`unavailable` twice", unavailable_twice, "notices"),
+        ("a line outside the protocol", garbage, "unexpected"),
+    ]
+    ok = True
+    print("self-test: a clean history, tampered with, must fail on the rule it breaks:")
+    for name, mutate, expect in cases:
+        try:
+            changed = mutate()
+        except (RuntimeError, StopIteration, ValueError, IndexError) as e:
+            ok = False
+            print(f"  [FAIL] {name:62} could not be made from this history: {e!r}")
+            continue
+        a = Analysis(t0, build(changed))
+        found = sorted(k for k, v in a.violations.items() if v)
+        good = (expect in found) if expect else not found
+        ok &= good
+        print(f"  [{'ok  ' if good else 'FAIL'}] {name:62} expected {expect or 'PASS':10} got {','.join(found) or 'PASS'}")
+        if not good:
+            for line in a.verdict():
+                print("        " + line)
+    print(f"self-test: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+# ------------------------------------------------------------------ main
 
 
 def main():
@@ -1142,9 +1430,19 @@ def main():
     ap.add_argument("--faults", default="all", help="all, none (or 0), or a comma list of " + ",".join(FAULT_KINDS))
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", default="target/chat-checker")
+    ap.add_argument("--analyse", metavar="HISTORY", help="only check a saved history.jsonl")
+    ap.add_argument("--self-test", action="store_true",
+                    help="a clean run, then its history tampered with: each tampering must be caught")
     args = ap.parse_args()
+    if args.analyse:
+        logs, meta = load_history(args.analyse)
+        analysis = Analysis(0.0, logs)
+        print("\n".join(analysis.summary() + analysis.verdict()))
+        sys.exit(1 if analysis.failed() else 0)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 1 << 31)
+    if args.self_test:
+        args.faults = "none"
     if args.faults in ("all", "1", "yes"):
         args.faults = FAULT_KINDS[:]
     elif args.faults in ("none", "0", "no", ""):
@@ -1156,12 +1454,12 @@ def main():
             ap.error(f"unknown fault kinds {bad}; known: {','.join(FAULT_KINDS)}")
     if args.duration < 20 and args.faults:
         ap.error("--duration must be at least 20 s with faults")
-    if args.clients < 2 or args.servers < 1 or args.rooms < 1:
-        ap.error("needs at least 2 clients, 1 server, 1 room")
+    if args.clients < 3 or args.servers < 1 or args.rooms < 1:
+        ap.error("needs at least 3 clients, 1 server, 1 room")
 
     checker = Checker(args)
     # The whole run is bounded: traffic, the end, the probes, plus a margin.
-    budget = args.duration + OUTCOME_WAIT + RESTORE_WAIT + 5 * OUTCOME_WAIT + 120
+    budget = args.duration + RESTORE_WAIT + 8 * OUTCOME_WAIT + 60
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -1176,13 +1474,20 @@ def main():
 
         asyncio.run(bounded())
         codes = checker.stop_all()
-        failed, lines = checker.report(codes)
-        checker.dump()
+        analysis, lines = checker.report(codes)
+        save_history(os.path.join(checker.out, "history.jsonl"), checker.t0, checker.logs(),
+                     {"seed": args.seed, "duration": args.duration, "faults": args.faults})
         text = "\n".join(lines)
         print(text)
         with open(os.path.join(checker.out, "report.txt"), "w") as f:
             f.write(text + "\n")
-        status = 1 if failed else 0
+        with open(os.path.join(checker.out, "violations.txt"), "w") as f:
+            for key, _, _ in KINDS:
+                for v in analysis.violations.get(key, []):
+                    f.write(f"{key}\t{v}\n")
+        status = 1 if analysis.failed() else 0
+        if args.self_test:
+            status = 0 if (status == 0 and self_test(checker.logs(), checker.t0)) else 1
     except KeyboardInterrupt:
         print("chat-checker: interrupted; stopping what it started", file=sys.stderr)
         status = 130
