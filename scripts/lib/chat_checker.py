@@ -418,13 +418,14 @@ class Item:
 
 
 class Msg:
-    __slots__ = ("text", "sender", "room", "sent", "returned", "refused", "first_recv", "receivers")
+    __slots__ = ("text", "sender", "room", "sent", "returned", "refused", "first_recv", "receivers", "leaked")
 
     def __init__(self, text, sender, room, sent):
         self.text, self.sender, self.room, self.sent = text, sender, room, sent
         self.returned, self.refused = [], []
         self.first_recv = None
         self.receivers = 0
+        self.leaked = False  # delivered in another room than its sender's
 
 
 class Stay:
@@ -780,6 +781,7 @@ class Client:
                 self.settled = True
             allowed = (self.room, self.prev_room, p.arg if p is not None and p.kind == "join" else None)
             if msg.room not in allowed:
+                msg.leaked = True
                 self.violate("leak", f"`{line}` (room {msg.room}) at {self.rel(t)} while in {self.room}")
             if msg.sender == self.cid:
                 msg.returned.append(t)
@@ -946,7 +948,7 @@ def check(c):
                     if qa is None or qb is None or qb - qa <= 1:
                         continue
                     for x in seq[qa + 1:qb]:
-                        if x not in got and x not in excused[cl.cid] and (cl.cid, x) not in lost:
+                        if not msgs[x].leaked and x not in got and x not in excused[cl.cid] and (cl.cid, x) not in lost:
                             lost[(cl.cid, x)] = f"between `{a}` and `{b}` (at {rel(cl.stream[ia].t)}-{rel(cl.stream[ib].t)}); {n} received it between them"
             # (b) owed lines never received
             refs = [p for _, p, _ in mine]
@@ -956,7 +958,7 @@ def check(c):
                     break
                 if msg.first_recv is None or msg.first_recv >= s.l:
                     continue
-                if msg.sender == cl.cid or x in got or x in excused[cl.cid] or (cl.cid, x) in lost:
+                if msg.sender == cl.cid or msg.leaked or x in got or x in excused[cl.cid] or (cl.cid, x) in lost:
                     continue
                 k = bisect.bisect_left(refs, pos.get(x, 0))
                 lo = mine[k - 1][0] if k > 0 else s.start
@@ -1437,6 +1439,8 @@ def main():
     if args.analyse:
         logs, meta = load_history(args.analyse)
         analysis = Analysis(0.0, logs)
+        for text in meta.get("server_problems", []):
+            analysis.violate("server", text)
         print("\n".join(analysis.summary() + analysis.verdict()))
         sys.exit(1 if analysis.failed() else 0)
     if args.seed is None:
@@ -1476,7 +1480,8 @@ def main():
         codes = checker.stop_all()
         analysis, lines = checker.report(codes)
         save_history(os.path.join(checker.out, "history.jsonl"), checker.t0, checker.logs(),
-                     {"seed": args.seed, "duration": args.duration, "faults": args.faults})
+                     {"seed": args.seed, "duration": args.duration, "faults": args.faults,
+                      "server_problems": checker.server_problems})
         text = "\n".join(lines)
         print(text)
         with open(os.path.join(checker.out, "report.txt"), "w") as f:
