@@ -4,6 +4,8 @@
     chat_checker.py --bin target/release/edgeloop [--duration 60]
                     [--clients 30] [--servers 3] [--rooms 3]
                     [--faults all|none|KIND,KIND...] [--seed N] [--out DIR]
+                    [--self-test]
+    chat_checker.py --analyse OUT/history.jsonl
 
 It starts its own `redis-server` on a free loopback port and SERVERS chat
 servers on it (`edgeloop chat --redis redis://127.0.0.1:PORT --listen
@@ -88,8 +90,11 @@ time); every fault is logged with its time (OUT/faults.log and the report).
    the receipt of one piece of evidence to the sending of the next one with
    the same name, unless `* chat backend unavailable` reached it between the
    two (a server that lost Redis may lose its names). Two clients' intervals
-   for one name must not overlap. A `/who` answer lists no name twice, and a
-   `guestN` the server hands out is never handed out again.
+   for one name must not overlap. A `/who` answer lists no name twice, a
+   `guestN` the server hands out is never handed out again, and
+   `* OLD is now NEW` with OLD the client's own name is either its own
+   `/nick NEW` or the server renaming it to a fresh `guestN` (SPEC's only
+   forced rename): anything else is another member holding its name.
 
 And beside them (also SPEC rules): no ghosts (a member of the room never
 sees a line from NICK after `* NICK left` until `* NICK joined` or a rename
@@ -101,9 +106,17 @@ notice within 3 s) lists the asker; no line outside the protocol; no client
 is disconnected; every server is alive and answers at the end and exits 0
 on SIGTERM.
 
-Output: a report on stdout; OUT/faults.log, OUT/history.jsonl (every line
-sent and received per client), OUT/report.txt, OUT/chatS.log and
-OUT/redis.log (the servers' standard error).
+Output: a report on stdout; OUT/faults.log, OUT/history.jsonl (per client,
+every event: connected, line sent, outcome given up, line received,
+disconnected, with its time), OUT/report.txt, OUT/violations.txt (all of
+them), OUT/chatS.log and OUT/redis.log (the servers' standard error).
+
+The checks never look at the clients' state during the run: they replay the
+logged events into fresh clients (`Analysis`), all clients' events merged in
+time order, so `--analyse` re-checks a saved history and `--self-test`
+re-checks a clean run's history tampered with in 13 ways (each a rule
+broken, and one a loss SPEC allows: a line dropped where a gap notice
+stands): every rule broken must be reported, the allowed one not.
 """
 import argparse
 import asyncio
