@@ -263,20 +263,27 @@ class Proc:
         self.signal(signal.SIGCONT)
         self.paused = False
 
-    def stop(self, grace=8.0):
-        """SIGTERM (after SIGCONT), then SIGKILL; the exit status or None."""
-        if self.popen is None:
-            return None
+    def terminate(self):
+        """SIGCONT, then SIGTERM."""
         if self.alive():
             self.resume()
             self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-                return "killed"
+
+    def wait(self, deadline):
+        """The exit status (SIGKILL past the deadline: "killed"), or None."""
+        if self.popen is None:
+            return None
+        try:
+            self.popen.wait(max(0.0, deadline - now()))
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            return "killed"
         return self.popen.returncode
+
+    def stop(self, grace=8.0):
+        self.terminate()
+        return self.wait(now() + grace)
 
 
 class Redis(Proc):
@@ -1177,9 +1184,11 @@ class Checker:
             server.start(wait_line=True)
 
     def stop_all(self):
-        codes = {}
+        # All at once: each may take its 5 s drain.
         for s in self.servers:
-            codes[s.name] = s.stop()
+            s.terminate()
+        deadline = now() + 8.0
+        codes = {s.name: s.wait(deadline) for s in self.servers}
         if self.redis.popen is not None:
             self.redis.resume()
             self.redis.stop(3)
@@ -1482,6 +1491,8 @@ def main():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Also when started in the background, where SIGINT comes ignored.
+    signal.signal(signal.SIGINT, on_signal)
     status = 2
     try:
         checker.start()
