@@ -12,7 +12,8 @@
 #   DURATION=600 scripts/chat-checker.sh       # the 10-minute run
 #   FAULTS=none scripts/chat-checker.sh        # no fault: must PASS on any build
 #   SELF_TEST=1 DURATION=20 scripts/chat-checker.sh   # a clean run, then its history tampered
-#                                              # with 12 ways: each must be caught (checks the checker)
+#                                              # 14 ways: what SPEC forbids must be caught, what it
+#                                              # allows must pass (checks the checker)
 #   scripts/chat-checker.sh --analyse target/chat-checker/history.jsonl   # re-check a saved run
 #   FAULTS=kill_pubsub,restart_redis SEED=7 scripts/chat-checker.sh
 #   CLIENTS=60 SERVERS=3 ROOMS=4 WORKERS=2 SERVER_BIN=path/to/edgeloop scripts/chat-checker.sh

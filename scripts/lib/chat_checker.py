@@ -114,9 +114,11 @@ them), OUT/chatS.log and OUT/redis.log (the servers' standard error).
 The checks never look at the clients' state during the run: they replay the
 logged events into fresh clients (`Analysis`), all clients' events merged in
 time order, so `--analyse` re-checks a saved history and `--self-test`
-re-checks a clean run's history tampered with in 13 ways (each a rule
-broken, and one a loss SPEC allows: a line dropped where a gap notice
-stands): every rule broken must be reported, the allowed one not.
+re-checks a clean run's history tampered with in 14 ways: 12 break a rule
+and must be reported; 2 are what SPEC allows and must pass (a line dropped
+where a gap notice stands; a member reaped and back, its room told it left
+and joined again, missing the room's lines in between; the same without
+the `left`/`joined` must fail).
 """
 import argparse
 import asyncio
@@ -831,6 +833,19 @@ def nicks_near(client, t):
     return names
 
 
+def voluntary(client, room, t):
+    """Whether a `left` of `client` from `room` seen at t is its own /join
+    away: seen after it sent that /join, and at most 30 s after its join into
+    the next room reached it (a witness may lag by a pause, not more)."""
+    stays = client.stays
+    for k, s in enumerate(stays):
+        if s.room == room and s.l <= t:
+            after = stays[k + 1].j if k + 1 < len(stays) else float("inf")
+            if t <= after + 30.0:
+                return True
+    return False
+
+
 def room_sequences(clients, msgs):
     """room -> cid -> [text] (first receipt only, in the order received)."""
     seqs = collections.defaultdict(dict)
@@ -926,8 +941,8 @@ def check(c):
                 names = nicks_near(m, it.t)
                 if it.a not in names:
                     continue
-                if any(s.room == it.room and it.t - 60 <= s.l <= it.t for s in m.stays):
-                    continue  # its own /join away
+                if voluntary(m, it.room, it.t):
+                    continue
                 for k in range(i + 1, len(st)):
                     nx = st[k]
                     if nx.kind == JOIN and nx.a in names:
@@ -1404,10 +1419,70 @@ def self_test(logs, t0):
             new.append(("r", e[1], line))
         return {b: new}
 
+    def reaped_and_back(announced=True):
+        # What SPEC allows a server paused past the TTL: its member is told
+        # `unavailable`, its lines meanwhile are refused, the room is told
+        # it left and, later, joined again, and it misses the room's lines
+        # in between; then `restored`.
+        m = "c4"
+        ev = by[m]
+        sends = [(i, e) for i, e in enumerate(ev) if e[0] == "s"]
+        for start in range(len(sends) // 2, len(sends) - 1):
+            ta = sends[start][1][1]
+            win = [x for x in sends[start:] if x[1][1] <= ta + 2.0]
+            if len(win) >= 3 and start + len(win) < len(sends) and all(x[1][2] == "msg" for x in win) \
+                    and len({room_of(x[1][3]) for x in win}) == 1:
+                break
+        else:
+            raise RuntimeError("no 2 s of messages only")
+        room = room_of(win[0][1][3])
+        after = sends[start + len(win)][1]
+        t1, t2 = ta - 1e-4, after[1] - 1e-4
+        own = {x[1][3] for x in win}
+        name = next(mm[1] for e in reversed(ev[:win[0][0]])
+                    if e[0] == "r" and (mm := RE_MSG.match(e[2])) and mm[2].startswith(m + "-"))
+        first = {}
+        for evs in by.values():
+            for e in evs:
+                if e[0] == "r" and (mm := RE_MSG.match(e[2])) and RE_TEXT.match(mm[2]):
+                    first[mm[2]] = min(first.get(mm[2], float("inf")), e[1])
+        missed = {x for x, t in first.items() if t1 < t < t2 and room_of(x) == room and not x.startswith(m + "-")}
+        if not missed:
+            raise RuntimeError("nothing said in the room meanwhile")
+
+        def line_of(e):
+            return (mm := RE_MSG.match(e[2])) and mm[2] if e[0] == "r" else None
+
+        new = []
+        for e in ev:
+            if e is win[0][1]:
+                new.append(("r", t1, UNAVAILABLE_NOTICE))
+            if e is after:
+                new.append(("r", t2, RESTORED_NOTICE))
+            if line_of(e) in missed or line_of(e) in own:
+                continue
+            new.append(e)
+            if e[0] == "s" and e[3] in own:
+                new.append(("r", e[1] + 1e-5, REFUSAL))
+        changed = {m: new}
+        for n, evs in by.items():
+            if n == m:
+                continue
+            kept = [e for e in evs if line_of(e) not in own]
+            idx = [i for i, e in enumerate(kept) if line_of(e) in missed]
+            if idx and announced:
+                lo, hi = idx[0], idx[-1]
+                kept = kept[:lo] + [("r", kept[lo][1], f"* {name} left")] + kept[lo:hi + 1] \
+                    + [("r", kept[hi][1], f"* {name} joined")] + kept[hi + 1:]
+            changed[n] = kept
+        return changed
+
     cases = [
         ("unchanged", lambda: {}, None),
         ("a line dropped at one member", drop, "lost"),
         ("a line dropped, `some lines may have been lost` in its place", drop_with_notice, None),
+        ("a member reaped and back: its room's lines meanwhile missed", reaped_and_back, None),
+        ("the same, the room not told it left (a blink, not a reap)", lambda: reaped_and_back(False), "lost"),
         ("a line received twice", duplicate, "duplicate"),
         ("two lines swapped at one member", swap, "order"),
         ("a sender's own line replaced by a refusal", refused_yet_delivered, "outcome"),
