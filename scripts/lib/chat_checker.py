@@ -501,6 +501,9 @@ class Client:
     def __init__(self, checker, cid, server, rng):
         self.c, self.cid, self.server, self.rng = checker, cid, server, rng
         self.log = []  # ("c", t) | ("s", t, kind, arg, line) | ("x", t) | ("r", t, line) | ("e", t, why)
+        self.keep = rng is None  # replaying (the analysis) keeps the stream
+        self._near = None  # (see nicks_near)
+        self.received = 0
         self.stream = []
         self.sent = []  # (t, line)
         self.cmds = []  # dicts: kind, arg, sent, outcome
@@ -533,8 +536,13 @@ class Client:
         return f"{t - self.c.t0:.3f}s"
 
     def push(self, t, kind, a=None, b=None):
-        self.stream.append(Item(t, kind, a, b, self.room))
-        return len(self.stream) - 1
+        """The line as understood, kept for the checks (only when replaying:
+        on the network the log is what is kept)."""
+        item = Item(t, kind, a, b, self.room)
+        self.received += 1
+        if self.keep:
+            self.stream.append(item)
+        return item
 
     def set_nick(self, nick, lo, hi):
         if nick != self.nick:
@@ -759,11 +767,12 @@ class Client:
             self.departed.discard(new)
         elif m := RE_JOINED.match(line):
             nick = m[1]
-            idx = self.push(t, JOIN, nick)
+            item = self.push(t, JOIN, nick)
+            idx = len(self.stream) - 1
             if self.nick is None:
                 # Registration: its own join into lobby is its first line.
                 self.room = "lobby"
-                self.stream[idx].room = "lobby"
+                item.room = "lobby"
                 self.set_nick(nick, self.connected_at, t)
                 if RE_GUEST.match(nick):
                     self.guests.append((nick, t))
@@ -774,7 +783,7 @@ class Client:
                 stay = self.stays[-1]
                 stay.l, stay.end = p.sent, idx
                 self.prev_room, self.room = self.room, p.arg
-                self.stream[idx].room = self.room
+                item.room = self.room
                 self.stays.append(Stay(self.room, t, idx))
                 self.departed = set()
                 self.settled = False
@@ -826,22 +835,45 @@ class Client:
 
 def nicks_near(client, t):
     """Names `client` held (in its own view) within NEAR seconds of t."""
-    names = {n for n, lo, hi in client.evidence if t - NEAR <= hi <= t + NEAR}
-    i = bisect.bisect_right([x for x, _ in client.timeline], t - NEAR) - 1
+    if client._near is None:
+        ev = sorted(client.evidence, key=lambda e: e[2])
+        client._near = ([e[2] for e in ev], [e[0] for e in ev], [x for x, _ in client.timeline])
+    his, nicks, starts = client._near
+    names = set(nicks[bisect.bisect_left(his, t - NEAR):bisect.bisect_right(his, t + NEAR)])
+    i = bisect.bisect_right(starts, t - NEAR) - 1
     if i >= 0:
         names.add(client.timeline[i][1])
     return names
 
 
+def names_between(client, a, b):
+    """The names `client` had (in its own view) at some moment in [a, b]."""
+    tl = client.timeline
+    i = max(0, bisect.bisect_right([x for x, _ in tl], a) - 1)
+    return {n for x, n in tl[i:] if x <= b}
+
+
+def whose_left(clients, ever, name, t):
+    """The clients a `* NAME left` seen at t may be about: whoever had NAME at
+    t in its own view; if nobody, whoever had it in the 20 s before (the
+    announcement may lag behind a pause)."""
+    now_ = [m for m in clients if name in ever[m.cid] and name in names_between(m, t, t)]
+    return now_ or [m for m in clients if name in ever[m.cid] and name in names_between(m, t - 20.0, t)]
+
+
 def voluntary(client, room, t):
-    """Whether a `left` of `client` from `room` seen at t is its own /join
-    away: seen after it sent that /join, and at most 30 s after its join into
-    the next room reached it (a witness may lag by a pause, not more)."""
+    """Whether a `left` of `client` from `room` seen at t is surely its own
+    /join away: seen after it sent that /join, at most 30 s after its join
+    into the next room reached it (a witness may lag by a pause, not more),
+    and before it came back to the room. When in doubt, not (the hole is
+    then excused: a checker that cries wolf is worse than one that misses a
+    corner)."""
     stays = client.stays
     for k, s in enumerate(stays):
         if s.room == room and s.l <= t:
             after = stays[k + 1].j if k + 1 < len(stays) else float("inf")
-            if t <= after + 30.0:
+            back = any(x.room == room and x.j <= t for x in stays[k + 1:])
+            if t <= after + 30.0 and not back:
                 return True
     return False
 
@@ -908,6 +940,8 @@ def check(c):
     positions = {}
     for room, members in sorted(seqs.items()):
         pos_of = {cid: {x: i for i, x in enumerate(seq)} for cid, seq in members.items()}
+        for cid, pos in pos_of.items():
+            c.pos_cache[(room, cid)] = pos
         inverted = 0
         cids = sorted(members)
         for i, m in enumerate(cids):
@@ -935,12 +969,8 @@ def check(c):
         for i, it in enumerate(st):
             if it.kind != LEFT:
                 continue
-            for m in clients:
-                if it.a not in ever[m.cid]:
-                    continue
+            for m in whose_left(clients, ever, it.a, it.t):
                 names = nicks_near(m, it.t)
-                if it.a not in names:
-                    continue
                 if voluntary(m, it.room, it.t):
                     continue
                 for k in range(i + 1, len(st)):
@@ -978,7 +1008,7 @@ def check(c):
                 for n, seq in members.items():
                     if n == cl.cid:
                         continue
-                    pn = c.pos_cache.setdefault((s.room, n), {x: i for i, x in enumerate(seq)})
+                    pn = c.pos_cache[(s.room, n)]
                     qa, qb = pn.get(a), pn.get(b)
                     if qa is None or qb is None or qb - qa <= 1:
                         continue
@@ -1261,15 +1291,12 @@ class Checker:
         while now() < end:
             await asyncio.sleep(10)
             sent = sum(len(cl.sent) for cl in self.clients)
-            got = sum(len(cl.stream) for cl in self.clients)
+            got = sum(cl.received for cl in self.clients)
             print(f"[{now() - self.t0:6.1f}s] {sent} lines sent, {got} received, "
                   f"{sum(self.faults.counts.values())} faults", flush=True)
 
-    def report(self, codes):
+    def report(self):
         a = self.args
-        for name, code in codes.items():
-            if code != 0:
-                self.server_problems.append(f"{name}: exit status {code!r} on SIGTERM (0 expected)")
         analysis = Analysis(self.t0, self.logs())
         for text in self.server_problems:
             analysis.violate("server", text)
@@ -1336,9 +1363,12 @@ def self_test(logs, t0):
                     return {cid: new}
         raise RuntimeError("no two adjacent lines to swap")
 
-    def own_line(cid):  # index of a line of its own coming back, mid-run
+    def own_line(cid):  # index of a line of its own coming back, mid-run, that others received too
         ev = by[cid]
-        idx = [i for i, e in enumerate(ev) if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(cid + "-")]
+        others = {m[2] for c, evs in by.items() if c != cid for e in evs
+                  if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(cid + "-")}
+        idx = [i for i, e in enumerate(ev)
+               if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(cid + "-") and m[2] in others]
         return idx[len(idx) // 2]
 
     def refused_yet_delivered():
@@ -1577,10 +1607,15 @@ def main():
 
         asyncio.run(bounded())
         codes = checker.stop_all()
-        analysis, lines = checker.report(codes)
+        print(f"[{now() - checker.t0:6.1f}s] servers stopped; checking the history", flush=True)
+        for name, code in codes.items():
+            if code != 0:
+                checker.server_problems.append(f"{name}: exit status {code!r} on SIGTERM (0 expected)")
+        # Saved first: a history can be checked again (--analyse) whatever happens next.
         save_history(os.path.join(checker.out, "history.jsonl"), checker.t0, checker.logs(),
                      {"seed": args.seed, "duration": args.duration, "faults": args.faults,
                       "server_problems": checker.server_problems})
+        analysis, lines = checker.report()
         text = "\n".join(lines)
         print(text)
         with open(os.path.join(checker.out, "report.txt"), "w") as f:
