@@ -55,8 +55,11 @@ kinds at random:
                       same port, empty;
   script_flush        SCRIPT FLUSH.
 
-Pauses run beside the other faults (at most one chat server paused at a
-time); every fault is logged with its time (OUT/faults.log and the report).
+Pauses and restarts run beside the other faults, but one chat server paused
+at a time and one Redis pause or restart at a time (a fault whose kind is
+busy waits its turn); every fault is logged with its time (OUT/faults.log
+and the report). The whole run is bounded (DURATION + 30 s + 8 outcome
+waits + 60 s at most, then it gives up with status 2).
 
 # The invariants (each a rule of SPEC.md; what SPEC allows is tolerated)
 
