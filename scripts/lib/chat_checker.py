@@ -524,6 +524,7 @@ class Client:
         self.guests = []  # (name, t) handed out to it by the server
         self.restored_since = False
         self.pending = None
+        self.last = None  # the last line answered
         self.departed = set()
         self.seq = 0
         self.reader = self.writer = None
@@ -559,6 +560,7 @@ class Client:
         if p is None:
             return
         self.pending = None  # a second answer answers nothing
+        self.last = p
         if p.record is not None and p.record.get("outcome") is None:
             p.record["outcome"], p.record["t"] = outcome, t
         if not p.future.done():
@@ -735,7 +737,10 @@ class Client:
                 self.violate("who", f"/who at {self.rel(t)} (backend up) omits its own name {self.nick}: `{line[:120]}`")
         elif line.startswith("! "):
             self.push(t, ERR, line)
-            if p is None or p.kind == "who":
+            if p is None and self.last is not None and self.last.kind != "who":
+                self.violate("outcome", f"`{line}` at {self.rel(t)}: a second answer to `{self.last.line}` "
+                                        f"(sent at {self.rel(self.last.sent)}, answered {self.last.record['outcome']})")
+            elif p is None or p.kind == "who":
                 self.violate("unexpected", f"`{line}` at {self.rel(t)} answers no line")
             elif line == REFUSAL:
                 self.resolve("refused", t)
@@ -754,13 +759,14 @@ class Client:
             if old == self.nick and p is not None and p.kind == "nick" and new == p.arg:
                 self.set_nick(new, p.sent, t)
                 self.resolve("ok", t)
-            elif old == self.nick and RE_GUEST.match(new):
-                # Renamed by the server: its name was taken while Redis was lost.
+            elif old == self.nick and RE_GUEST.match(new) and self.restored_since:
+                # Renamed by the server: its name was taken while Redis was
+                # lost (so after `restored`, before any line of its own).
                 self.set_nick(new, t, t)
                 self.guests.append((new, t))
             elif old == self.nick:
-                # SPEC renames a member only to a fresh guestN: this is
-                # another member who had this client's name.
+                # SPEC renames a member only to a fresh guestN, on its
+                # return: this is another member who had this client's name.
                 self.c.violate("nick", f"{self.cid}@{self.server.name}: `{line}` at {self.rel(t)} while {old} is its own "
                                        f"name and it asked nothing: another member had its name")
             elif old in self.departed:
