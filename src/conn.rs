@@ -99,6 +99,8 @@ pub enum Closing {
     Local,
     /// The reactor is shutting down.
     Shutdown,
+    /// A protocol error (a WebSocket violation, answered with its status).
+    Protocol,
 }
 
 impl From<Closing> for CloseReason {
@@ -107,6 +109,7 @@ impl From<Closing> for CloseReason {
             Closing::PeerClosed => CloseReason::PeerClosed,
             Closing::Local => CloseReason::Local,
             Closing::Shutdown => CloseReason::Shutdown,
+            Closing::Protocol => CloseReason::FrameTooLarge,
         }
     }
 }
@@ -118,6 +121,9 @@ pub struct Extra {
     pub timer: Micros,
     /// An output policy of its own, instead of the reactor's.
     pub policy: Option<OutputPolicy>,
+    /// A WebSocket connection's decoder (see [`crate::ws`]).
+    #[cfg(feature = "ws")]
+    pub ws: Option<crate::ws::Decoder>,
 }
 
 /// A connection's entry in the reactor's slab.

@@ -174,6 +174,8 @@ pub mod stats;
 pub mod sys;
 pub mod timer;
 pub mod workers;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use access::{AccessList, Cidr};
 pub use framing::Framing;

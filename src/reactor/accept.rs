@@ -117,6 +117,8 @@ impl Reactor {
             return;
         }
         core.touch(key);
+        #[cfg(feature = "ws")]
+        core.ws_opened(key);
         self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, ConnId(key)));
     }
 
