@@ -170,8 +170,10 @@ impl Core {
 
 impl Ctx<'_> {
     /// On a [`Framing::Ws`] connection, what is being delivered (inside
-    /// `on_frame`) or was last: the request head, a text or a binary
-    /// message. `None` for other framings, and before the first frame.
+    /// `on_frame`) or was last: `Handshake` from the accept until the
+    /// upgrade is answered (so `on_open` can tell a connection that is not
+    /// upgraded yet), then `Text` or `Binary`. `None` for other framings,
+    /// and between the upgrade and the first message.
     pub fn message_kind(&self, id: ConnId) -> Option<MessageKind> {
         self.core.conns.get(id.0).and_then(decoder).and_then(|d| d.last)
     }

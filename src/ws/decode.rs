@@ -121,7 +121,8 @@ pub struct Decoder {
     partial: u8,
     /// Lines or messages.
     pub mode: Mode,
-    /// The message being (or last) delivered.
+    /// The message being (or last) delivered: `Handshake` from the start
+    /// until the upgrade is answered, then `None` until the first message.
     pub last: Option<MessageKind>,
     /// What a send produces: text or binary.
     pub send_kind: MessageKind,
@@ -130,7 +131,8 @@ pub struct Decoder {
 impl Decoder {
     /// A connection that has not sent its request head yet.
     pub fn new(mode: Mode) -> Decoder {
-        Decoder { mode, send_kind: MessageKind::Text, ..Decoder::default() }
+        // Until the upgrade is answered, what arrives is the handshake.
+        Decoder { mode, send_kind: MessageKind::Text, last: Some(MessageKind::Handshake), ..Decoder::default() }
     }
 
     /// Before the upgrade (waiting for the head, or for the application's
@@ -150,6 +152,7 @@ impl Decoder {
     pub fn accepted(&mut self) {
         self.phase = Phase::Open;
         self.raw = 0;
+        self.last = None;
     }
 
     /// The head was delivered and the application has not answered it.

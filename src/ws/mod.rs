@@ -91,7 +91,7 @@ mod decode;
 pub mod encode;
 pub mod handshake;
 
-pub use decode::{decode, unmask, Decoder, Event};
+pub use decode::{decode, unmask, Decoder, Event, GAP_LIMIT};
 
 use std::time::Duration;
 
