@@ -398,6 +398,35 @@ mod tests {
         assert_eq!(q.footprint(), 5000 + 1000 * CHUNK_OVERHEAD);
     }
 
+    /// A WebSocket line goes out without its `\n`, the shared buffer
+    /// untouched and still shared.
+    #[test]
+    fn a_shared_prefix_is_queued_by_reference() {
+        let mut pool = OutPool::new(4);
+        let mut q = OutQueue::default();
+        let line: Rc<[u8]> = Rc::from(&b"a: hi\n"[..]);
+        q.push_copy(&[b"\x81\x05"], &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 5, &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 99, &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 0, &mut pool);
+        assert_eq!(pending(&q), b"\x81\x05a: hia: hi\n");
+        assert_eq!((q.len(), Rc::strong_count(&line)), (13, 3));
+        q.advance(7, &mut pool);
+        assert_eq!(pending(&q), b"a: hi\n");
+    }
+
+    /// Cutting the WebSocket reassembly gap out of the unread bytes.
+    #[test]
+    fn a_gap_is_cut_from_the_unread_bytes() {
+        let mut pool = BufPool::new(READ_BUF_SIZE, 4);
+        let mut rb = ReadBuf::default();
+        rb.prepare(&mut pool, 0).extend_from_slice(b"xxABgapCD");
+        rb.consume(2);
+        rb.unread_mut()[0] = b'a';
+        rb.cut(2, 5);
+        assert_eq!(rb.unread(), b"aBCD");
+    }
+
     #[test]
     fn read_buffer_returns_to_the_pool_when_drained() {
         let mut pool = BufPool::new(READ_BUF_SIZE, 4);
