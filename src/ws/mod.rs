@@ -74,6 +74,16 @@
 //! `crate::reactor::ws`: the answers (pong, close), the close handshake
 //! and the handshake timeout.
 //!
+//! # Memory and timeouts
+//!
+//! A WebSocket connection keeps its decoder (20 bytes of state) in the
+//! connection's boxed extras, allocated at the accept: an idle WebSocket
+//! connection costs that small box on top of the 96-byte slab entry, and
+//! holds no buffer. Before the upgrade the idle deadline is the
+//! handshake's ([`HANDSHAKE_TIMEOUT`], pushed back by nothing); after it,
+//! `--idle-timeout` applies, and a ping or pong counts as activity (it is
+//! a whole frame), a message cut in pieces does not until it is whole.
+//!
 //! # Control frames: answered by the library
 //!
 //! Ping is answered with a pong, a close with a close, by the library;

@@ -9,8 +9,8 @@
 //! here and in the library, not in the chat:
 //!
 //! - **Before the upgrade** the connection is not a member: `on_open`
-//!   waits ([`Chat::waits_for_upgrade`]), and the request head, the first
-//!   frame, is routed by [`Chat::web_frame`]: `GET /` gets the page (one
+//!   waits (`Chat::waits_for_upgrade`), and the request head, the first
+//!   frame, is routed by `Chat::web_frame`: `GET /` gets the page (one
 //!   self-contained file, [`PAGE`], compiled in), `GET /chat` with an
 //!   upgrade becomes a member, anything else gets 404.
 //! - **Lines are messages.** The connection is switched to
