@@ -482,6 +482,13 @@ mod tests {
         assert_eq!(decode(&mut d, &mut client_frame(true, TEXT, b"late"), 100), Ok(Event::Incomplete { need: 0 }));
     }
 
+    /// Its docs, and the memory of an idle WebSocket connection, count
+    /// on this.
+    #[test]
+    fn a_decoder_is_20_bytes() {
+        assert_eq!(std::mem::size_of::<Decoder>(), 20);
+    }
+
     #[test]
     fn unmask_matches_the_definition() {
         let key = [1, 2, 3, 4];
