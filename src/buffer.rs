@@ -93,6 +93,19 @@ impl ReadBuf {
         self.buf.len() == self.start as usize
     }
 
+    /// The bytes not yet delivered, mutably: a WebSocket message is
+    /// unmasked and reassembled where it lies (see [`crate::ws`]).
+    pub fn unread_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start as usize..]
+    }
+
+    /// Remove `from..to` of the unread bytes (a WebSocket reassembly gap),
+    /// moving what follows down.
+    pub fn cut(&mut self, from: usize, to: usize) {
+        let start = self.start as usize;
+        self.buf.drain(start + from..start + to);
+    }
+
     /// Mark `n` bytes at the front of the unread bytes as delivered.
     pub fn consume(&mut self, n: usize) {
         self.start += n as u32;
@@ -171,15 +184,16 @@ enum Chunk {
     /// Bytes copied in by `send`; small sends are appended to the last one.
     Owned(Vec<u8>),
     /// A message shared by many queues (a chat broadcast): one allocation,
-    /// however many recipients.
-    Shared(Rc<[u8]>),
+    /// however many recipients; all of it but the number of bytes given
+    /// (a WebSocket line is sent without its `\n`).
+    Shared(Rc<[u8]>, u32),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
-            Chunk::Shared(r) => r,
+            Chunk::Shared(r, cut) => &r[..r.len() - *cut as usize],
         }
     }
 }
@@ -275,10 +289,18 @@ impl OutQueue {
 
     /// Queue a shared message by reference.
     pub fn push_shared(&mut self, msg: Rc<[u8]>, pool: &mut OutPool) {
-        if !msg.is_empty() {
+        self.push_shared_prefix(msg, usize::MAX, pool);
+    }
+
+    /// Queue the first `len` bytes of a shared message by reference (all
+    /// of it if shorter, and at least all but 4 GiB of it).
+    pub fn push_shared_prefix(&mut self, msg: Rc<[u8]>, len: usize, pool: &mut OutPool) {
+        let cut = (msg.len() - len.min(msg.len())).min(u32::MAX as usize);
+        let len = msg.len() - cut;
+        if len > 0 {
             let q = self.queue(pool);
-            q.len += msg.len();
-            q.chunks.push_back(Chunk::Shared(msg));
+            q.len += len;
+            q.chunks.push_back(Chunk::Shared(msg, cut as u32));
         }
     }
 
@@ -384,6 +406,35 @@ mod tests {
         }
         assert_eq!(q.len(), 5000);
         assert_eq!(q.footprint(), 5000 + 1000 * CHUNK_OVERHEAD);
+    }
+
+    /// A WebSocket line goes out without its `\n`, the shared buffer
+    /// untouched and still shared.
+    #[test]
+    fn a_shared_prefix_is_queued_by_reference() {
+        let mut pool = OutPool::new(4);
+        let mut q = OutQueue::default();
+        let line: Rc<[u8]> = Rc::from(&b"a: hi\n"[..]);
+        q.push_copy(&[b"\x81\x05"], &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 5, &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 99, &mut pool);
+        q.push_shared_prefix(Rc::clone(&line), 0, &mut pool);
+        assert_eq!(pending(&q), b"\x81\x05a: hia: hi\n");
+        assert_eq!((q.len(), Rc::strong_count(&line)), (13, 3));
+        q.advance(7, &mut pool);
+        assert_eq!(pending(&q), b"a: hi\n");
+    }
+
+    /// Cutting the WebSocket reassembly gap out of the unread bytes.
+    #[test]
+    fn a_gap_is_cut_from_the_unread_bytes() {
+        let mut pool = BufPool::new(READ_BUF_SIZE, 4);
+        let mut rb = ReadBuf::default();
+        rb.prepare(&mut pool, 0).extend_from_slice(b"xxABgapCD");
+        rb.consume(2);
+        rb.unread_mut()[0] = b'a';
+        rb.cut(2, 5);
+        assert_eq!(rb.unread(), b"aBCD");
     }
 
     #[test]

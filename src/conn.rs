@@ -105,6 +105,8 @@ pub enum Closing {
     Local,
     /// The reactor is shutting down.
     Shutdown,
+    /// A protocol error (a WebSocket violation, answered with its status).
+    Protocol,
 }
 
 impl From<Closing> for CloseReason {
@@ -113,6 +115,7 @@ impl From<Closing> for CloseReason {
             Closing::PeerClosed => CloseReason::PeerClosed,
             Closing::Local => CloseReason::Local,
             Closing::Shutdown => CloseReason::Shutdown,
+            Closing::Protocol => CloseReason::FrameTooLarge,
         }
     }
 }
@@ -127,6 +130,9 @@ pub struct Extra {
     /// A frame limit of its own, instead of the reactor's (from
     /// `ListenOptions::max_frame` or `ConnectOptions::max_frame`).
     pub max_frame: Option<usize>,
+    /// A WebSocket connection's decoder (see [`crate::ws`]).
+    #[cfg(feature = "ws")]
+    pub ws: Option<crate::ws::Decoder>,
 }
 
 /// Where [`Conn::closing`] is kept in [`Conn::flags`] (two bits).
@@ -215,7 +221,8 @@ impl Conn {
         match (self.flags >> CLOSING_SHIFT) & 0b11 {
             0 => Closing::PeerClosed,
             1 => Closing::Local,
-            _ => Closing::Shutdown,
+            2 => Closing::Shutdown,
+            _ => Closing::Protocol,
         }
     }
 
@@ -225,6 +232,7 @@ impl Conn {
             Closing::PeerClosed => 0,
             Closing::Local => 1,
             Closing::Shutdown => 2,
+            Closing::Protocol => 3,
         };
         self.flags = self.flags & !(0b11 << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
     }

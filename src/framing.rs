@@ -12,7 +12,16 @@
 //!        +- header ---+- payload -+
 //!
 //! Exact(5) | h e l l o | w o r l d |          the next 5 bytes, each time
+//!
+//! ws     | GET / HTTP/1.1 ... \r\n\r\n |        the upgrade request: the first frame
+//!        | 81 85 | 37 fa 21 3d | 7f 9f 4d 51 58 |   then a message: FIN+text, MASK+5,
+//!        +- hdr -+- mask key --+- masked "Hello" -+   key, payload (unmasked in place)
 //! ```
+//!
+//! `ws` is RFC 6455 (the `ws` cargo feature): the frame a handler gets is
+//! a whole message's payload, however many fragments it came in; its
+//! header, masking and control frames are the library's. The bit-level
+//! diagram of a frame, and the rules, are in [`crate::ws`].
 //!
 //! `Exact(n)` is gen_tcp's `recv(Socket, N)` on a `{packet, raw}` socket:
 //! "the next n bytes as one frame", for a protocol that announces a length
@@ -58,6 +67,12 @@ pub enum Framing {
     /// header on the wire. `Exact(0)` delivers whatever arrived, like
     /// `Raw` (as `recv(Socket, 0)` does).
     Exact(u32),
+    /// WebSocket (RFC 6455): an HTTP/1.1 upgrade, whose request head is
+    /// the first frame, then one frame per whole message, unmasked in
+    /// place (see [`crate::ws`]). Decoded by [`crate::ws::decode`], which
+    /// keeps the connection's state; [`decode`] never sees it.
+    #[cfg(feature = "ws")]
+    Ws,
 }
 
 impl Framing {
@@ -65,6 +80,10 @@ impl Framing {
     pub fn header_len(self) -> usize {
         match self {
             Framing::Raw | Framing::Line | Framing::Exact(_) => 0,
+            // A WebSocket header depends on more than the length: see
+            // `crate::ws::encode`.
+            #[cfg(feature = "ws")]
+            Framing::Ws => 0,
             Framing::Len1 => 1,
             Framing::Len2 => 2,
             Framing::Len4 => 4,
@@ -75,6 +94,8 @@ impl Framing {
     fn max_payload(self) -> usize {
         match self {
             Framing::Raw | Framing::Line | Framing::Exact(_) => usize::MAX,
+            #[cfg(feature = "ws")]
+            Framing::Ws => usize::MAX,
             Framing::Len1 => u8::MAX as usize,
             Framing::Len2 => u16::MAX as usize,
             Framing::Len4 => u32::MAX as usize,
@@ -105,9 +126,11 @@ impl FromStr for Framing {
             "1" => Ok(Framing::Len1),
             "2" => Ok(Framing::Len2),
             "4" => Ok(Framing::Len4),
+            #[cfg(feature = "ws")]
+            "ws" => Ok(Framing::Ws),
             _ => match s.strip_prefix("exact:").and_then(|n| n.parse().ok()) {
                 Some(n) => Ok(Framing::Exact(n)),
-                None => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2, 4 or exact:N)")),
+                None => Err(format!("unknown framing '{s}' (expected raw, line, 1, 2, 4, exact:N or ws)")),
             },
         }
     }
@@ -122,6 +145,8 @@ impl fmt::Display for Framing {
             Framing::Len2 => f.write_str("2"),
             Framing::Len4 => f.write_str("4"),
             Framing::Exact(n) => write!(f, "exact:{n}"),
+            #[cfg(feature = "ws")]
+            Framing::Ws => f.write_str("ws"),
         }
     }
 }
@@ -178,6 +203,9 @@ pub enum Decoded {
 /// `max_frame` bounds a payload (for `line`, the line including `\n`).
 pub fn decode(framing: Framing, buf: &[u8], scanned: &mut usize, max_frame: usize) -> Result<Decoded, FrameError> {
     match framing {
+        // Decoded with its connection's state by `crate::ws::decode`.
+        #[cfg(feature = "ws")]
+        Framing::Ws => Ok(Decoded::Incomplete { need: 0 }),
         Framing::Raw | Framing::Exact(0) if buf.is_empty() => Ok(Decoded::Incomplete { need: 0 }),
         Framing::Raw | Framing::Exact(0) => Ok(Decoded::Frame(Frame { start: 0, end: buf.len() })),
         Framing::Exact(n) => {
@@ -251,6 +279,8 @@ pub fn at_eof(framing: Framing, rest: &[u8]) -> AtEof {
         // in practice; treat it like a final line for completeness.
         Framing::Raw => AtEof::FinalLine,
         Framing::Len1 | Framing::Len2 | Framing::Len4 | Framing::Exact(_) => AtEof::Truncated,
+        #[cfg(feature = "ws")]
+        Framing::Ws => AtEof::Truncated,
     }
 }
 

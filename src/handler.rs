@@ -85,7 +85,8 @@ pub enum CloseReason {
     /// `EPIPE`, `ETIMEDOUT` from keepalive, ...). gen_tcp's
     /// `show_econnreset`, always on.
     Error(Errno),
-    /// A frame over `max_frame` (a protocol error).
+    /// A frame over `max_frame`, or another protocol error (a WebSocket
+    /// violation: see [`crate::ws`]).
     FrameTooLarge,
     /// Pending output made no progress for `send_timeout`; `unsent` bytes
     /// were still queued.

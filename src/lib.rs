@@ -60,6 +60,7 @@
 //! | `{packet, raw \| line \| 1 \| 2 \| 4}` | [`Framing`]: `Raw`, `Line`, `Len1`, `Len2`, `Len4`; per listener ([`ListenOptions::framing`]), per connect, or [`Ctx::set_framing`] at any time |
 //! | `{packet_size, N}` | [`Config::max_frame`]: a longer frame is [`CloseReason::FrameTooLarge`], a longer length header is refused before any memory is reserved |
 //! | `gen_tcp:recv(S, N)` | [`Framing::Exact`]`(n)`: the next n bytes as one frame |
+//! | `{packet, http}`, then a WebSocket (RFC 6455; no gen_tcp counterpart) | `Framing::Ws` (the `ws` feature): the request head is the first frame (`Ctx::message_kind` says `Handshake`), `Ctx::ws_accept` upgrades (or the handler answers HTTP itself), then a frame is one whole message, unmasked and reassembled in place; `Ctx::set_send_kind` picks text or binary, one server frame per send; pings and closes are answered by the library, every violation closed with its status, `Ctx::ws_close` closes with one (see `ws`) |
 //! | `gen_tcp:send/2` | [`Ctx::send`] (queued, never blocks), [`Ctx::send_now`] (no copy), [`Ctx::send_shared`] (one buffer, many recipients) |
 //! | `{send_timeout, T}`, `{send_timeout_close, true}` | [`Config::send_timeout`]; the close says how much was unsent ([`CloseReason::SendTimeout`]) |
 //! | `{high_watermark, H}`, `{low_watermark, L}` (busy/ready) | [`OutputPolicy`]'s watermarks with [`Handler::on_busy`] and [`Handler::on_ready`]; past the limit [`OverLimit`] pauses, disconnects or refuses; per connection with [`Ctx::set_output_policy`] |
@@ -125,6 +126,9 @@
 //! - [`conn`] — one connection's flags and its half-close state machine.
 //! - [`buffer`] — read buffer, output queue, buffer pool.
 //! - [`framing`] — the zero-copy decoder, with a diagram of each framing.
+//! - `ws` (the `ws` feature) — WebSocket as a framing: the handshake, the
+//!   decoder that unmasks and reassembles in place, server frames; the
+//!   reactor side is `reactor::ws`.
 //! - [`timer`] — idle, send-timeout, connect, linger and application
 //!   deadlines in one lazy heap, in microseconds.
 //! - [`handler`] — the trait an application implements, and its events.
@@ -173,6 +177,8 @@ pub mod reactor;
 pub mod stats;
 pub mod sys;
 pub mod timer;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use framing::Framing;
 pub use handler::{CloseReason, ConnId, Handler, HandlerId, SendError};

@@ -79,6 +79,9 @@ fn header_len(framing: Framing) -> usize {
         Framing::Len2 => 2,
         Framing::Len4 => 4,
         Framing::Raw | Framing::Line | Framing::Exact(_) => 0,
+        // Not generated here: tests/websocket.rs and the decoder's own tests.
+        #[cfg(feature = "ws")]
+        Framing::Ws => 0,
     }
 }
 

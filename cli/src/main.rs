@@ -52,6 +52,9 @@ enum Command {
         /// Share rooms, nicknames and /who with every chat server on this Redis.
         #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
         redis: Option<RedisUrl>,
+        /// Also serve the chat to browsers on ADDR: a page at / and WebSocket members at /chat.
+        #[arg(long, value_name = "ADDR")]
+        ws: Option<SocketAddr>,
     },
     /// Drive an echo server with N connections and report throughput and latency.
     Load(edgeloop_cli::load::LoadArgs),
@@ -141,9 +144,12 @@ fn main() -> ExitCode {
             // to this makes the echo handler panic.
             let panic_on = std::env::var_os("EDGELOOP_PANIC_ON").map(|v| v.into_encoded_bytes());
             let config = server.config(OverLimit::Pause);
-            serve(&server, config, framing, move |_| Echo::new(framing).panicking_on(panic_on.clone()))
+            serve(&server, config, framing, None, move |_| Echo::new(framing).panicking_on(panic_on.clone()))
         }
-        Command::Chat { server, chat_rate, redis, .. } => {
+        Command::Chat { server, chat_rate, redis, ws, .. } => {
+            // The page and WebSocket members: another listener of the same
+            // chat, with its own framing.
+            let also = ws.map(|addr| (addr, server.listen_options(Framing::Ws)));
             if server.workers() > 1 && redis.is_none() {
                 usage_exit("chat --workers N with N > 1 needs --redis: rooms span workers through Redis");
             }
@@ -158,7 +164,7 @@ fn main() -> ExitCode {
                 None => None,
             };
             // Every worker is a chat server of its own on the same Redis.
-            serve(&server, config, Framing::Line, move |_| match &redis {
+            serve(&server, config, Framing::Line, also, move |_| match &redis {
                 Some((url, addr)) => Chat::with_redis(chat_rate, url.clone(), *addr, max_frame),
                 None => Chat::new(chat_rate),
             })
@@ -196,7 +202,13 @@ fn usage_exit(msg: &str) -> ! {
 
 /// Listen (on every worker), announce the address, run until a signal
 /// has drained everything.
-fn serve<H, F>(server: &ServerArgs, config: Config, framing: Framing, make_handler: F) -> ExitCode
+fn serve<H, F>(
+    server: &ServerArgs,
+    config: Config,
+    framing: Framing,
+    also: Option<(SocketAddr, ListenOptions)>,
+    make_handler: F,
+) -> ExitCode
 where
     H: Handler,
     F: Fn(usize) -> H + Send + Sync + 'static,
@@ -211,6 +223,7 @@ where
         config,
         metrics: server.metrics,
         stats: Duration::from_secs(server.stats),
+        also,
     };
     match run.run(make_handler) {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,6 +63,9 @@ pub struct Server {
     pub metrics: Option<SocketAddr>,
     /// Print the summed counters to stderr this often (zero: never).
     pub stats: Duration,
+    /// A second address every worker serves with the same handler, with
+    /// its own options (the chat's `--ws`).
+    pub also: Option<(SocketAddr, ListenOptions)>,
 }
 
 /// Why a server could not start.
@@ -102,6 +105,18 @@ impl Server {
         let mut options = self.listen_options.clone();
         options.reuse_port |= workers > 1;
         let (listeners, local) = bind_all(&self.listen, &options, workers)?;
+        let mut also = match &self.also {
+            Some((addr, also_options)) => {
+                let mut also_options = also_options.clone();
+                also_options.reuse_port |= workers > 1;
+                bind_all(addr, &also_options, workers)?
+                    .0
+                    .into_iter()
+                    .map(|fd| Some((fd, also_options.clone())))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let metrics = match self.metrics {
             Some(addr) => Some(sys::listen(&addr, 128, false, None).map_err(|e| StartError::Bind(addr, e))?),
             None => None,
@@ -133,6 +148,7 @@ impl Server {
                 listener: fd,
                 options: options.clone(),
                 metrics: metrics.take().map(|fd| (fd, slots.clone())),
+                also: also.get_mut(i).and_then(Option::take),
             };
             let (make_handler, ready) = (Arc::clone(&make_handler), ready_tx.clone());
             let thread = thread::Builder::new()
@@ -177,6 +193,7 @@ struct Worker {
     listener: OwnedFd,
     options: ListenOptions,
     metrics: Option<(OwnedFd, Vec<Arc<Mutex<Counters>>>)>,
+    also: Option<(OwnedFd, ListenOptions)>,
 }
 
 impl Worker {
@@ -202,6 +219,9 @@ impl Worker {
         let mut reactor = Reactor::new(self.config)?;
         let handler = reactor.add_handler(make_handler(self.index));
         reactor.add_listener(self.listener, handler, self.options)?;
+        if let Some((fd, options)) = self.also {
+            reactor.add_listener(fd, handler, options)?;
+        }
         if let Some((fd, slots)) = self.metrics {
             let metrics = reactor.add_handler(Metrics::new(slots));
             reactor.add_listener(fd, metrics, Metrics::listen_options())?;

@@ -8,6 +8,10 @@
 #   bin/tokio-echo     tokio current-thread runtime, task per connection (cargo)
 #   bin/go-echo        goroutine per connection, stdlib only (go)
 #   bin/erlang-echo    gen_tcp {active, once}, process per connection (escript)
+# WebSocket peers (for scripts/ws-bench.sh):
+#   bin/tungstenite-echo  tokio-tungstenite, tokio current-thread runtime (cargo)
+#   bin/gorilla-echo      Go, gorilla/websocket from Debian's
+#                         golang-github-gorilla-websocket-dev (GOPATH mode, no module proxy)
 # Chat peers (one room; the subset of edgeloop's chat that scripts/chat/fanout.c
 # speaks; see each one's header):
 #   bin/tokio-chat     tokio current-thread, Rc<RefCell<>> room, a task per member (cargo)
@@ -22,8 +26,9 @@ mkdir -p bin
 if [[ "${INSTALL_PEERS:-0}" == 1 ]]; then
     if [[ $(id -u) == 0 ]]; then
         export DEBIAN_FRONTEND=noninteractive
-        { apt-get update -qq && apt-get install -y -qq golang-go erlang-base >/dev/null; } ||
-            echo "warning: apt-get install golang-go erlang-base failed" >&2
+        { apt-get update -qq && apt-get install -y -qq golang-go erlang-base \
+            golang-github-gorilla-websocket-dev >/dev/null; } ||
+            echo "warning: apt-get install golang-go erlang-base golang-github-gorilla-websocket-dev failed" >&2
     else
         echo "warning: INSTALL_PEERS=1 needs root; not installing" >&2
     fi
@@ -65,6 +70,33 @@ for p in go-echo go-chat; do
         failed+=($p)
     fi
 done
+
+# tokio-tungstenite: standalone cargo project with its own Cargo.lock.
+if command -v cargo >/dev/null; then
+    if cargo build --release --locked --quiet --manifest-path tungstenite-echo/Cargo.toml \
+        --target-dir tungstenite-echo/target &&
+        cp -f tungstenite-echo/target/release/tungstenite-echo bin/tungstenite-echo; then
+        built+=(tungstenite-echo)
+    else
+        failed+=(tungstenite-echo)
+    fi
+else
+    skipped+=("tungstenite-echo (no cargo)")
+fi
+
+# gorilla/websocket: Debian ships its source for GOPATH builds.
+gorilla=/usr/share/gocode/src/github.com/gorilla/websocket
+if command -v go >/dev/null && [[ -d $gorilla ]]; then
+    cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}"
+    if (cd gorilla-echo && GOTOOLCHAIN=local GO111MODULE=off GOPROXY=off GOPATH=/usr/share/gocode \
+        GOCACHE="${GOCACHE:-$cache/go-build}" go build -o ../bin/gorilla-echo .); then
+        built+=(gorilla-echo)
+    else
+        failed+=(gorilla-echo)
+    fi
+else
+    skipped+=("gorilla-echo (no go or no $gorilla; INSTALL_PEERS=1 installs them)")
+fi
 
 # Erlang: escripts, syntax-checked and copied.
 for p in erlang-echo erlang-chat; do

@@ -131,6 +131,8 @@ impl Reactor {
             return;
         }
         core.touch(key);
+        #[cfg(feature = "ws")]
+        core.ws_opened(key);
         let id = core.id(key);
         self.call_conn(key, "on_open", |h, ctx| h.on_open(ctx, id));
     }

@@ -48,11 +48,27 @@ fn writable(conns: &mut Slab<Conn>, id: ConnId) -> Result<&mut Conn, SendError> 
         .ok_or(SendError::Closed)
 }
 
-/// The header the connection's framing puts before `len` bytes.
-fn header(conn: &Conn, len: usize) -> Result<([u8; 4], usize), SendError> {
-    conn.framing
-        .header(len)
-        .map_err(|crate::framing::FrameError::TooLarge { len, max }| SendError::TooLarge { len, max })
+/// How a payload goes on the wire: a header of `n` bytes, then the
+/// payload's first `body` bytes.
+pub(super) struct Framed {
+    pub(super) header: [u8; 10],
+    pub(super) n: usize,
+    pub(super) body: usize,
+}
+
+/// The header the connection's framing puts before `payload`.
+fn header(conn: &Conn, payload: &[u8]) -> Result<Framed, SendError> {
+    #[cfg(feature = "ws")]
+    if let Some(framed) = super::ws::framed(conn, payload) {
+        return Ok(framed);
+    }
+    let (short, n) = conn
+        .framing
+        .header(payload.len())
+        .map_err(|crate::framing::FrameError::TooLarge { len, max }| SendError::TooLarge { len, max })?;
+    let mut header = [0; 10];
+    header[..4].copy_from_slice(&short);
+    Ok(Framed { header, n, body: payload.len() })
 }
 
 fn not_found(id: ConnId) -> io::Error {
@@ -65,9 +81,13 @@ impl Ctx<'_> {
     /// before the loop next sleeps (gen_tcp's `send`, never blocking).
     pub fn send(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
-        let (header, n) = header(writable(&mut core.conns, id)?, payload.len())?;
-        core.may_queue(id.key(), n + payload.len())?;
-        core.conns[id.key()].output.push_copy(&[&header[..n], payload], &mut core.out_pool);
+        #[cfg(feature = "ws")]
+        if super::ws::several_lines(writable(&mut core.conns, id)?, payload) {
+            return payload.split_inclusive(|&b| b == b'\n').try_for_each(|line| self.send(id, line));
+        }
+        let f = header(writable(&mut core.conns, id)?, payload)?;
+        core.may_queue(id.key(), f.n + f.body)?;
+        core.conns[id.key()].output.push_copy(&[&f.header[..f.n], &payload[..f.body]], &mut core.out_pool);
         core.queued(id.key());
         Ok(())
     }
@@ -76,15 +96,22 @@ impl Ctx<'_> {
     /// ahead of it; only what the kernel refuses is queued. One system call
     /// per call: for one reply per read (echo in `raw` mode) it saves the
     /// copy; for many replies per read, [`Ctx::send`] coalesces them into
-    /// one write instead. Framed like [`Ctx::send`].
+    /// one write instead. Framed like [`Ctx::send`]: a header goes out
+    /// with the payload in one vectored write, neither copied.
     pub fn send_now(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
         let conn = writable(&mut core.conns, id)?;
-        let (_, n) = header(conn, payload.len())?;
-        if n > 0 || !conn.output.is_empty() || conn.has(flag::CONNECTING) {
+        let f = header(conn, payload)?;
+        if !conn.output.is_empty() || conn.has(flag::CONNECTING) {
             return self.send(id, payload);
         }
-        let sent = match sys::send(conn.fd.as_fd(), payload) {
+        let (head, payload) = (&f.header[..f.n], &payload[..f.body]);
+        let result = if head.is_empty() {
+            sys::send(conn.fd.as_fd(), payload)
+        } else {
+            sys::send_vectored(conn.fd.as_fd(), &[io::IoSlice::new(head), io::IoSlice::new(payload)])
+        };
+        let sent = match result {
             Ok(sent) => sent,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => 0,
             Err(e) => {
@@ -96,13 +123,14 @@ impl Ctx<'_> {
         core.counters.writes += 1;
         core.counters.bytes_out += sent as u64;
         core.touch(id.key());
-        if sent == payload.len() {
+        if sent == head.len() + payload.len() {
             return Ok(());
         }
         // What the kernel refused is queued whatever the policy says: the
         // caller was told nothing was refused when the first byte went out.
         let core = &mut *self.core;
-        core.conns[id.key()].output.push_copy(&[&payload[sent..]], &mut core.out_pool);
+        let (head_left, body_left) = (&head[sent.min(head.len())..], &payload[sent.saturating_sub(head.len())..]);
+        core.conns[id.key()].output.push_copy(&[head_left, body_left], &mut core.out_pool);
         core.queued(id.key());
         Ok(())
     }
@@ -114,15 +142,19 @@ impl Ctx<'_> {
     /// copying a chat line costs less than a reference count, a queue
     /// entry and an iovec of its own in every recipient's `sendmsg`.
     pub fn send_shared(&mut self, id: ConnId, msg: &Rc<[u8]>) -> Result<(), SendError> {
-        if msg.len() < SHARE_MIN {
+        #[cfg(feature = "ws")]
+        let several = super::ws::several_lines(writable(&mut self.core.conns, id)?, msg);
+        #[cfg(not(feature = "ws"))]
+        let several = false;
+        if msg.len() < SHARE_MIN || several {
             return self.send(id, msg);
         }
         let core = &mut *self.core;
-        let (header, n) = header(writable(&mut core.conns, id)?, msg.len())?;
-        core.may_queue(id.key(), n + msg.len())?;
+        let f = header(writable(&mut core.conns, id)?, msg)?;
+        core.may_queue(id.key(), f.n + f.body)?;
         let conn = &mut core.conns[id.key()];
-        conn.output.push_copy(&[&header[..n]], &mut core.out_pool);
-        conn.output.push_shared(Rc::clone(msg), &mut core.out_pool);
+        conn.output.push_copy(&[&f.header[..f.n]], &mut core.out_pool);
+        conn.output.push_shared_prefix(Rc::clone(msg), f.body, &mut core.out_pool);
         core.queued(id.key());
         Ok(())
     }

@@ -156,6 +156,14 @@ impl Reactor {
             if !conn.may_deliver() || conn.handler() != handler {
                 break;
             }
+            #[cfg(feature = "ws")]
+            if conn.framing == crate::Framing::Ws {
+                match self.deliver_ws(key, &mut input) {
+                    Some(n) => need = n,
+                    None => continue,
+                }
+                break;
+            }
             let mut scanned = input.scanned as usize;
             match framing::decode(conn.framing, input.unread(), &mut scanned, max_frame) {
                 Ok(Decoded::Frame(frame)) => {
@@ -199,7 +207,7 @@ impl Reactor {
     }
 
     /// One frame to the application, counting it against `Active::Once`/`N`.
-    fn deliver_frame(&mut self, key: usize, frame: &[u8]) {
+    pub(super) fn deliver_frame(&mut self, key: usize, frame: &[u8]) {
         self.core.counters.frames_in += 1;
         let conn = &mut self.core.conns[key];
         let mut passive = false;

@@ -111,6 +111,8 @@ pub mod input;
 pub mod output;
 mod peer_warnings;
 pub mod waker;
+#[cfg(feature = "ws")]
+mod ws;
 
 use std::io;
 use std::net::SocketAddr;
@@ -814,6 +816,10 @@ impl Core {
     /// Activity: push the idle deadline back.
     fn touch(&mut self, key: usize) {
         let conn = &mut self.conns[key];
+        #[cfg(feature = "ws")]
+        if ws::handshaking(conn) {
+            return; // the handshake's deadline stands
+        }
         conn.idle_deadline = self.clock.after(self.config.idle_timeout);
         self.deadlines.schedule(key, conn.next_deadline(), &mut conn.scheduled);
     }

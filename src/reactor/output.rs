@@ -86,6 +86,9 @@ impl Core {
             // Nothing was exchanged yet: there is nothing to flush or linger for.
             return self.kill(key, closing.into());
         }
+        #[cfg(feature = "ws")]
+        self.ws_goodbye(key, closing);
+        let conn = &mut self.conns[key];
         conn.set(flag::CLOSING);
         conn.set_closing(closing);
         if conn.output.is_empty() {

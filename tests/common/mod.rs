@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod metrics;
+pub mod ws;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -56,6 +56,7 @@ impl Pattern {
             Framing::Line => (size - 1, b"\n"),
             Framing::Len1 | Framing::Len2 | Framing::Len4 => (size, b""),
             Framing::Exact(_) => return Err("the load generator speaks raw, line, 1, 2 or 4".into()),
+            Framing::Ws => return Err("the load generator speaks raw, line, 1, 2 or 4".into()),
         };
         let (header, header_len) = framing
             .header(body_len)

@@ -10,6 +10,10 @@
 //! Flow control (`--max-outbuf`: stop reading a client that does not read
 //! its echoes), half-close (flush, then `SHUT_WR`, then close) and the
 //! timeouts are the reactor's, configured by [`edgeloop::Config`].
+//!
+//! With `ws` framing the first frame is the upgrade request, accepted
+//! whatever its path; then every message goes back as one message of the
+//! same type ([`Ctx::set_send_kind`] before the send).
 
 use edgeloop::{ConnId, Ctx, Framing, Handler};
 
@@ -40,6 +44,17 @@ impl Handler for Echo {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
         if self.panic_on.as_deref() == Some(frame) {
             panic!("{id}: EDGELOOP_PANIC_ON matched (fault injection)");
+        }
+        if self.framing == Framing::Ws {
+            match ctx.message_kind(id) {
+                // A refusal (not a valid upgrade) is answered by the library.
+                Some(edgeloop::ws::MessageKind::Handshake) => {
+                    let _ = ctx.ws_accept(id, frame);
+                    return;
+                }
+                Some(kind) => ctx.set_send_kind(id, kind),
+                None => {}
+            }
         }
         // A refused send means the connection is closing (or the frame
         // cannot fit its own header, impossible for an echo): nothing to do.

@@ -164,6 +164,7 @@ pub mod lua;
 pub mod redis;
 pub mod resp;
 pub mod shared;
+pub mod web;
 
 use batch::Batches;
 use command::Command;
@@ -312,6 +313,9 @@ impl Handler for Chat {
         if self.bus.as_ref().and_then(|b| b.which(id)).is_some() {
             return self.link_opened(ctx, id);
         }
+        if Chat::waits_for_upgrade(ctx, id) {
+            return; // a member once upgraded (see `web`)
+        }
         self.flush_lines(ctx);
         self.serials += 1;
         let nick = if self.bus.is_some() { String::new() } else { self.next_guest() };
@@ -345,6 +349,9 @@ impl Handler for Chat {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
         if let Some(which) = self.bus.as_ref().and_then(|b| b.which(id)) {
             return self.link_frame(ctx, which, id, frame);
+        }
+        if !self.web_frame(ctx, id, frame) {
+            return;
         }
         if self.rate > 0.0 {
             self.spend_token(ctx, id);

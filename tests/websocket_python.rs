@@ -1,0 +1,50 @@
+//! An independent client: Python's `websockets` library
+//! (`scripts/lib/ws_check.py`) against `echo --framing ws` with workers,
+//! metrics and limits. Without `python3` and `websockets` the test is
+//! skipped, except under CI (env CI set), where it fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::metrics::{metric, scrape, start_with_metrics};
+
+/// `scripts/lib/ws_check.py`, if python3 and `websockets` are there.
+pub fn ws_check() -> Option<PathBuf> {
+    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("scripts/lib/ws_check.py");
+    let ok = Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with websockets is not installed (pip install websockets); CI must run this test"
+        );
+        eprintln!("note: python3 websockets is not installed; skipping this test");
+        return None;
+    }
+    Some(script)
+}
+
+#[test]
+fn python_websockets_client_against_echo_with_workers_metrics_and_limits() {
+    let Some(script) = ws_check() else { return };
+    let (server, metrics) = start_with_metrics(&["echo", "--framing", "ws", "--workers", "2", "--max-frame", "400000"]);
+    let url = format!("ws://{}/some/path", server.addr);
+    let out = Command::new("python3").arg(&script).args(["echo", &url, "--max-frame", "400000"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ws_check.py echo: {}\n{}\nserver stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr_text()
+    );
+    // The figures count WebSocket connections like any other: 22
+    // connections (the first, 20 at once, the one over the limit), one
+    // of them closed as a protocol error.
+    common::wait_until(std::time::Duration::from_secs(5), "the figures", || {
+        let s = scrape(metrics);
+        metric(&s, "edgeloop_connections_accepted_total", None) == 22.0
+            && metric(&s, "edgeloop_connections_closed_total", Some(("reason", "frame_too_large"))) == 1.0
+            && metric(&s, "edgeloop_frames_received_total", None) >= 1000.0
+    });
+}
