@@ -157,7 +157,7 @@
 //! Flood control is applied by the client's own server before anything
 //! is published.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -219,6 +219,9 @@ pub struct Chat {
     bus: Option<Box<Bus>>,
     /// With `--redis`: Redis was lost and the members were told.
     outage: bool,
+    /// With `--redis`: too many commands in flight to Redis; the members
+    /// are not read until it catches up (backpressure).
+    congested: bool,
 }
 
 #[derive(Debug)]
@@ -242,11 +245,32 @@ struct Member {
     waiting: bool,
     /// Told `* chat backend unavailable`, not yet `restored`.
     told: bool,
-    /// Events of this member sent to Redis and not yet back: while there
-    /// are any, an answer to it goes through Redis too, behind them.
-    unseen: u32,
-    /// Its `/quit` is on its way through Redis.
+    /// Its own room events sent to Redis, and come back: while some are
+    /// on their way, an answer to it waits behind them in `later`.
+    sent: u64,
+    seen: u64,
+    /// Its messages on their way (each gets one outcome).
+    msgs: u32,
+    /// Answers waiting for their place among its own lines.
+    later: VecDeque<Later>,
+    /// A `/join` or `/nick` on its way: its room and nickname before.
+    asked: Option<(String, String)>,
+    /// A `/who` on its way.
+    asking_who: bool,
+    /// Redis was lost with something of its in flight: not read until
+    /// the link is back and its outcome known.
+    limbo: bool,
+    /// Its `/quit` waits behind its own lines.
     quitting: bool,
+}
+
+/// An answer for one member, held until `mark` of its own events have
+/// come back (or its `/quit`).
+#[derive(Debug)]
+struct Later {
+    mark: u64,
+    line: Option<Vec<u8>>,
+    quit: bool,
 }
 
 /// A member's registration in Redis.
@@ -289,6 +313,10 @@ struct Room {
     leaves: u32,
     /// The sequence number the next event should have (0: unknown).
     next_seq: u64,
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` acknowledgements still due.
+    acks: u32,
+    /// While the room's history is replayed: the live events, held.
+    replay: Option<Vec<Vec<u8>>>,
 }
 
 impl Room {
@@ -327,7 +355,13 @@ impl Handler for Chat {
             throttled: false,
             waiting: false,
             told: false,
-            unseen: 0,
+            sent: 0,
+            seen: 0,
+            msgs: 0,
+            later: VecDeque::new(),
+            asked: None,
+            asking_who: false,
+            limbo: false,
             quitting: false,
         };
         self.members[id.index()] = Some(member);
@@ -343,6 +377,9 @@ impl Handler for Chat {
     fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
         if let Some(which) = self.bus.as_ref().and_then(|b| b.which(id)) {
             return self.link_frame(ctx, which, id, frame);
+        }
+        if self.bus.is_some() && self.lease_lost(ctx) {
+            self.after(ctx);
         }
         if self.rate > 0.0 {
             self.spend_token(ctx, id);
@@ -372,7 +409,7 @@ impl Handler for Chat {
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         if let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) {
             member.throttled = false;
-            if !member.waiting {
+            if !member.waiting && !member.limbo && !self.congested {
                 ctx.set_active(id, Active::On);
             }
         }
@@ -566,7 +603,7 @@ impl Chat {
     /// A line to the sender alone, in order with the lines it has sent:
     /// with Redis, behind its events still on their way.
     fn answer(&mut self, ctx: &mut Ctx<'_>, id: ConnId, parts: &[&str]) {
-        if self.bus.is_some() && self.member(id).is_some_and(|m| m.unseen > 0) {
+        if self.bus.is_some() {
             self.tell(ctx, id, parts);
         } else {
             self.reply(ctx, id, parts);

@@ -76,8 +76,23 @@ use super::lua::Script;
 use super::resp::{Builder, Encoder, Limits, Reader, Reply};
 use crate::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
 
-/// A reply not received within this long means Redis is lost.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply not received within this long means Redis is lost. Shorter
+/// than the lease's margin ([`ALIVE_TTL`] − [`HEARTBEAT`] − [`LEASE_MARGIN`]
+/// is 2.5 s of slack, and a stalled heartbeat is caught by the lease
+/// itself): a Redis stall is noticed here before anyone may reap us.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The lease is held until `ALIVE_TTL − LEASE_MARGIN` after the send of
+/// the last heartbeat Redis acknowledged: the key cannot have expired
+/// before then (it was set after that send), with this much to spare for
+/// clocks that run at slightly different rates and for the loop's tick.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(1500);
+/// Commands in flight to Redis beyond which a server stops reading its
+/// members (backpressure), and below which it reads them again.
+pub const IN_FLIGHT_HIGH: usize = 4096;
+/// See [`IN_FLIGHT_HIGH`].
+pub const IN_FLIGHT_LOW: usize = 1024;
+/// Events one replay fetches at most (the newest; before them, a gap).
+pub const MAX_REPLAY: usize = 100_000;
 /// How often the liveness key is refreshed and the probe sent.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a liveness key outlives its last refresh.
@@ -105,10 +120,12 @@ pub const WHO_MAX: usize = 8 << 20;
 /// Every key and channel starts with this.
 pub const PREFIX: &str = "edgeloop:";
 
-/// `redis://HOST[:PORT][/DB]`, as given to `--redis`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, as given to `--redis`.
+/// The password is kept out of every message: `text` shows `***` in its
+/// place, and `Debug` prints `text`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// The URL as given, for messages.
+    /// The URL as given, the password masked, for messages.
     pub text: String,
     /// A name or an address (an IPv6 address without its brackets).
     pub host: String,
@@ -116,21 +133,67 @@ pub struct RedisUrl {
     pub port: u16,
     /// The database (`SELECT`); 0 unless given.
     pub db: u32,
+    /// An ACL user (`AUTH USER PASSWORD`), if given.
+    pub user: Option<String>,
+    /// The password (`AUTH`), if given.
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `%XX` escapes decoded (a password may hold `@`, `:` or `/`).
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let usage = || format!("'{s}' is not a Redis URL (expected redis://HOST:PORT[/DB])");
+        // What messages show: the credentials masked.
+        let shown = match s.rsplit_once('@') {
+            Some((_, after)) => format!("redis://***@{after}"),
+            None => s.to_string(),
+        };
+        let usage = || format!("'{shown}' is not a Redis URL (expected redis://[[USER]:PASSWORD@]HOST:PORT[/DB])");
         let rest = s.strip_prefix("redis://").ok_or_else(usage)?;
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, pass) = u.split_once(':').ok_or_else(usage)?;
+                let user = percent_decoded(user).ok_or_else(usage)?;
+                let pass = percent_decoded(pass).ok_or_else(usage)?;
+                if pass.is_empty() {
+                    return Err(usage());
+                }
+                ((!user.is_empty()).then_some(user), Some(pass))
+            }
+        };
         let (authority, db) = match rest.split_once('/') {
             Some((a, "")) => (a, 0),
             Some((a, db)) => (a, db.parse().map_err(|_| usage())?),
             None => (rest, 0),
         };
-        if authority.contains('@') {
-            return Err(format!("'{s}': user names and passwords are not supported"));
-        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(usage)?;
             match after.strip_prefix(':') {
@@ -147,7 +210,25 @@ impl FromStr for RedisUrl {
         if host.is_empty() {
             return Err(usage());
         }
-        Ok(RedisUrl { text: s.to_string(), host: host.to_string(), port, db })
+        let text = match (&user, &password) {
+            (Some(user), Some(_)) => format!("redis://{user}:***@{rest}"),
+            (None, Some(_)) => format!("redis://:***@{rest}"),
+            _ => s.to_string(),
+        };
+        Ok(RedisUrl { text, host: host.to_string(), port, db, user, password })
+    }
+}
+
+impl RedisUrl {
+    /// The `AUTH` command's arguments, if credentials were given.
+    pub fn auth(&self) -> Option<Vec<&[u8]>> {
+        let password = self.password.as_deref()?;
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &self.user {
+            args.push(user.as_bytes());
+        }
+        args.push(password.as_bytes());
+        Some(args)
     }
 }
 
@@ -181,6 +262,9 @@ fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
     stream.set_read_timeout(Some(left)).map_err(io)?;
     stream.set_write_timeout(Some(left)).map_err(io)?;
     let mut enc = Encoder::default();
+    if let Some(auth) = url.auth() {
+        enc.command(&auth);
+    }
     if url.db != 0 {
         enc.command(&[b"SELECT", url.db.to_string().as_bytes()]);
     }
@@ -188,7 +272,8 @@ fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
     (&stream).write_all(&enc.buf).map_err(io)?;
     let mut lines = BufReader::new(&stream);
     let mut reader = Reader::new(Limits { frame: 4096, bulk: 4096, array: 16 });
-    for expected in [(url.db != 0).then_some("OK"), Some("PONG")].into_iter().flatten() {
+    let expected = [url.auth().map(|_| "OK"), (url.db != 0).then_some("OK"), Some("PONG")];
+    for expected in expected.into_iter().flatten() {
         let mut line = Vec::new();
         lines.read_until(b'\n', &mut line).map_err(io)?;
         if line.is_empty() {
@@ -221,9 +306,15 @@ pub(super) enum Link {
     Down,
     /// Both connections started, not yet both established.
     Connecting,
-    /// `SELECT`, `SCRIPT LOAD` and `SUBSCRIBE` sent; waiting for every
-    /// answer.
+    /// `AUTH`, `SELECT`, `SCRIPT LOAD` and the server's own `SUBSCRIBE`
+    /// sent; waiting for every answer.
     Loading,
+    /// `Register` sent: the lease, and what Redis has of our members.
+    Registering,
+    /// The rooms' `SUBSCRIBE`s sent; waiting for their acknowledgements.
+    Subscribing,
+    /// Each room's history asked for what its members missed.
+    Replaying,
     /// The members are being registered again; `synced` marks the end.
     Restoring,
     /// Working.
@@ -242,8 +333,16 @@ pub(super) enum Which {
 /// What a reply on the command connection is for.
 #[derive(Clone, Debug)]
 pub(super) enum Op {
-    /// `SELECT`: `+OK`.
+    /// `SELECT` or `AUTH`: `+OK`.
     Select,
+    /// `Register`, sent at `sent`: the members as Redis has them.
+    Register { sent: Instant },
+    /// A heartbeat sent at `sent`: the lease runs from then.
+    Heartbeat { sent: Instant },
+    /// `Replay` of a room.
+    Replay { room: String },
+    /// `/who` for a member.
+    Who { id: ConnId, serial: u64 },
     /// `SCRIPT LOAD`: the script's SHA1.
     Load(Script),
     /// Nothing to do with the answer but to check it is not an error.
@@ -254,8 +353,8 @@ pub(super) enum Op {
     Connect { id: ConnId, serial: u64 },
     /// `Restore` for a member: its nickname now.
     Restore { id: ConnId, serial: u64 },
-    /// A `Message`.
-    Message,
+    /// A `Message` of a member.
+    Message { id: ConnId, serial: u64 },
     /// `Nick` for a member: 1, or 0 if `name` is taken.
     Nick { id: ConnId, serial: u64, name: String },
     /// `Join` for a member.
@@ -343,6 +442,17 @@ pub(super) struct Bus {
     pub failed: Option<String>,
     /// The reactor is shutting down: closing connections is expected.
     pub stopping: bool,
+    /// The generation of the current link (raised at each `Register`),
+    /// and its text: the fencing token every script checks.
+    pub gen: u64,
+    pub gen_text: String,
+    /// Until when our lease is known to hold (see [`LEASE_MARGIN`]);
+    /// `None` before the first `Register` of a link has come back.
+    pub lease_until: Option<Instant>,
+    /// The highest `guestN` number this server has seen.
+    pub max_guest: u64,
+    /// Replays whose answers the handshake still waits for.
+    pub replays_due: usize,
 }
 
 impl Bus {
@@ -389,6 +499,11 @@ impl Bus {
             mark: String::new(),
             failed: None,
             stopping: false,
+            gen: 0,
+            gen_text: String::new(),
+            lease_until: None,
+            max_guest: 0,
+            replays_due: 0,
         }
     }
 
@@ -461,6 +576,8 @@ impl Bus {
         self.probe_sent = None;
         self.synced = 0;
         self.failed = None;
+        self.lease_until = None;
+        self.replays_due = 0;
         std::mem::take(&mut self.pending)
     }
 
@@ -546,6 +663,49 @@ impl Bus {
     /// A script's SHA1 has come back.
     pub fn loaded(&mut self, script: Script, sha: String) {
         self.shas[script.index()] = Some(sha);
+    }
+
+    /// Commands sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A new generation for a new link: the fencing token.
+    pub fn next_gen(&mut self) {
+        self.gen += 1;
+        self.gen_text = format!("{}", self.gen);
+    }
+
+    /// The lease holds until `sent + ALIVE_TTL − LEASE_MARGIN`.
+    pub fn lease_from(&mut self, sent: Instant) {
+        let until = sent + ALIVE_TTL - LEASE_MARGIN;
+        if self.lease_until.is_none_or(|u| u < until) {
+            self.lease_until = Some(until);
+        }
+    }
+
+    /// Whether the lease has run out (with the link past `Register`).
+    pub fn lease_expired(&self, now: Instant) -> bool {
+        self.link >= Link::Subscribing && self.lease_until.is_some_and(|u| now >= u)
+    }
+
+    /// Call `script` for this server: its id and generation (the fencing
+    /// token) first, then `args`.
+    pub fn eval_as(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
+        self.enc.clear();
+        let sha = self.shas[script.index()].as_deref();
+        match sha {
+            Some(sha) => self.enc.begin(5 + args.len()).arg("EVALSHA").arg(sha),
+            None => self.enc.begin(5 + args.len()).arg("EVAL").arg(&self.bodies[script.index()]),
+        };
+        let rest = self.enc.buf.len();
+        self.enc.arg("0").arg(&self.server).arg(&self.gen_text);
+        for arg in args {
+            self.enc.arg(arg);
+        }
+        self.keep_for_replay(rest);
+        let replay = Some((script, self.enc.buf.len() - rest, args.len() + 2));
+        self.send_command(ctx, op, replay);
     }
 
     /// Call `script` with `args` (no keys: see [`super::lua`]).
@@ -637,11 +797,11 @@ impl Bus {
         }
     }
 
-    /// `SELECT` the database on the subscription connection (its `+OK`
-    /// is counted in `handshake_due`).
-    pub fn select_sub(&mut self, ctx: &mut Ctx<'_>) {
+    /// A command (`AUTH`, `SELECT`) on the subscription connection before
+    /// it subscribes (its `+OK` is counted in `handshake_due`).
+    pub fn raw_sub(&mut self, ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         self.enc.clear();
-        self.enc.command(&[b"SELECT", self.url.db.to_string().as_bytes()]);
+        self.enc.command(args);
         if self.send(ctx, Which::Sub) {
             self.handshake_due += 1;
         }
@@ -680,10 +840,9 @@ impl Bus {
         Some((pending, reply))
     }
 
-    /// Log and remember an error answer to `op`.
+    /// Log an error answer to `op`.
     pub fn refused(&mut self, op: &Op, error: &str) {
         warn!("Redis refused {op:?}: {error}");
-        self.fail(format!("Redis answered an error: {error}"));
     }
 }
 
@@ -699,9 +858,18 @@ mod tests {
         assert_eq!((url.host.as_str(), url.port, url.db), ("localhost", 6379, 0));
         let url: RedisUrl = "redis://[::1]:7000/".parse().unwrap();
         assert_eq!((url.host.as_str(), url.port, url.db), ("::1", 7000, 0));
-        for bad in ["http://x:1", "redis://", "redis://h:port", "redis://h:1/x", "redis://u:p@h:1", "redis://[::1"] {
+        for bad in ["http://x:1", "redis://", "redis://h:port", "redis://h:1/x", "redis://p@h:1", "redis://[::1"] {
             assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
         }
+        let url: RedisUrl = "redis://:s3cret@127.0.0.1:6380/2".parse().unwrap();
+        assert_eq!((url.user.as_deref(), url.password.as_deref(), url.db), (None, Some("s3cret"), 2));
+        assert_eq!(url.text, "redis://:***@127.0.0.1:6380/2");
+        assert_eq!(format!("{url:?}"), url.text);
+        let url: RedisUrl = "redis://chat:p%40ss@h:1".parse().unwrap();
+        assert_eq!((url.user.as_deref(), url.password.as_deref()), (Some("chat"), Some("p@ss")));
+        assert_eq!(url.auth().unwrap(), [&b"AUTH"[..], b"chat", b"p@ss"]);
+        let err = "redis://u:hunter2@h:port".parse::<RedisUrl>().unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
