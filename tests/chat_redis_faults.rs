@@ -425,3 +425,25 @@ fn guest_numbers_held_are_not_reissued_by_a_redis_restarted_empty() {
     let number: u64 = newcomer.nick.trim_start_matches("guest").parse().unwrap();
     assert!(number > highest, "{} given out again (the highest held was guest{highest})", newcomer.nick);
 }
+
+/// An error reply to one command (here OOM) is answered to the member it
+/// was for, and does not drop the link: no outage notice, and the next
+/// line goes through once Redis has memory again.
+#[test]
+fn an_error_reply_is_answered_to_its_member_and_keeps_the_link() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (chat_at(&redis.url(), &[]), chat_at(&redis.url(), &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let me = m[0].nick.clone();
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]).as_deref(), Some("+OK\r\n"));
+    m[0].send("no memory for this");
+    m[0].expect(UNAVAILABLE);
+    assert_eq!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]).as_deref(), Some("+OK\r\n"));
+    m[0].send("and now");
+    // The refused line reached nobody; the next one everybody, and no
+    // outage came between.
+    for c in &mut m {
+        c.expect(&format!("{me}: and now"));
+    }
+    assert!(!a.stderr_text().contains(" lost:"), "{}", a.stderr_text());
+}

@@ -154,7 +154,7 @@ end
 }
 
 /// The chat's scripts. Those that act for a server take its id and its
-/// generation first (ARGV[1], ARGV[2]) and answer `FENCED` unless that is
+/// generation first (`ARGV[1]`, `ARGV[2]`) and answer `FENCED` unless that is
 /// the server's current lease (see "Fencing").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {

@@ -152,6 +152,33 @@
 //!   each member of a dead server is announced exactly once ([`redis`],
 //!   "Liveness").
 //!
+//! Faults are the normal case, and each has its place:
+//!
+//! - **A server paused or a Redis stalled** past the liveness margin:
+//!   the server checks its lease before it acts and treats Redis as lost
+//!   first; every script checks a fencing token, so a server declared
+//!   dead changes nothing; returning, it announces its members joined
+//!   again ([`link`], "Fencing").
+//! - **A subscription or link dropped, Redis restarted empty, a failover
+//!   that lost writes**: each room has a bounded history in Redis and a
+//!   sequence never reused; a returning server replays what its members
+//!   missed, or tells them `* some lines may have been lost` at the place
+//!   of the gap ([`lua`], "Sequence numbers and history"; [`shared`],
+//!   "Gaps and replay"). Every line a member sends gets one outcome: its
+//!   own line back, or `! chat backend unavailable` ([`link`], "When Redis
+//!   is lost").
+//! - **One member asking much**: answers for one member are never
+//!   published ([`shared`], "Answers stay on the member's server").
+//! - **Redis memory**: only what is live is kept; a room nobody is in has
+//!   no key ([`lua`]). Run Redis with `maxmemory-policy noeviction`.
+//! - **Redis slower than the servers**: past a bound of commands in
+//!   flight, the server stops reading its members until Redis catches up
+//!   ([`redis::IN_FLIGHT_HIGH`]), as flood control does.
+//! - **An error reply** (OOM, `LOADING`) is answered to the member it was
+//!   for; the link stays ([`link`]).
+//! - **Credentials**: `redis://[USER]:PASSWORD@…`, `AUTH` on every
+//!   connection; the password is masked in every message ([`redis::RedisUrl`]).
+//!
 //! The fan-out itself stays local and copies nothing, as above: Redis
 //! carries one copy of a line per server, whatever the number of members.
 //! Flood control is applied by the client's own server before anything

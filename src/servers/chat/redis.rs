@@ -33,36 +33,45 @@
 //!
 //! Redis is lost when either connection fails or ends, when a reply or a
 //! subscription acknowledgement has not come within [`REPLY_TIMEOUT`],
-//! when the server's own liveness probe (published every
-//! [`HEARTBEAT`] through the command connection) has not come back through
-//! the subscription within that time — a connection can look healthy
-//! while the Redis behind it no longer delivers (after a failover,
-//! centrifugo#1189) — when Redis answers an error, when a reply breaks the
-//! protocol, or when our output to Redis passes [`OUTBUF`] (a Redis that
-//! stops reading). Then both connections are aborted and the chat goes on
-//! without Redis (see the chat's docs); the bus reconnects after a
+//! when the server's own liveness probe (published every [`HEARTBEAT`]
+//! through the command connection) has not come back through the
+//! subscription within that time — a connection can look healthy while
+//! the Redis behind it no longer delivers (after a failover,
+//! centrifugo#1189) — when the server's lease has run out (see
+//! [`super::link`], "Fencing"), when a script answers `FENCED`, when a
+//! reply breaks the protocol, when the handshake is refused, or when our
+//! output to Redis passes [`OUTBUF`] (a Redis that stops reading). An
+//! error answer to one member's command is not a loss: it is answered to
+//! that member. When lost, both connections are aborted and the chat goes
+//! on without Redis (see the chat's docs); the bus reconnects after a
 //! back-off that doubles from [`BACKOFF_MIN`] to at most [`BACKOFF_MAX`],
 //! each attempt bounded by [`CONNECT_TIMEOUT`] — and never gives up
 //! (ActionCable's listener gave up after one attempt, rails#27659).
 //!
-//! A new pair of connections goes through the states of `Link`: both
-//! connected; then `SELECT` and `SCRIPT LOAD` on one, `SELECT` and
-//! `SUBSCRIBE` (every room, in batches) on the other; when every answer
-//! and acknowledgement is in, the chat registers its members again; a
-//! final `PUBLISH` of `synced` on the server's own channel marks the end,
-//! and the link is up once both its reply (behind every reply of the
-//! registration) and its message (behind every event the registration
-//! published, renames included) have come back.
+//! A new pair of connections goes through the states of `Link` (the
+//! steps are in [`super::link`], "Finding Redis again"); the link is up
+//! once both the reply to the final `PUBLISH` of `synced` on the server's
+//! own channel (behind every reply of the registration) and the message
+//! itself (behind every event the registration published) have come back.
+//!
+//! # Backpressure
+//!
+//! Commands are pipelined without waiting, so a server could queue for a
+//! slow Redis without limit. Past [`IN_FLIGHT_HIGH`] commands in flight it
+//! stops reading its members (their lines wait in their sockets, and TCP
+//! pushes back, as with flood control), and reads them again below
+//! [`IN_FLIGHT_LOW`].
 //!
 //! # Liveness
 //!
 //! Every server keeps a key `alive:SERVER` that expires after
-//! [`ALIVE_TTL`] and refreshes it every [`HEARTBEAT`]; every
+//! [`ALIVE_TTL`] and renews it every [`HEARTBEAT`]; every
 //! [`REAP_EVERY`] it runs the reaping script, which removes every listed
 //! server whose key has expired together with its members (see
 //! [`super::lua`]). A server killed without a word is therefore announced
 //! within `ALIVE_TTL + REAP_EVERY` (8 s), well inside the 30 s SPEC.md
-//! allows.
+//! allows. The key's value is the server's fencing token (see
+//! [`super::lua`], "Fencing").
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
