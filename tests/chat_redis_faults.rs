@@ -447,3 +447,121 @@ fn an_error_reply_is_answered_to_its_member_and_keeps_the_link() {
     }
     assert!(!a.stderr_text().contains(" lost:"), "{}", a.stderr_text());
 }
+
+/// A process of ours, killed when dropped.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `redis-server ARGS` on `port`, answering PING.
+fn redis_node(port: u16, args: &[&str]) -> Proc {
+    let p = Proc(
+        Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server"),
+    );
+    common::wait_until(Duration::from_secs(10), "redis-server answers", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && redis_cmd(port, None, &["PING"]) == "+PONG\r\n"
+    });
+    p
+}
+
+/// With Sentinel (`redis-sentinel://…/MASTER`): a forced failover to the
+/// replica costs the members at most the unavailable/restored bracket (and
+/// the gap rule); lines cross again within 20 s; nobody is disconnected.
+#[test]
+fn a_sentinel_failover_is_followed() {
+    if common::find_program("redis-server").is_none() {
+        assert!(std::env::var_os("CI").is_none(), "redis-server is not installed");
+        return;
+    }
+    let (p1, p2, ps) = (free_port(), free_port(), free_port());
+    let _master = redis_node(p1, &[]);
+    let _replica = redis_node(p2, &["--replicaof", "127.0.0.1", &p1.to_string()]);
+    let conf = std::env::temp_dir().join(format!("edgeloop-sentinel-{ps}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {ps}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {p1} 1\n\
+             sentinel down-after-milliseconds mymaster 2000\nsentinel failover-timeout mymaster 10000\n"
+        ),
+    )
+    .unwrap();
+    let conf_path = conf.to_string_lossy().into_owned();
+    let _sentinel = Proc(
+        Command::new("redis-server")
+            .args([conf_path.as_str(), "--sentinel"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel"),
+    );
+    common::wait_until(Duration::from_secs(10), "the replica in sync", || {
+        redis_cmd(p2, None, &["INFO", "replication"]).contains("master_link_status:up")
+    });
+    common::wait_until(Duration::from_secs(15), "the Sentinel knows the replica", || {
+        TcpStream::connect(("127.0.0.1", ps)).is_ok()
+            && redis_cmd(ps, None, &["SENTINEL", "REPLICAS", "mymaster"]).contains(&p2.to_string())
+    });
+    let url = format!("redis-sentinel://127.0.0.1:{ps}/mymaster");
+    let (a, b) = (chat_at(&url, &[]), chat_at(&url, &[]));
+    let mut m = clients(&[&a, &b], 2);
+    let me = m[0].nick.clone();
+    m[0].send("before");
+    m[1].expect(&format!("{me}: before"));
+    let failover = Instant::now();
+    common::wait_until(Duration::from_secs(10), "the failover to start", || {
+        redis_cmd(ps, None, &["SENTINEL", "FAILOVER", "mymaster"]) == "+OK\r\n"
+    });
+    // A line every 300 ms until one crosses.
+    let mut writer = m[0].writer.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump = {
+        let stop = std::sync::Arc::clone(&stop);
+        thread::spawn(move || {
+            for k in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Acquire)
+                    || writer.write_all(format!("ping {k}\n").as_bytes()).is_err()
+                {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    let crossed = loop {
+        let line = m[1].line();
+        let after_failover = seen.iter().any(|l| l == "* chat backend restored");
+        if line.starts_with(&format!("{me}: ping")) && after_failover {
+            break failover.elapsed();
+        }
+        assert!(failover.elapsed() < Duration::from_secs(25), "no line crossed: {seen:?}");
+        seen.push(line);
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    pump.join().unwrap();
+    assert!(crossed < Duration::from_secs(20), "lines crossed again after {crossed:?}");
+    let allowed = |l: &String| l.starts_with(&format!("{me}: ping")) || l.starts_with("* chat backend ") || l == LOST;
+    assert!(seen.iter().all(allowed), "{seen:?}");
+    // Both still connected, on the new master.
+    let mut names = [me.clone(), m[1].nick.clone()];
+    names.sort();
+    m[1].send("/who");
+    m[1].skip_to(&format!("* members: {}", names.join(" ")));
+    assert!(redis_cmd(p2, None, &["ROLE"]).contains("master"));
+    let _ = std::fs::remove_file(&conf);
+}

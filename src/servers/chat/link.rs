@@ -131,6 +131,11 @@ impl Chat {
             bus.handshake_due += 1;
             bus.raw_sub(ctx, &[b"SELECT", db.as_bytes()]);
         }
+        if url.master.is_some() {
+            // A Sentinel's answer may be stale: this must be the master.
+            bus.command(ctx, &[b"ROLE"], Op::Role);
+            bus.handshake_due += 1;
+        }
         bus.load_scripts(ctx);
         let node = bus.node_channel.clone();
         bus.subscribe(ctx, "SUBSCRIBE", &[node]);
@@ -229,11 +234,26 @@ impl Chat {
             if e.starts_with("FENCED") {
                 return bus.fail("Redis no longer counts this server as alive (fenced)".into());
             }
+            if e.starts_with("READONLY") || e.starts_with("MASTERDOWN") {
+                // Failed over: this node is a replica now.
+                return bus.fail(format!("Redis is no longer the master: {e}"));
+            }
             let e = e.clone();
             return self.refused(ctx, pending.op, &e);
         }
         match pending.op {
             Op::Select => {
+                bus.handshake_due = bus.handshake_due.saturating_sub(1);
+                self.handshake_progress(ctx);
+            }
+            Op::Role => {
+                let role = match &reply {
+                    Reply::Array(parts) => parts.first().and_then(Reply::text),
+                    _ => None,
+                };
+                if role != Some("master") {
+                    return bus.fail(format!("Redis there is not the master (ROLE: {role:?})"));
+                }
                 bus.handshake_due = bus.handshake_due.saturating_sub(1);
                 self.handshake_progress(ctx);
             }
@@ -313,7 +333,8 @@ impl Chat {
     fn refused(&mut self, ctx: &mut Ctx<'_>, op: Op, error: &str) {
         if let Some(bus) = self.bus.as_deref_mut() {
             bus.refused(&op, error);
-            if matches!(op, Op::Select | Op::Load(_) | Op::Register { .. } | Op::Replay { .. } | Op::Synced) {
+            if matches!(op, Op::Select | Op::Role | Op::Load(_) | Op::Register { .. } | Op::Replay { .. } | Op::Synced)
+            {
                 return bus.fail(format!("Redis answered an error: {error}"));
             }
         }

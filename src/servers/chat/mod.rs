@@ -178,6 +178,10 @@
 //!   for; the link stays ([`link`]).
 //! - **Credentials**: `redis://[USER]:PASSWORD@…`, `AUTH` on every
 //!   connection; the password is masked in every message ([`redis::RedisUrl`]).
+//! - **Failover with Sentinel** (`redis-sentinel://…/MASTER`): the master
+//!   is asked for at every reconnection, off the reactor's thread, and
+//!   checked with `ROLE`; `READONLY` means it was failed over: the link
+//!   is dropped and found again ([`redis::locate`], [`redis::Bus::connect`]).
 //!
 //! The fan-out itself stays local and copies nothing, as above: Redis
 //! carries one copy of a line per server, whatever the number of members.

@@ -146,6 +146,10 @@ pub struct RedisUrl {
     pub user: Option<String>,
     /// The password (`AUTH`), if given.
     password: Option<String>,
+    /// With `redis-sentinel://`: the Sentinels.
+    pub sentinels: Vec<(String, u16)>,
+    /// With `redis-sentinel://`: the master's name.
+    pub master: Option<String>,
 }
 
 impl std::fmt::Debug for RedisUrl {
@@ -172,16 +176,41 @@ fn percent_decoded(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `HOST[:PORT]` (an IPv6 address in brackets) → host and port.
+fn host_port(authority: &str, default: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, port.parse().ok()?),
+            None if after.is_empty() => (host, default),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().ok()?),
+            None => (authority, default),
+        }
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let sentinel = s.starts_with("redis-sentinel://");
+        let scheme = if sentinel { "redis-sentinel://" } else { "redis://" };
         // What messages show: the credentials masked.
         let shown = match s.rsplit_once('@') {
-            Some((_, after)) => format!("redis://***@{after}"),
+            Some((_, after)) => format!("{scheme}***@{after}"),
             None => s.to_string(),
         };
-        let usage = || format!("'{shown}' is not a Redis URL (expected redis://[[USER]:PASSWORD@]HOST:PORT[/DB])");
-        let rest = s.strip_prefix("redis://").ok_or_else(usage)?;
+        let usage = || {
+            format!(
+                "'{shown}' is not a Redis URL (expected redis://[[USER]:PASSWORD@]HOST:PORT[/DB] or \
+                 redis-sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB])"
+            )
+        };
+        let rest = s.strip_prefix(scheme).ok_or_else(usage)?;
         let (userinfo, rest) = match rest.rsplit_once('@') {
             Some((u, r)) => (Some(u), r),
             None => (None, rest),
@@ -198,33 +227,32 @@ impl FromStr for RedisUrl {
                 ((!user.is_empty()).then_some(user), Some(pass))
             }
         };
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| usage())?),
-            None => (rest, 0),
-        };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(usage)?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, port.parse().map_err(|_| usage())?),
-                None if after.is_empty() => (host, 6379),
-                None => return Err(usage()),
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (master, db) = if sentinel {
+            let (master, db) = path.split_once('/').unwrap_or((path, ""));
+            if master.is_empty() {
+                return Err(usage());
             }
+            (Some(master.to_string()), db)
         } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, port.parse().map_err(|_| usage())?),
-                None => (authority, 6379),
-            }
+            (None, path)
         };
-        if host.is_empty() {
-            return Err(usage());
-        }
+        let db = if db.is_empty() { 0 } else { db.parse().map_err(|_| usage())? };
+        let sentinels = if sentinel {
+            authority.split(',').map(|a| host_port(a, 26379)).collect::<Option<Vec<_>>>().ok_or_else(usage)?
+        } else {
+            Vec::new()
+        };
+        let (host, port) = match sentinels.first() {
+            Some(first) => first.clone(),
+            None => host_port(authority, 6379).ok_or_else(usage)?,
+        };
         let text = match (&user, &password) {
-            (Some(user), Some(_)) => format!("redis://{user}:***@{rest}"),
-            (None, Some(_)) => format!("redis://:***@{rest}"),
+            (Some(user), Some(_)) => format!("{scheme}{user}:***@{rest}"),
+            (None, Some(_)) => format!("{scheme}:***@{rest}"),
             _ => s.to_string(),
         };
-        Ok(RedisUrl { text, host: host.to_string(), port, db, user, password })
+        Ok(RedisUrl { text, host, port, db, user, password, sentinels, master })
     }
 }
 
@@ -259,12 +287,75 @@ pub fn probe(url: &RedisUrl, within: Duration) -> Result<SocketAddr, String> {
     }
 }
 
+/// Where the Redis of `url` is now: its address, or with Sentinels, the
+/// master's address as the first Sentinel that answers says. Blocking,
+/// with short timeouts: called before the reactor starts, and by the bus
+/// on a thread of its own.
+pub fn locate(url: &RedisUrl) -> Result<SocketAddr, String> {
+    let resolve = |host: &str, port: u16| -> Result<SocketAddr, String> {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| crate::sys::describe(&e))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))
+    };
+    let Some(master) = &url.master else { return resolve(&url.host, url.port) };
+    let mut why = String::from("no Sentinel given");
+    for (host, port) in &url.sentinels {
+        match resolve(host, *port).and_then(|addr| ask_sentinel(addr, master)) {
+            Ok((host, port)) => return resolve(&host, port),
+            Err(e) => why = format!("Sentinel {host}:{port}: {e}"),
+        }
+    }
+    Err(why)
+}
+
+/// `SENTINEL get-master-addr-by-name MASTER` at one Sentinel.
+fn ask_sentinel(addr: SocketAddr, master: &str) -> Result<(String, u16), String> {
+    let io = |e: std::io::Error| crate::sys::describe(&e);
+    let timeout = Duration::from_millis(500);
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut enc = Encoder::default();
+    enc.command(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()]);
+    (&stream).write_all(&enc.buf).map_err(io)?;
+    let mut lines = BufReader::new(&stream);
+    let mut reader = Reader::new(Limits { frame: 4096, bulk: 4096, array: 16 });
+    let mut builder = Builder::default();
+    loop {
+        let mut line = Vec::new();
+        lines.read_until(b'\n', &mut line).map_err(io)?;
+        if line.is_empty() {
+            return Err("the connection was closed".into());
+        }
+        // Bulk strings are short here: read whole with their line.
+        if line.starts_with(b"$") && line.len() > 3 && line[1] != b'-' {
+            lines.read_until(b'\n', &mut line).map_err(io)?;
+        }
+        let mut rest = &line[..];
+        while !rest.is_empty() {
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (frame, tail) = rest.split_at(cut);
+            rest = tail;
+            let item = reader.feed(frame).map_err(|e| e.to_string())?;
+            match item.and_then(|item| builder.push(&item)) {
+                Some(Reply::Array(parts)) => {
+                    let host = parts.first().and_then(Reply::text).ok_or("no master address")?;
+                    let port = parts.get(1).and_then(Reply::text).and_then(|p| p.parse().ok()).ok_or("no port")?;
+                    return Ok((host.to_string(), port));
+                }
+                Some(Reply::Nil) => return Err(format!("no master named {master}")),
+                Some(Reply::Error(e)) => return Err(format!("Sentinel answered: {e}")),
+                Some(_) => return Err("an unexpected answer".into()),
+                None => {}
+            }
+        }
+    }
+}
+
 fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| crate::sys::describe(&e))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", url.host))?;
+    let addr = locate(url)?;
     let left = until.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), CONNECT_TIMEOUT);
     let io = |e: std::io::Error| crate::sys::describe(&e);
     let stream = TcpStream::connect_timeout(&addr, left).map_err(io)?;
@@ -344,6 +435,8 @@ pub(super) enum Which {
 pub(super) enum Op {
     /// `SELECT` or `AUTH`: `+OK`.
     Select,
+    /// `ROLE` (with Sentinels): it must be the master.
+    Role,
     /// `Register`, sent at `sent`: the members as Redis has them.
     Register { sent: Instant },
     /// A heartbeat sent at `sent`: the lease runs from then.
@@ -454,6 +547,7 @@ pub(super) struct Bus {
     /// The generation of the current link (raised at each `Register`),
     /// and its text: the fencing token every script checks.
     pub gen: u64,
+    /// See `gen`.
     pub gen_text: String,
     /// Until when our lease is known to hold (see [`LEASE_MARGIN`]);
     /// `None` before the first `Register` of a link has come back.
@@ -462,6 +556,8 @@ pub(super) struct Bus {
     pub max_guest: u64,
     /// Replays whose answers the handshake still waits for.
     pub replays_due: usize,
+    /// With Sentinels: the master's address being asked for, on a thread.
+    locating: Option<std::sync::mpsc::Receiver<Result<SocketAddr, String>>>,
 }
 
 impl Bus {
@@ -513,6 +609,7 @@ impl Bus {
             lease_until: None,
             max_guest: 0,
             replays_due: 0,
+            locating: None,
         }
     }
 
@@ -537,8 +634,36 @@ impl Bus {
         self.link == Link::Down && now >= self.retry_at
     }
 
-    /// Start both connections.
+    /// Start both connections. With Sentinels, the master's address is
+    /// asked for first, at every attempt (it moves with a failover), on a
+    /// thread: the reactor never waits for it; the next ticks look for the
+    /// answer.
     pub fn connect(&mut self, ctx: &mut Ctx<'_>) {
+        if self.url.master.is_some() {
+            use std::sync::mpsc::TryRecvError;
+            match self.locating.take() {
+                None => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let url = self.url.clone();
+                    let spawned =
+                        std::thread::Builder::new().name("sentinel".into()).spawn(move || drop(tx.send(locate(&url))));
+                    match spawned {
+                        Ok(_) => self.locating = Some(rx),
+                        Err(e) => self.fail(format!("cannot ask the Sentinels: {e}")),
+                    }
+                    return;
+                }
+                Some(rx) => match rx.try_recv() {
+                    Ok(Ok(addr)) => self.addr = addr,
+                    Ok(Err(why)) => return self.fail(why),
+                    Err(TryRecvError::Empty) => {
+                        self.locating = Some(rx);
+                        return;
+                    }
+                    Err(TryRecvError::Disconnected) => return self.fail("the Sentinel query failed".into()),
+                },
+            }
+        }
         let options = ConnectOptions { framing: Framing::Line, timeout: Some(CONNECT_TIMEOUT), ..Default::default() };
         let policy = OutputPolicy::new(OUTBUF, OverLimit::Disconnect);
         for which in [Which::Cmd, Which::Sub] {
@@ -587,6 +712,7 @@ impl Bus {
         self.failed = None;
         self.lease_until = None;
         self.replays_due = 0;
+        self.locating = None;
         std::mem::take(&mut self.pending)
     }
 
@@ -877,6 +1003,13 @@ mod tests {
         let url: RedisUrl = "redis://chat:p%40ss@h:1".parse().unwrap();
         assert_eq!((url.user.as_deref(), url.password.as_deref()), (Some("chat"), Some("p@ss")));
         assert_eq!(url.auth().unwrap(), [&b"AUTH"[..], b"chat", b"p@ss"]);
+        let url: RedisUrl = "redis-sentinel://:pw@h1:1,[::1]:2/mymaster/3".parse().unwrap();
+        assert_eq!(url.sentinels, [("h1".to_string(), 1), ("::1".to_string(), 2)]);
+        assert_eq!((url.master.as_deref(), url.db, url.password.as_deref()), (Some("mymaster"), 3, Some("pw")));
+        assert_eq!(url.text, "redis-sentinel://:***@h1:1,[::1]:2/mymaster/3");
+        let url: RedisUrl = "redis-sentinel://h1/m".parse().unwrap();
+        assert_eq!((url.sentinels[0].1, url.db), (26379, 0));
+        assert!("redis-sentinel://h1:1".parse::<RedisUrl>().is_err());
         let err = "redis://u:hunter2@h:port".parse::<RedisUrl>().unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }
