@@ -181,7 +181,7 @@
 //! - **Failover with Sentinel** (`redis-sentinel://…/MASTER`): the master
 //!   is asked for at every reconnection, off the reactor's thread, and
 //!   checked with `ROLE`; `READONLY` means it was failed over: the link
-//!   is dropped and found again ([`redis::locate`], [`redis::Bus::connect`]).
+//!   is dropped and found again ([`redis::locate`], and `Bus::connect` in [`redis`]).
 //!
 //! The fan-out itself stays local and copies nothing, as above: Redis
 //! carries one copy of a line per server, whatever the number of members.
