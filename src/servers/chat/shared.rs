@@ -388,8 +388,13 @@ impl Chat {
     /// re-registration's `Resync` will).
     pub(super) fn depart(&mut self, ctx: &mut Ctx<'_>, id: ConnId, member: Member, shutdown: bool) {
         let Chat { bus: Some(bus), rooms, .. } = self else { return };
-        for room in rooms.values_mut() {
-            room.members.retain(|&m| m != id);
+        // Its room, and the room it is leaving if a `/join` is in flight
+        // (it stays on that room's list until its leave comes back).
+        let old = member.asked.as_ref().map(|(room, _)| room);
+        for name in std::iter::once(&member.room).chain(old) {
+            if let Some(room) = rooms.get_mut(name) {
+                room.members.retain(|&m| m != id);
+            }
         }
         if let Some(room) = member.target.as_ref().and_then(|t| rooms.get_mut(t)) {
             room.awaiting.retain(|&(m, _)| m != id);
