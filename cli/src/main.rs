@@ -50,8 +50,9 @@ enum Command {
         #[arg(long, default_value_t = edgeloop_cli::servers::chat::DEFAULT_RATE, value_name = "R")]
         chat_rate: u32,
         /// Share rooms, nicknames and /who with every chat server on this Redis.
-        #[arg(long, value_name = "redis://HOST:PORT[/DB]")]
-        redis: Option<RedisUrl>,
+        /// (Parsed here, not by clap: clap's error would echo the password.)
+        #[arg(long, value_name = "redis://[[USER]:PASSWORD@]HOST:PORT[/DB]")]
+        redis: Option<String>,
         /// Also serve the chat to browsers on ADDR: a page at / and WebSocket members at /chat.
         #[arg(long, value_name = "ADDR")]
         ws: Option<SocketAddr>,
@@ -153,6 +154,11 @@ fn main() -> ExitCode {
             if server.workers() > 1 && redis.is_none() {
                 usage_exit("chat --workers N with N > 1 needs --redis: rooms span workers through Redis");
             }
+            let redis: Option<RedisUrl> = match redis.map(|text| text.parse()) {
+                Some(Ok(url)) => Some(url),
+                Some(Err(why)) => usage_exit(&format!("invalid value for '--redis': {why}")),
+                None => None,
+            };
             let config = chat::tune(server.config(OverLimit::Disconnect), redis.is_some());
             let max_frame = config.max_frame;
             // Redis must answer before anything is served.

@@ -7,55 +7,71 @@
 //! connected. Each member receives `* chat backend unavailable` once; a
 //! message, `/nick` or `/join` is answered `! chat backend unavailable`
 //! and is not delivered, not even here — there is one order or none.
-//! `/who` answers from the members this server has; `/quit` works. A
-//! command whose answer was lost with the connection is answered
-//! `! chat backend unavailable` too (a `/join` or `/nick` may have been
-//! done in Redis all the same: the re-registration below puts Redis back
-//! in line with what the member was told).
+//! `/who` answers from the members this server has; `/quit` works.
 //!
-//! When the link is back, this server: loads its scripts again (after a
-//! restart Redis has none: `EVALSHA` would answer `NOSCRIPT`); subscribes
-//! to its rooms again, in batches; refreshes its liveness key; drops and
-//! announces the members that left meanwhile ([`super::lua::Script::Resync`]);
-//! registers each remaining member again — its nickname claimed again or,
-//! if someone took it meanwhile, a fresh `guestN` announced to its room as
-//! `* OLD is now guestN`; and only then tells each member
-//! `* chat backend restored` — after every line the re-registration
-//! published (the end is marked by an event on the server's own channel,
-//! which comes back behind them). Members who connected during the outage
-//! get their `guestN` then. The rooms' subscriptions are back before the
-//! re-registration starts, so a line another server publishes meanwhile
-//! reaches these members as it comes, possibly just before their
-//! `restored`.
+//! A member with something still on its way through Redis at the loss (a
+//! message, a `/join`...) is not read until the link is back, because
+//! only then can the server know what happened to it: every line gets
+//! exactly one outcome. After the reconnection's `Register` (which fences
+//! off everything the old connections might still do, see
+//! [`super::lua`], "Fencing"), what Redis has is final: a message that
+//! ran is in its room's history and comes back to the sender in the
+//! replay; one that did not is answered `! chat backend unavailable`; a
+//! `/join` or `/nick` whose answer was lost is taken as done if Redis has
+//! the member in the new room or under the new name, and answered
+//! unavailable otherwise — never answered unavailable yet done.
 //!
-//! # Gaps
+//! # Fencing (no ghosts)
 //!
-//! Each room remembers the sequence number it expects next. While the
-//! subscription holds, Redis delivers every publication, so a gap can
-//! only open across a reconnect: the lines other servers published while
-//! this one was cut off are not delivered here — these members were told
-//! `* chat backend unavailable` before the gap and `* chat backend
-//! restored` after it, and see nothing in between. The gap's size is
-//! logged. A sequence that goes backwards means Redis lost its data (a
-//! restart without persistence): the room starts again from there.
+//! The lease (`alive:SERVER`, renewed every [`HEARTBEAT`]) expires
+//! [`ALIVE_TTL`] after its last renewal; survivors reap a server whose
+//! lease expired. This server counts its lease as held only until
+//! `ALIVE_TTL − LEASE_MARGIN` after it sent the last renewal Redis
+//! acknowledged, and checks that before it acts on anything — a member's
+//! line, a reply, a push, a tick: a server that was paused (SIGSTOP, a
+//! slow fork, a paused VM) or whose Redis stalled treats Redis as lost
+//! *before* anyone may reap it, and drops whatever its old connections
+//! still held unread. Should it be reaped all the same (a clock jump),
+//! every script it sends is refused `FENCED` (the token is gone) and it
+//! reconnects; it never acts as a live server after being declared dead.
 //!
+//! # Finding Redis again
+//!
+//! The handshake, in steps (`Link`): `AUTH`, `SELECT`, `SCRIPT LOAD` and
+//! the server's own channel; `Register` (a new lease and generation, and
+//! the members as Redis has them); `SUBSCRIBE` to every room of a member;
+//! `Replay` of each room from the number it expects next — the events the
+//! members missed, delivered in order, the live ones held until then, a
+//! gap notice where the history cannot fill the gap (Redis restarted
+//! empty, a failover lost writes, the gap is older than the history, or
+//! this server was reaped: the lines between its members' reaping and
+//! their return were not theirs); then `Resync` (members that left
+//! meanwhile dropped and announced) and `Restore` of each member: its
+//! nickname claimed again, or a fresh `guestN` if taken; a member the
+//! others were told had left (the server was reaped) is announced
+//! `* NICK joined` again. Only then is each member told
+//! `* chat backend restored`, behind every line the re-registration
+//! published (the end is marked by an event on the server's own channel),
+//! and given the outcome of what it had in flight.
 
 use log::{info, warn};
 
 use super::lua::Script;
-use super::redis::{Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, REAP_EVERY};
+use super::redis::{
+    Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, IN_FLIGHT_HIGH, IN_FLIGHT_LOW, MAX_REPLAY, REAP_EVERY,
+};
 use super::resp::{Item, Reply, Value};
-use super::shared::channel;
-use super::{figures, Chat, Reg, Sub, LOBBY};
-use edgeloop::{CloseReason, ConnId, Ctx};
-
-/// The answer to what cannot be done while Redis is lost.
-const UNAVAILABLE: &str = "! chat backend unavailable";
+use super::shared::{channel, GAP, UNAVAILABLE};
+use super::{figures, Chat, Later, Reg, Sub, LOBBY};
+use edgeloop::{Active, CloseReason, ConnId, Ctx};
 
 impl Chat {
     /// Every tick: reconnect when due, time out what waits too long,
     /// heartbeat and reap when up.
     pub(super) fn link_tick(&mut self, ctx: &mut Ctx<'_>) {
+        if self.lease_lost(ctx) {
+            return self.after(ctx);
+        }
         let Some(bus) = self.bus.as_deref_mut().filter(|b| !b.stopping) else { return };
         let now = ctx.now();
         if bus.retry_due(now) {
@@ -69,49 +85,68 @@ impl Chat {
             let Some(bus) = self.bus.as_deref_mut() else { return };
             if now >= bus.next_reap {
                 bus.next_reap = now + REAP_EVERY;
-                let server = bus.server.clone();
-                bus.eval(ctx, Script::Reap, &[server.as_bytes()], Op::Reap);
+                bus.eval_as(ctx, Script::Reap, &[], Op::Reap);
             }
         }
         self.after(ctx);
     }
 
-    /// Refresh the liveness key and send the probe.
+    /// Whether the lease has run out: then Redis is lost, now, before
+    /// anything else is done (see "Fencing").
+    pub(super) fn lease_lost(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let expired = self.bus.as_ref().is_some_and(|b| !b.stopping && b.lease_expired(ctx.now()));
+        if expired {
+            self.lost(ctx, "this server's lease ran out (it was paused, or Redis stalled)");
+        }
+        expired
+    }
+
+    /// Renew the lease and send the probe.
     pub(super) fn heartbeat(&mut self, ctx: &mut Ctx<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         let now = ctx.now();
         bus.next_heartbeat = now + HEARTBEAT;
         bus.probe_sent.get_or_insert(now);
-        let (server, ttl) = (bus.server.clone(), ALIVE_TTL.as_millis().to_string());
-        bus.eval(ctx, Script::Heartbeat, &[server.as_bytes(), ttl.as_bytes()], Op::Ignore);
+        let ttl = ALIVE_TTL.as_millis().to_string();
+        bus.eval_as(ctx, Script::Heartbeat, &[ttl.as_bytes()], Op::Heartbeat { sent: now });
     }
 
     /// One of the two connections is established; when both are, the
-    /// handshake: `SELECT`, `SCRIPT LOAD`, `SUBSCRIBE` (in batches).
+    /// handshake's first step.
     pub(super) fn link_opened(&mut self, ctx: &mut Ctx<'_>, _id: ConnId) {
-        let Chat { bus: Some(bus), rooms, .. } = self else { return };
+        let Chat { bus: Some(bus), .. } = self else { return };
         if !bus.opened() {
             return;
         }
         bus.link = Link::Loading;
-        if bus.url.db != 0 {
-            let db = bus.url.db.to_string();
+        let url = bus.url.clone();
+        if let Some(auth) = url.auth() {
+            bus.command(ctx, &auth, Op::Select);
+            bus.handshake_due += 1;
+            bus.raw_sub(ctx, &auth);
+        }
+        if url.db != 0 {
+            let db = url.db.to_string();
             bus.command(ctx, &[b"SELECT", db.as_bytes()], Op::Select);
             bus.handshake_due += 1;
-            bus.select_sub(ctx);
+            bus.raw_sub(ctx, &[b"SELECT", db.as_bytes()]);
+        }
+        if url.master.is_some() {
+            // A Sentinel's answer may be stale: this must be the master.
+            bus.command(ctx, &[b"ROLE"], Op::Role);
+            bus.handshake_due += 1;
         }
         bus.load_scripts(ctx);
-        let mut channels = vec![bus.node_channel.clone()];
-        for (name, room) in rooms.iter_mut() {
-            room.sub = Sub::Subscribing;
-            channels.push(channel(&bus.chan_prefix, name));
-        }
-        bus.subscribe(ctx, "SUBSCRIBE", &channels);
+        let node = bus.node_channel.clone();
+        bus.subscribe(ctx, "SUBSCRIBE", &[node]);
         self.after(ctx);
     }
 
     /// A frame from Redis.
     pub(super) fn link_frame(&mut self, ctx: &mut Ctx<'_>, which: Which, id: ConnId, frame: &[u8]) {
+        if self.lease_lost(ctx) {
+            return self.after(ctx);
+        }
         let Some(bus) = self.bus.as_deref_mut() else { return };
         match which {
             Which::Cmd => {
@@ -147,7 +182,7 @@ impl Chat {
     }
 
     /// One item of the subscription: `*3 [kind, channel, payload|count]`,
-    /// or the `+OK` of its `SELECT`.
+    /// or the `+OK` of its `AUTH` or `SELECT`.
     pub(super) fn on_push(&mut self, ctx: &mut Ctx<'_>, item: Item<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         match (item.depth, item.index, item.value) {
@@ -170,8 +205,8 @@ impl Chat {
                 let chan = std::mem::take(&mut bus.push_channel);
                 match (bus.push_kind.as_slice(), value) {
                     (b"message", Value::Bulk(payload)) => self.published(ctx, &chan, payload),
-                    (b"subscribe", Value::Int(_)) => self.subscribed(ctx, &chan),
-                    (b"unsubscribe", Value::Int(_)) => self.unsubscribed(ctx, &chan),
+                    (b"subscribe", Value::Int(_)) => self.acknowledged(ctx, &chan, false),
+                    (b"unsubscribe", Value::Int(_)) => self.acknowledged(ctx, &chan, true),
                     _ => {}
                 }
                 if let Some(bus) = self.bus.as_deref_mut() {
@@ -196,10 +231,29 @@ impl Chat {
             if e.starts_with("NOSCRIPT") && pending.replay.is_some() {
                 return bus.eval_again(ctx, pending);
             }
-            return bus.refused(&pending.op, e);
+            if e.starts_with("FENCED") {
+                return bus.fail("Redis no longer counts this server as alive (fenced)".into());
+            }
+            if e.starts_with("READONLY") || e.starts_with("MASTERDOWN") {
+                // Failed over: this node is a replica now.
+                return bus.fail(format!("Redis is no longer the master: {e}"));
+            }
+            let e = e.clone();
+            return self.refused(ctx, pending.op, &e);
         }
         match pending.op {
             Op::Select => {
+                bus.handshake_due = bus.handshake_due.saturating_sub(1);
+                self.handshake_progress(ctx);
+            }
+            Op::Role => {
+                let role = match &reply {
+                    Reply::Array(parts) => parts.first().and_then(Reply::text),
+                    _ => None,
+                };
+                if role != Some("master") {
+                    return bus.fail(format!("Redis there is not the master (ROLE: {role:?})"));
+                }
                 bus.handshake_due = bus.handshake_due.saturating_sub(1);
                 self.handshake_progress(ctx);
             }
@@ -209,7 +263,23 @@ impl Chat {
                 bus.handshake_due = bus.handshake_due.saturating_sub(1);
                 self.handshake_progress(ctx);
             }
-            Op::Ignore | Op::Message => {}
+            Op::Register { sent } => {
+                bus.lease_from(sent);
+                self.registered(ctx, reply);
+            }
+            Op::Heartbeat { sent } => bus.lease_from(sent),
+            Op::Replay { room } => self.replayed(ctx, &room, reply),
+            Op::Who { id, serial } => {
+                if self.member_at(id, serial).is_some() {
+                    let names = match &reply {
+                        Reply::Int(n) => Err(*n),
+                        Reply::Bulk(b) | Reply::Simple(b) => Ok(b.as_slice()),
+                        _ => Ok(&b""[..]),
+                    };
+                    self.who_answered(ctx, id, names);
+                }
+            }
+            Op::Ignore | Op::Message { .. } => {}
             Op::Reap => {
                 if let Reply::Int(n @ 1..) = reply {
                     info!("announced {n} members of servers that stopped answering as left");
@@ -218,6 +288,9 @@ impl Chat {
             Op::Connect { id, serial } | Op::Restore { id, serial } => {
                 let Some(nick) = reply.text() else { return bus.fail("no nickname from Redis".into()) };
                 let nick = nick.to_string();
+                if let Some(n) = nick.strip_prefix("guest").and_then(|n| n.parse().ok()) {
+                    bus.max_guest = bus.max_guest.max(n);
+                }
                 if let Some(member) = self.member_at(id, serial) {
                     member.nick = nick;
                     member.reg = Reg::Done;
@@ -228,14 +301,17 @@ impl Chat {
             }
             Op::Nick { id, serial, name } => {
                 let Some(member) = self.member_at(id, serial) else { return };
-                // A refusal comes back through the room, in order.
+                member.asked = None;
                 if reply == Reply::Int(1) {
                     member.nick = name;
+                } else {
+                    self.tell(ctx, id, &["! nickname ", &name, " is in use"]);
                 }
                 self.release(ctx, id);
             }
             Op::Join { id, serial } => {
-                if self.member_at(id, serial).is_some() {
+                if let Some(member) = self.member_at(id, serial) {
+                    member.asked = None;
                     self.release(ctx, id);
                 }
             }
@@ -251,26 +327,226 @@ impl Chat {
         }
     }
 
-    /// When the handshake is complete: register the members again, then
-    /// mark the end with `synced` on the server's own channel.
+    /// An error reply to one command (OOM, `LOADING`, a script's own
+    /// error): answered to the member it was for; the link stays, unless
+    /// the handshake itself was refused.
+    fn refused(&mut self, ctx: &mut Ctx<'_>, op: Op, error: &str) {
+        if let Some(bus) = self.bus.as_deref_mut() {
+            bus.refused(&op, error);
+            if matches!(op, Op::Select | Op::Role | Op::Load(_) | Op::Register { .. } | Op::Replay { .. } | Op::Synced)
+            {
+                return bus.fail(format!("Redis answered an error: {error}"));
+            }
+        }
+        match op {
+            Op::Message { id, serial } => {
+                let Some(member) = self.member_at(id, serial) else { return };
+                // Its event will not come back: the held answers behind it
+                // move up one place, and its outcome takes its place.
+                member.sent = member.sent.saturating_sub(1);
+                member.msgs = member.msgs.saturating_sub(1);
+                let seen = member.seen;
+                for later in member.later.iter_mut().filter(|l| l.mark > seen) {
+                    later.mark -= 1;
+                }
+                self.tell(ctx, id, &[UNAVAILABLE]);
+            }
+            Op::Connect { id, serial } => {
+                let Some(member) = self.member_at(id, serial) else { return };
+                member.reg = Reg::None;
+                member.sent = member.sent.saturating_sub(1);
+                let room = member.room.clone();
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.joins = r.joins.saturating_sub(1);
+                }
+                // Without a name it cannot take part: told, and closed.
+                self.reply(ctx, id, &[UNAVAILABLE]);
+                ctx.close(id);
+                self.maybe_unsubscribe(ctx, &room);
+            }
+            Op::Join { id, serial } | Op::Nick { id, serial, .. } => {
+                let Some(member) = self.member_at(id, serial) else { return };
+                if let Some((room, _)) = member.asked.take().filter(|_| matches!(op, Op::Join { .. })) {
+                    let to = std::mem::replace(&mut member.room, room.clone());
+                    member.sent = member.sent.saturating_sub(2);
+                    if let Some(r) = self.rooms.get_mut(&to) {
+                        r.joins = r.joins.saturating_sub(1);
+                    }
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.leaves = r.leaves.saturating_sub(1);
+                    }
+                    self.maybe_unsubscribe(ctx, &to);
+                }
+                self.tell(ctx, id, &[UNAVAILABLE]);
+                self.release(ctx, id);
+            }
+            Op::Who { id, serial } if self.member_at(id, serial).is_some() => {
+                if let Some(member) = self.member_mut(id) {
+                    member.asking_who = false;
+                }
+                self.tell(ctx, id, &[UNAVAILABLE]);
+                self.release(ctx, id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The handshake's next step, when the current one is complete.
     pub(super) fn handshake_progress(&mut self, ctx: &mut Ctx<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
-        if bus.link != Link::Loading || bus.handshake_due > 0 || bus.acks_due > 0 {
-            return;
+        match bus.link {
+            Link::Loading if bus.handshake_due == 0 && bus.acks_due == 0 => {
+                bus.link = Link::Registering;
+                bus.next_gen();
+                let (ttl, guests) = (ALIVE_TTL.as_millis().to_string(), bus.max_guest.to_string());
+                let op = Op::Register { sent: ctx.now() };
+                bus.eval_as(ctx, Script::Register, &[ttl.as_bytes(), guests.as_bytes()], op);
+            }
+            Link::Subscribing if bus.acks_due == 0 => self.replay_rooms(ctx),
+            Link::Replaying if bus.replays_due == 0 => self.restore(ctx),
+            _ => {}
         }
+    }
+
+    /// `Register` answered with our members as Redis has them: adopt what
+    /// a `/join` or `/nick` whose answer was lost did, then subscribe to
+    /// every room a member is in (or was in, for the replay).
+    fn registered(&mut self, ctx: &mut Ctx<'_>, reply: Reply) {
+        let mut entries = std::collections::HashMap::new();
+        if let Reply::Array(items) = reply {
+            for pair in items.chunks(2) {
+                if let [serial, entry] = pair {
+                    let serial = serial.text().and_then(|s| s.parse::<u64>().ok());
+                    let entry = entry.text().and_then(|e| e.split_once(' '));
+                    if let (Some(serial), Some((room, nick))) = (serial, entry) {
+                        entries.insert(serial, (room.to_string(), nick.to_string()));
+                    }
+                }
+            }
+        }
+        for member in self.members.iter_mut().flatten() {
+            let now = entries.remove(&member.serial);
+            match member.reg {
+                Reg::None => {}
+                Reg::Sent => match now {
+                    // Its `Connect` ran: its join is in the history.
+                    Some((room, nick)) => (member.reg, member.room, member.nick) = (Reg::Done, room, nick),
+                    None => member.reg = Reg::None,
+                },
+                Reg::Done => match (member.asked.take(), now) {
+                    (Some(before), Some(now)) if now != before => (member.room, member.nick) = now,
+                    (Some(before), _) => {
+                        (member.room, member.nick) = before.clone();
+                        member.asked = Some(before);
+                    }
+                    (None, _) => {}
+                },
+            }
+        }
+        let Chat { bus: Some(bus), rooms, members, .. } = self else { return };
+        bus.link = Link::Subscribing;
+        for member in members.iter().flatten().filter(|m| m.reg == Reg::Done) {
+            rooms.entry(member.room.clone()).or_default();
+        }
+        let mut channels = Vec::new();
+        for (name, room) in rooms.iter_mut() {
+            (room.sub, room.acks) = (Sub::Subscribing, 1);
+            channels.push(channel(&bus.chan_prefix, name));
+        }
+        bus.subscribe(ctx, "SUBSCRIBE", &channels);
+        self.handshake_progress(ctx);
+    }
+
+    /// Ask each room's history for what its members missed; the live
+    /// events are held meanwhile.
+    fn replay_rooms(&mut self, ctx: &mut Ctx<'_>) {
+        let Chat { bus: Some(bus), rooms, .. } = self else { return };
+        bus.link = Link::Replaying;
+        let max = MAX_REPLAY.to_string();
+        for (name, room) in rooms.iter_mut() {
+            room.sub = Sub::On;
+            if room.next_seq == 0 || room.members.is_empty() {
+                continue;
+            }
+            room.replay = Some(Vec::new());
+            let from = room.next_seq.to_string();
+            let args = [name.as_bytes(), from.as_bytes(), max.as_bytes()];
+            bus.eval(ctx, Script::Replay, &args, Op::Replay { room: name.clone() });
+            bus.replays_due += 1;
+        }
+        self.handshake_progress(ctx);
+    }
+
+    /// A room's history came back: the events missed, in order (a gap
+    /// notice where they are not all there), then the live ones held.
+    fn replayed(&mut self, ctx: &mut Ctx<'_>, name: &str, reply: Reply) {
+        let Some(bus) = self.bus.as_deref_mut() else { return };
+        bus.replays_due = bus.replays_due.saturating_sub(1);
+        let Some(room) = self.rooms.get_mut(name) else { return self.handshake_progress(ctx) };
+        let held = room.replay.take().unwrap_or_default();
+        let from = room.next_seq;
+        let items = match reply {
+            Reply::Array(items) => items,
+            _ => Vec::new(),
+        };
+        let top: u64 = items.first().and_then(Reply::text).and_then(|t| t.parse().ok()).unwrap_or(0);
+        let first = items.get(1).and_then(Reply::text).and_then(|e| super::shared::split_event(e.as_bytes()));
+        if top.saturating_add(1) != from && first.is_none() {
+            // Nothing to replay, yet the room is not where we left it:
+            // gone (Redis restarted empty, or the room was emptied), gone
+            // back (a failover lost writes), or past its history.
+            warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
+            super::fan_out(ctx, Some(&*room), GAP.as_bytes());
+            room.next_seq = if top == 0 { 0 } else { top + 1 };
+        } else if first.is_some_and(|(seq, _, _)| seq > from) {
+            // The history starts after the gap: `deliver` says so.
+        }
+        let mut whole = true;
+        for item in items.iter().skip(1) {
+            let Reply::Bulk(event) = item else { continue };
+            if !self.deliver(ctx, name, event, true) {
+                whole = false;
+                break;
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(name) {
+            if top > 0 && (!whole || top >= room.next_seq) {
+                room.next_seq = top + 1;
+            }
+        }
+        for event in held {
+            self.deliver(ctx, name, &event, false);
+        }
+        self.handshake_progress(ctx);
+    }
+
+    /// The history is in: the delivery lists from the members, then each
+    /// member registered again, then `synced` marks the end.
+    fn restore(&mut self, ctx: &mut Ctx<'_>) {
+        for room in self.rooms.values_mut() {
+            room.members.clear();
+        }
+        for member in &self.members {
+            if let Some(member) = member.as_ref().filter(|m| m.reg == Reg::Done) {
+                self.rooms.entry(member.room.clone()).or_default().members.push(member.id);
+            }
+        }
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.maybe_unsubscribe(ctx, &name);
+        }
+        let Some(bus) = self.bus.as_deref_mut() else { return };
         bus.link = Link::Restoring;
         self.heartbeat(ctx);
         let Chat { bus: Some(bus), members, .. } = self else { return };
-        let server = bus.server.clone();
         let registered = || members.iter().enumerate().filter_map(|(i, m)| Some((i, m.as_ref()?)));
         let registered = move || registered().filter(|(_, m)| m.reg == Reg::Done);
         let serials: Vec<String> = registered().map(|(_, m)| m.serial.to_string()).collect();
-        let mut args: Vec<&[u8]> = vec![server.as_bytes()];
-        args.extend(serials.iter().map(|s| s.as_bytes()));
-        bus.eval(ctx, Script::Resync, &args, Op::Ignore);
+        let args: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
+        bus.eval_as(ctx, Script::Resync, &args, Op::Ignore);
         for ((_, member), serial) in registered().zip(&serials) {
-            let args = [&server, serial, &member.room, &member.nick].map(|a| a.as_bytes());
-            bus.eval(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
+            let args = [serial, &member.room, &member.nick].map(|a| a.as_bytes());
+            bus.eval_as(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
         }
         let node = bus.node_channel.clone();
         bus.command(ctx, &[b"PUBLISH", &node, b"synced"], Op::Synced);
@@ -286,7 +562,8 @@ impl Chat {
         }
     }
 
-    /// Everything is registered again: the link is up.
+    /// Everything is registered again: the link is up. Each member is
+    /// told, then given the outcome of what it had in flight.
     pub(super) fn link_up(&mut self, ctx: &mut Ctx<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         bus.up(ctx.now());
@@ -298,6 +575,25 @@ impl Chat {
             let Some(member) = self.member_mut(id) else { continue };
             if std::mem::take(&mut member.told) {
                 self.reply(ctx, id, &["* chat backend restored"]);
+            }
+            let Some(member) = self.member_mut(id) else { continue };
+            if std::mem::take(&mut member.limbo) {
+                // What did not come back did not happen.
+                let lines = member.msgs as usize + usize::from(member.asked.take().is_some());
+                let held: Vec<Later> = member.later.drain(..).collect();
+                (member.sent, member.seen, member.msgs) = (0, 0, 0);
+                for _ in 0..lines {
+                    self.reply(ctx, id, &[UNAVAILABLE]);
+                }
+                for later in held {
+                    if let Some(line) = later.line {
+                        let _ = ctx.send(id, &line);
+                    }
+                    if later.quit {
+                        self.finish_quit(ctx, id);
+                    }
+                }
+                self.release(ctx, id);
             }
             if self.member(id).is_some_and(|m| m.reg == Reg::None) {
                 self.hold(ctx, id);
@@ -314,10 +610,25 @@ impl Chat {
         }
     }
 
-    /// After a callback: if something found Redis lost, act on it now.
+    /// After a callback: if something found Redis lost, act on it now;
+    /// and stop or start reading the members as Redis keeps up.
     pub(super) fn after(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(why) = self.bus.as_mut().and_then(|b| b.failed.take()) {
             self.lost(ctx, &why);
+        }
+        let in_flight = self.bus.as_ref().map_or(0, |b| b.in_flight());
+        let congested = if self.congested { in_flight > IN_FLIGHT_LOW } else { in_flight > IN_FLIGHT_HIGH };
+        if congested != self.congested {
+            self.congested = congested;
+            figures(ctx).throttled += u64::from(congested);
+            for i in 0..self.members.len() {
+                let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
+                if congested {
+                    ctx.set_active(id, Active::Off);
+                } else {
+                    self.resume(ctx, id);
+                }
+            }
         }
     }
 
@@ -330,40 +641,43 @@ impl Chat {
         } else {
             info!("Redis at {}: {why}; retrying", bus.url.text);
         }
-        // What was in flight is dropped; each member's own flags say what
+        // What was in flight is dropped; each member's own counts say what
         // it was waiting for.
         drop(bus.reset(ctx));
         figures(ctx).backend_up = false;
         for i in 0..self.members.len() {
             let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
+            let list = self.local_names(id);
             let Some(member) = self.member_mut(id) else { continue };
             member.target = None;
-            member.unseen = 0;
-            if member.reg == Reg::Sent {
-                member.reg = Reg::None;
-            }
             if member.quitting {
                 self.finish_quit(ctx, id);
                 continue;
             }
-            if member.waiting {
-                // A command of a registered member lost its answer.
-                if member.reg == Reg::Done {
-                    self.reply(ctx, id, &[UNAVAILABLE]);
-                }
+            if std::mem::take(&mut member.asking_who) {
+                // Answered from what this server knows, in its place.
+                let mark = member.sent;
+                let line = format!("* members: {list}\n").into_bytes();
+                member.later.push_back(Later { mark, line: Some(line), quit: false });
+            }
+            if member.reg == Reg::Sent
+                || member.sent > member.seen
+                || !member.later.is_empty()
+                || member.asked.is_some()
+            {
+                // Its outcome is known only once the link is back.
+                member.limbo = true;
+                member.waiting = false;
+                ctx.set_active(id, Active::Off);
+            } else if member.waiting {
                 self.release(ctx, id);
             }
         }
-        // The rooms, from the members: what the re-registration restores.
+        // The rooms keep their delivery lists (the replay is for them).
         for room in self.rooms.values_mut() {
-            room.members.clear();
             room.awaiting.clear();
-            (room.joins, room.leaves, room.sub) = (0, 0, Sub::Off);
-        }
-        for member in &self.members {
-            if let Some(member) = member.as_ref().filter(|m| m.reg == Reg::Done) {
-                self.rooms.entry(member.room.clone()).or_default().members.push(member.id);
-            }
+            room.replay = None;
+            (room.joins, room.leaves, room.sub, room.acks) = (0, 0, Sub::Off, 0);
         }
         self.rooms.retain(|_, r| !r.members.is_empty());
         if !self.outage {
@@ -376,6 +690,7 @@ impl Chat {
                 }
             }
         }
+        self.after(ctx);
         self.gauges(ctx);
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Every change is one script, so every change is atomic: Redis runs a
 //! script to its end before anything else. A room event increments the
-//! room's sequence and publishes the event in the same step, so the order
-//! of a room's lines is the order Redis ran the scripts in — one order for
-//! every subscriber.
+//! room's sequence, appends the event to the room's history and publishes
+//! it in the same step, so the order of a room's lines is the order Redis
+//! ran the scripts in — one order for every subscriber, and the same order
+//! in the history a returning server replays.
 //!
 //! # Keys and channels (all under `edgeloop:`)
 //!
@@ -13,41 +14,64 @@
 //! | `guests` | counter | the last `guestN` number given out |
 //! | `nick:NAME` | string | the owner of nickname NAME: `SERVER SERIAL` |
 //! | `room:ROOM` | set | the nicknames in ROOM, on every server (`/who`) |
-//! | `seq:ROOM` | counter with a TTL | the sequence number of ROOM's last event; it expires a day after that event, so room names used once do not pile up in Redis (a sequence that starts again is noticed and logged by subscribers, and costs nothing) |
+//! | `seq:ROOM` | counter | the sequence number of ROOM's last event |
+//! | `hist:ROOM` | stream | ROOM's recent events, `e` = `SEQ TAG LINE` |
 //! | `members:SERVER` | hash | SERIAL → `ROOM NICK`, for each member of SERVER |
 //! | `servers` | set | the servers that have registered |
-//! | `alive:SERVER` | string with a TTL | present while SERVER is alive |
+//! | `alive:SERVER` | string with a TTL | SERVER's lease: its current generation, present while SERVER is alive |
 //! | `DB:chan:ROOM` (channel) | pub/sub | ROOM's events: `SEQ TAG LINE` |
 //! | `node:SERVER` (channel) | pub/sub | SERVER's liveness probe |
 //!
-//! Channels, unlike keys, are not per database: two chats on two
-//! databases of one Redis would hear each other's rooms, so a room's
-//! channel names the database (DB) too.
+//! Only what is live is kept: when the last member leaves a room (it
+//! quits, moves, or its server is reaped), the room's set, sequence and
+//! history are deleted in the same script ([`Script::Leave`] and the
+//! others call `vacate`). A room nobody is in has no key; a dead server's
+//! keys go when a survivor reaps it. Nothing but `alive:` has a TTL, so
+//! Redis must not evict: run it with `maxmemory-policy noeviction` (an
+//! evicted `nick:` or `seq:` key would break unique names or the order).
+//!
+//! # Sequence numbers and history (replay, gaps)
+//!
+//! A room's sequence starts, when the room is created, at Redis's clock in
+//! microseconds, then counts by one. So numbers are consecutive within a
+//! room's life (a missing number is a missing event) and never reused
+//! across lives: a room deleted and created again, or a Redis restarted
+//! empty, starts far above any number of an earlier life — this is
+//! Centrifugo's offset plus epoch in one number. The history is a stream
+//! trimmed (every 128 events) to the last [`HIST_MIN`] events or the last
+//! [`HIST_AGE_MS`], whichever holds more: entries older than the age are
+//! dropped only while more than `HIST_MIN` remain (`XTRIM MINID ~ … LIMIT`).
+//! [`Script::Replay`] returns the events from a sequence number on, as far
+//! as the history still has them; the server compares numbers to find a
+//! gap.
+//!
+//! # Fencing
+//!
+//! `alive:SERVER` holds the generation of the server's current link (a
+//! number it raises each time it connects). Every script that acts for a
+//! server checks it first and refuses with `FENCED` if it differs or is
+//! gone: a server that was declared dead (its key expired, a survivor
+//! reaped it), or a command left over on a connection the server has
+//! since replaced, changes nothing. Only [`Script::Register`] sets it.
 //!
 //! A member is named by its server's id and a serial number the server
 //! gives it (connection ids are reused; serials are not). The line of an
 //! event is exactly what members receive, with its `\n`. Its tag is `-`
-//! (an event of no member: a reaped server's), or `K.SERVER.CONN.SERIAL`
-//! for an event of a server's own member, of kind K:
-//!
-//! | K | event | public |
-//! |---|---|---|
-//! | `M` | a message | yes |
-//! | `J`, `L` | the member joined, left: where its delivery starts and stops | yes |
-//! | `N` | the member's rename | yes |
-//! | `W` | the answer to its `/who` (`SEQ` is 0, the room's sequence unchanged) | no |
-//! | `E` | a line for it alone: an error, an answer (`SEQ` 0) | no |
-//! | `Q` | its `/quit` (`SEQ` 0): `* bye`, then the connection closes | no |
-//!
-//! A private event reaches every server subscribed to the room, and all
-//! but the member's own drop it. Because a member's events come back in
-//! the order they were sent, its server can tell when everything it sent
-//! has come back: until then, an answer to it goes through the room as a
-//! private event, behind its messages, exactly as on one server.
+//! (an event of no member), `R.SERVER` (a member of SERVER dropped when
+//! SERVER was reaped), or `K.SERVER.CONN.SERIAL` for an event of a
+//! server's own member, of kind K: `M` a message, `J`/`L` it joined/left
+//! (where its delivery starts and stops), `N` its rename. Answers meant
+//! for one member (`/who`, a refused `/nick`) are replies to the command,
+//! never published: they cost the other servers nothing.
 //!
 //! Scripts build key names from the room and server names they are given
 //! (names are checked to be `A-Z a-z 0-9 _ -` before they get here), so
 //! they are meant for one Redis, not for Redis Cluster.
+
+/// Events a room's history keeps at least.
+pub const HIST_MIN: u64 = 10_000;
+/// Age (milliseconds) of the events a room's history keeps at least.
+pub const HIST_AGE_MS: u64 = 300_000;
 
 /// Helpers every script starts with.
 macro_rules! preamble {
@@ -55,21 +79,51 @@ macro_rules! preamble {
         r#"
 local P = 'edgeloop:'
 local CHAN = 'edgeloop:0:chan:'
+local FENCED = {err = 'FENCED this server is not registered as alive'}
+local function live(server, gen)
+  return redis.call('GET', P .. 'alive:' .. server) == gen
+end
+local function num(n)
+  return string.format('%d', n)
+end
+local function trim(h)
+  local n = redis.call('XLEN', h)
+  if n > 10000 then
+    local t = redis.call('TIME')
+    local cut = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - 300000
+    redis.call('XTRIM', h, 'MINID', '~', num(cut), 'LIMIT', num(n - 10000))
+  end
+end
 local function publish(room, tag, line)
-  local seq = redis.call('INCR', P .. 'seq:' .. room)
-  redis.call('EXPIRE', P .. 'seq:' .. room, 86400)
-  redis.call('PUBLISH', CHAN .. room, seq .. ' ' .. tag .. ' ' .. line)
+  local k = P .. 'seq:' .. room
+  local seq = redis.call('INCR', k)
+  if seq == 1 then
+    local t = redis.call('TIME')
+    seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', k, num(seq))
+  end
+  local ev = num(seq) .. ' ' .. tag .. ' ' .. line
+  local h = P .. 'hist:' .. room
+  redis.call('XADD', h, '*', 'e', ev)
+  if seq % 128 == 0 then trim(h) end
+  redis.call('PUBLISH', CHAN .. room, ev)
   return seq
 end
-local function tell(room, tag, line)
-  redis.call('PUBLISH', CHAN .. room, '0 ' .. tag .. ' ' .. line)
+local function vacate(room)
+  if redis.call('EXISTS', P .. 'room:' .. room) == 0 then
+    redis.call('DEL', P .. 'seq:' .. room, P .. 'hist:' .. room)
+  end
 end
 local function guest(owner)
   for _ = 1, 1000 do
     local nick = 'guest' .. redis.call('INCR', P .. 'guests')
     if redis.call('SET', P .. 'nick:' .. nick, owner, 'NX') then return nick end
   end
-  error('no free guest name after 1000 tries')
+  -- A thousand numbers in a row taken by /nick: jump past them.
+  redis.call('INCRBY', P .. 'guests', 1000000)
+  local nick = 'guest' .. redis.call('INCR', P .. 'guests')
+  if redis.call('SET', P .. 'nick:' .. nick, owner, 'NX') then return nick end
+  return {err = 'ERR no free guest name'}
 end
 local function entry(server, serial, room, nick)
   redis.call('HSET', P .. 'members:' .. server, serial, room .. ' ' .. nick)
@@ -80,15 +134,16 @@ local function drop(server, serial, room, nick, tag)
   if redis.call('GET', key) == server .. ' ' .. serial then redis.call('DEL', key) end
   redis.call('HDEL', P .. 'members:' .. server, serial)
   publish(room, tag, '* ' .. nick .. ' left\n')
+  vacate(room)
 end
 local function split(entry)
   return string.match(entry, '^(%S+) (%S+)$')
 end
-local function reap(server)
+local function reap(server, tag)
   local all = redis.call('HGETALL', P .. 'members:' .. server)
   for i = 1, #all, 2 do
     local room, nick = split(all[i + 1])
-    if room then drop(server, all[i], room, nick, '-') end
+    if room then drop(server, all[i], room, nick, tag) end
   end
   redis.call('DEL', P .. 'members:' .. server, P .. 'alive:' .. server)
   redis.call('SREM', P .. 'servers', server)
@@ -98,75 +153,92 @@ end
     };
 }
 
-/// The chat's scripts.
+/// The chat's scripts. Those that act for a server take its id and its
+/// generation first (`ARGV[1]`, `ARGV[2]`) and answer `FENCED` unless that is
+/// the server's current lease (see "Fencing").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {
     /// A new member: the next free `guestN`, membership of ROOM, and
-    /// `* guestN joined`. ARGV: server, serial, room, tag. Returns the nick.
+    /// `* guestN joined`. ARGV: server, gen, serial, room, tag. Returns
+    /// the nick.
     Connect,
-    /// A message: ARGV: room, tag, line. Returns its sequence number.
+    /// A message: ARGV: server, gen, room, tag, line. Returns its
+    /// sequence number.
     Message,
     /// `/nick`: claims the new name if nobody has it (`SET NX`: one
     /// winner, whatever the servers), frees the old one, `* OLD is now
-    /// NEW`; or, if the name is taken, the private answer
-    /// `! nickname NEW is in use`. ARGV: server, serial, room, old, new,
-    /// tag of the rename, tag of the answer. Returns 1, or 0 if the name
-    /// is taken.
+    /// NEW`. ARGV: server, gen, serial, room, old, new, tag. Returns 1, or
+    /// 0 if the name is taken (nothing published: the refusal is the
+    /// server's to say).
     Nick,
     /// `/join`: `* NICK left` in the old room, `* NICK joined` in the new,
-    /// in one step. ARGV: server, serial, nick, from, to, leave tag, join
-    /// tag.
+    /// in one step. ARGV: server, gen, serial, nick, from, to, leave tag,
+    /// join tag.
     Join,
-    /// A member leaves (quits, disconnects, is cut off): its room and
-    /// nickname from its entry, `* NICK left`. ARGV: server, serial, tag.
-    /// Returns 0 if there was no such member (nothing was published).
+    /// A member leaves (quits, disconnects): its room and nickname from
+    /// its entry, `* NICK left`. ARGV: server, gen, serial, tag. Returns 0
+    /// if there was no such member (nothing was published).
     Leave,
-    /// After a reconnect: a member registered again — its nickname
-    /// claimed again (or, if someone took it meanwhile, a fresh `guestN`
-    /// and `* OLD is now guestN`), its membership and entry written again.
-    /// ARGV: server, serial, room, nick. Returns the nickname it has now.
+    /// The first step of every (re)connection: the lease taken with a new
+    /// generation, the server listed, the `guests` counter raised to at
+    /// least the highest number this server has seen (a Redis restarted
+    /// empty must not give them out again). ARGV: server, gen, TTL in
+    /// milliseconds, highest guest number. Returns the server's members as
+    /// Redis has them (`HGETALL`), so that a `/join` or `/nick` whose
+    /// answer was lost is known to have happened or not.
+    Register,
+    /// After a reconnect: a member registered again. If Redis still has
+    /// its entry, its nickname and membership are claimed again (or, if
+    /// someone took the name meanwhile, a fresh `guestN` and
+    /// `* OLD is now guestN`). If not — the server was reaped, or Redis
+    /// lost its data — the room was told it left (or knows nothing of it),
+    /// so it is announced `* NICK joined` again, under a fresh `guestN` if
+    /// its name was taken. ARGV: server, gen, serial, room, nick. Returns
+    /// the nickname it has now.
     Restore,
     /// After a reconnect, before the restores: members of this server
     /// that left while it was cut off are dropped and announced. ARGV:
-    /// server, then the serials of the members it still has.
+    /// server, gen, then the serials of the members it still has.
     Resync,
-    /// Every 2 s: this server is alive (a key with a TTL, and the list of
-    /// servers), and a probe published on its own channel, which must come
-    /// back through its subscription. ARGV: server, TTL in milliseconds.
+    /// Every 2 s: the lease renewed (only if it is still ours), and a
+    /// probe published on the server's own channel, which must come back
+    /// through its subscription. ARGV: server, gen, TTL in milliseconds.
     Heartbeat,
-    /// Every 2 s, on every server: each listed server whose liveness key
-    /// has expired is removed, and each of its members dropped and
-    /// announced. One script, so the server is unlisted exactly once and
-    /// exactly one survivor announces each member. ARGV: server. Returns
-    /// the number of members dropped.
+    /// Every 2 s, on every server: each listed server whose lease has
+    /// expired is removed, and each of its members dropped and announced
+    /// (tag `R.SERVER`). One script, so the server is unlisted exactly
+    /// once and exactly one survivor announces each member. ARGV: server,
+    /// gen. Returns the number of members dropped.
     Reap,
     /// Shutdown: this server's members dropped and announced, the server
-    /// unlisted. ARGV: server.
+    /// unlisted. ARGV: server, gen.
     Retire,
-    /// `/who`: the room's members on every server, as a private event
-    /// (`0 TAG NICK NICK ...`; the server sorts them), or, past a limit
-    /// of bytes, a private refusal. ARGV: room, tag, limit, refusal tag.
+    /// `/who`: the room's members on every server (`NICK NICK ...`, the
+    /// server sorts them), or, past a limit of bytes, their number.
+    /// ARGV: room, limit.
     Who,
-    /// A private line for one member, in the order of the room's events
-    /// (`0 TAG LINE`). ARGV: room, tag, line.
-    Tell,
+    /// The events of ROOM from sequence number FROM on, oldest first, at
+    /// most MAX of the newest: `[TOP, EVENT...]`, TOP the room's last
+    /// number (0: the room has no sequence). ARGV: room, from, max.
+    Replay,
 }
 
 impl Script {
     /// Every script, in [`Script::index`] order.
-    pub const ALL: [Script; 12] = [
+    pub const ALL: [Script; 13] = [
         Script::Connect,
         Script::Message,
         Script::Nick,
         Script::Join,
         Script::Leave,
+        Script::Register,
         Script::Restore,
         Script::Resync,
         Script::Heartbeat,
         Script::Reap,
         Script::Retire,
         Script::Who,
-        Script::Tell,
+        Script::Replay,
     ];
 
     /// The script's position in [`Script::ALL`].
@@ -185,66 +257,87 @@ impl Script {
             Script::Connect => concat!(
                 preamble!(),
                 r#"
-local server, serial, room, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local server, gen, serial, room, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not live(server, gen) then return FENCED end
 local nick = guest(server .. ' ' .. serial)
+if type(nick) == 'table' then return nick end
 redis.call('SADD', P .. 'room:' .. room, nick)
 entry(server, serial, room, nick)
 publish(room, tag, '* ' .. nick .. ' joined\n')
 return nick
 "#
             ),
-            // The hot path: nothing but the sequence and the publication.
-            Script::Message => concat!(preamble!(), "\nreturn publish(ARGV[1], ARGV[2], ARGV[3])\n"),
+            // The hot path: the lease, the sequence, the history and the
+            // publication.
+            Script::Message => concat!(
+                preamble!(),
+                r#"
+if not live(ARGV[1], ARGV[2]) then return FENCED end
+return publish(ARGV[3], ARGV[4], ARGV[5])
+"#
+            ),
             Script::Nick => concat!(
                 preamble!(),
                 r#"
-local server, serial, room, old, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local server, gen, serial, room, old, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not live(server, gen) then return FENCED end
 local owner = server .. ' ' .. serial
-if not redis.call('SET', P .. 'nick:' .. new, owner, 'NX') then
-  tell(room, ARGV[7], '! nickname ' .. new .. ' is in use\n')
-  return 0
-end
+if not redis.call('SET', P .. 'nick:' .. new, owner, 'NX') then return 0 end
 if redis.call('GET', P .. 'nick:' .. old) == owner then redis.call('DEL', P .. 'nick:' .. old) end
 redis.call('SREM', P .. 'room:' .. room, old)
 redis.call('SADD', P .. 'room:' .. room, new)
 entry(server, serial, room, new)
-publish(room, ARGV[6], '* ' .. old .. ' is now ' .. new .. '\n')
+publish(room, ARGV[7], '* ' .. old .. ' is now ' .. new .. '\n')
 return 1
 "#
             ),
             Script::Join => concat!(
                 preamble!(),
                 r#"
-local server, serial, nick, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local server, gen, serial, nick, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if not live(server, gen) then return FENCED end
 redis.call('SREM', P .. 'room:' .. from, nick)
-publish(from, ARGV[6], '* ' .. nick .. ' left\n')
+publish(from, ARGV[7], '* ' .. nick .. ' left\n')
+vacate(from)
 redis.call('SADD', P .. 'room:' .. to, nick)
 entry(server, serial, to, nick)
-publish(to, ARGV[7], '* ' .. nick .. ' joined\n')
+publish(to, ARGV[8], '* ' .. nick .. ' joined\n')
 return 1
 "#
             ),
             Script::Leave => concat!(
                 preamble!(),
                 r#"
-local server, serial = ARGV[1], ARGV[2]
+local server, gen, serial = ARGV[1], ARGV[2], ARGV[3]
+if not live(server, gen) then return FENCED end
 local e = redis.call('HGET', P .. 'members:' .. server, serial)
 if not e then return 0 end
 local room, nick = split(e)
 if not room then return 0 end
-drop(server, serial, room, nick, ARGV[3])
+drop(server, serial, room, nick, ARGV[4])
 return 1
+"#
+            ),
+            Script::Register => concat!(
+                preamble!(),
+                r#"
+local server, gen = ARGV[1], ARGV[2]
+redis.call('SET', P .. 'alive:' .. server, gen, 'PX', ARGV[3])
+redis.call('SADD', P .. 'servers', server)
+local g = tonumber(redis.call('GET', P .. 'guests') or '0')
+if g < tonumber(ARGV[4]) then redis.call('SET', P .. 'guests', ARGV[4]) end
+return redis.call('HGETALL', P .. 'members:' .. server)
 "#
             ),
             Script::Restore => concat!(
                 preamble!(),
                 r#"
-local server, serial, room, nick = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local server, gen, serial, room, nick = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if not live(server, gen) then return FENCED end
 local owner = server .. ' ' .. serial
 local e = redis.call('HGET', P .. 'members:' .. server, serial)
 if e then
-  -- What Redis last knew of the member (a /nick or /join whose answer was
-  -- lost with the connection may have been done): undone if it differs.
+  -- What Redis last knew of the member: undone if it differs.
   local r, n = split(e)
   if r and (r ~= room or n ~= nick) then
     redis.call('SREM', P .. 'room:' .. r, n)
@@ -259,19 +352,25 @@ if not holder then
   redis.call('SET', P .. 'nick:' .. nick, owner)
 elseif holder ~= owner then
   final = guest(owner)
+  if type(final) == 'table' then return final end
 end
 redis.call('SADD', P .. 'room:' .. room, final)
 entry(server, serial, room, final)
-if final ~= nick then publish(room, '-', '* ' .. nick .. ' is now ' .. final .. '\n') end
+if not e then
+  publish(room, '-', '* ' .. final .. ' joined\n')
+elseif final ~= nick then
+  publish(room, '-', '* ' .. nick .. ' is now ' .. final .. '\n')
+end
 return final
 "#
             ),
             Script::Resync => concat!(
                 preamble!(),
                 r#"
-local server = ARGV[1]
+local server, gen = ARGV[1], ARGV[2]
+if not live(server, gen) then return FENCED end
 local keep = {}
-for i = 2, #ARGV do keep[ARGV[i]] = true end
+for i = 3, #ARGV do keep[ARGV[i]] = true end
 local all = redis.call('HGETALL', P .. 'members:' .. server)
 local n = 0
 for i = 1, #all, 2 do
@@ -287,8 +386,8 @@ return n
             Script::Heartbeat => concat!(
                 preamble!(),
                 r#"
-redis.call('SET', P .. 'alive:' .. ARGV[1], '1', 'PX', ARGV[2])
-redis.call('SADD', P .. 'servers', ARGV[1])
+if not live(ARGV[1], ARGV[2]) then return FENCED end
+redis.call('SET', P .. 'alive:' .. ARGV[1], ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', P .. 'node:' .. ARGV[1], 'ping')
 return 1
 "#
@@ -296,30 +395,46 @@ return 1
             Script::Reap => concat!(
                 preamble!(),
                 r#"
+if not live(ARGV[1], ARGV[2]) then return FENCED end
 local n = 0
 for _, server in ipairs(redis.call('SMEMBERS', P .. 'servers')) do
   if server ~= ARGV[1] and redis.call('EXISTS', P .. 'alive:' .. server) == 0 then
-    n = n + reap(server)
+    n = n + reap(server, 'R.' .. server)
   end
 end
 return n
 "#
             ),
-            Script::Retire => concat!(preamble!(), "\nreturn reap(ARGV[1])\n"),
+            Script::Retire => concat!(
+                preamble!(),
+                r#"
+if not live(ARGV[1], ARGV[2]) then return FENCED end
+return reap(ARGV[1], '-')
+"#
+            ),
             Script::Who => concat!(
                 preamble!(),
                 r#"
 local nicks = redis.call('SMEMBERS', P .. 'room:' .. ARGV[1])
 local text = table.concat(nicks, ' ')
-if #text > tonumber(ARGV[3]) then
-  tell(ARGV[1], ARGV[4], '! too many members to list (' .. #nicks .. ')\n')
-else
-  tell(ARGV[1], ARGV[2], text .. '\n')
-end
-return 1
+if #text > tonumber(ARGV[2]) then return #nicks end
+return text
 "#
             ),
-            Script::Tell => concat!(preamble!(), "\ntell(ARGV[1], ARGV[2], ARGV[3])\nreturn 1\n"),
+            Script::Replay => concat!(
+                preamble!(),
+                r#"
+local room, from, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local top = tonumber(redis.call('GET', P .. 'seq:' .. room) or '0')
+local out = {num(top)}
+if top < from then return out end
+local n = top - from + 1
+if n > max then n = max end
+local got = redis.call('XREVRANGE', P .. 'hist:' .. room, '+', '-', 'COUNT', num(n))
+for i = #got, 1, -1 do out[#out + 1] = got[i][2][2] end
+return out
+"#
+            ),
         }
     }
 }

@@ -146,12 +146,43 @@
 //!   each member of a dead server is announced exactly once ([`redis`],
 //!   "Liveness").
 //!
+//! Faults are the normal case, and each has its place:
+//!
+//! - **A server paused or a Redis stalled** past the liveness margin:
+//!   the server checks its lease before it acts and treats Redis as lost
+//!   first; every script checks a fencing token, so a server declared
+//!   dead changes nothing; returning, it announces its members joined
+//!   again ([`link`], "Fencing").
+//! - **A subscription or link dropped, Redis restarted empty, a failover
+//!   that lost writes**: each room has a bounded history in Redis and a
+//!   sequence never reused; a returning server replays what its members
+//!   missed, or tells them `* some lines may have been lost` at the place
+//!   of the gap ([`lua`], "Sequence numbers and history"; [`shared`],
+//!   "Gaps and replay"). Every line a member sends gets one outcome: its
+//!   own line back, or `! chat backend unavailable` ([`link`], "When Redis
+//!   is lost").
+//! - **One member asking much**: answers for one member are never
+//!   published ([`shared`], "Answers stay on the member's server").
+//! - **Redis memory**: only what is live is kept; a room nobody is in has
+//!   no key ([`lua`]). Run Redis with `maxmemory-policy noeviction`.
+//! - **Redis slower than the servers**: past a bound of commands in
+//!   flight, the server stops reading its members until Redis catches up
+//!   ([`redis::IN_FLIGHT_HIGH`]), as flood control does.
+//! - **An error reply** (OOM, `LOADING`) is answered to the member it was
+//!   for; the link stays ([`link`]).
+//! - **Credentials**: `redis://[USER]:PASSWORD@…`, `AUTH` on every
+//!   connection; the password is masked in every message ([`redis::RedisUrl`]).
+//! - **Failover with Sentinel** (`redis-sentinel://…/MASTER`): the master
+//!   is asked for at every reconnection, off the reactor's thread, and
+//!   checked with `ROLE`; `READONLY` means it was failed over: the link
+//!   is dropped and found again ([`redis::locate`], and `Bus::connect` in [`redis`]).
+//!
 //! The fan-out itself stays local and copies nothing, as above: Redis
 //! carries one copy of a line per server, whatever the number of members.
 //! Flood control is applied by the client's own server before anything
 //! is published.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use edgeloop::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
@@ -217,6 +248,9 @@ pub struct Chat {
     outage: bool,
     /// Message lines of this turn, per room (see [`batch`]).
     batches: Batches,
+    /// With `--redis`: too many commands in flight to Redis; the members
+    /// are not read until it catches up (backpressure).
+    congested: bool,
 }
 
 #[derive(Debug)]
@@ -243,11 +277,32 @@ struct Member {
     waiting: bool,
     /// Told `* chat backend unavailable`, not yet `restored`.
     told: bool,
-    /// Events of this member sent to Redis and not yet back: while there
-    /// are any, an answer to it goes through Redis too, behind them.
-    unseen: u32,
-    /// Its `/quit` is on its way through Redis.
+    /// Its own room events sent to Redis, and come back: while some are
+    /// on their way, an answer to it waits behind them in `later`.
+    sent: u64,
+    seen: u64,
+    /// Its messages on their way (each gets one outcome).
+    msgs: u32,
+    /// Answers waiting for their place among its own lines.
+    later: VecDeque<Later>,
+    /// A `/join` or `/nick` on its way: its room and nickname before.
+    asked: Option<(String, String)>,
+    /// A `/who` on its way.
+    asking_who: bool,
+    /// Redis was lost with something of its in flight: not read until
+    /// the link is back and its outcome known.
+    limbo: bool,
+    /// Its `/quit` waits behind its own lines.
     quitting: bool,
+}
+
+/// An answer for one member, held until `mark` of its own events have
+/// come back (or its `/quit`).
+#[derive(Debug)]
+struct Later {
+    mark: u64,
+    line: Option<Vec<u8>>,
+    quit: bool,
 }
 
 /// A member's registration in Redis.
@@ -290,6 +345,10 @@ struct Room {
     leaves: u32,
     /// The sequence number the next event should have (0: unknown).
     next_seq: u64,
+    /// `SUBSCRIBE`/`UNSUBSCRIBE` acknowledgements still due.
+    acks: u32,
+    /// While the room's history is replayed: the live events, held.
+    replay: Option<Vec<Vec<u8>>>,
 }
 
 impl Room {
@@ -333,7 +392,13 @@ impl Handler for Chat {
             throttled: false,
             waiting: false,
             told: false,
-            unseen: 0,
+            sent: 0,
+            seen: 0,
+            msgs: 0,
+            later: VecDeque::new(),
+            asked: None,
+            asking_who: false,
+            limbo: false,
             quitting: false,
         };
         self.members[id.index()] = Some(member);
@@ -352,6 +417,9 @@ impl Handler for Chat {
         }
         if !self.web_frame(ctx, id, frame) {
             return;
+        }
+        if self.bus.is_some() && self.lease_lost(ctx) {
+            self.after(ctx);
         }
         if self.rate > 0.0 {
             self.spend_token(ctx, id);
@@ -383,7 +451,7 @@ impl Handler for Chat {
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         if let Some(member) = self.members.get_mut(id.index()).and_then(Option::as_mut) {
             member.throttled = false;
-            if !member.waiting {
+            if !member.waiting && !member.limbo && !self.congested {
                 ctx.set_active(id, Active::On);
             }
         }
@@ -598,7 +666,7 @@ impl Chat {
     /// A line to the sender alone, in order with the lines it has sent:
     /// with Redis, behind its events still on their way.
     fn answer(&mut self, ctx: &mut Ctx<'_>, id: ConnId, parts: &[&str]) {
-        if self.bus.is_some() && self.member(id).is_some_and(|m| m.unseen > 0) {
+        if self.bus.is_some() {
             self.tell(ctx, id, parts);
         } else {
             self.reply(ctx, id, parts);

@@ -33,36 +33,45 @@
 //!
 //! Redis is lost when either connection fails or ends, when a reply or a
 //! subscription acknowledgement has not come within [`REPLY_TIMEOUT`],
-//! when the server's own liveness probe (published every
-//! [`HEARTBEAT`] through the command connection) has not come back through
-//! the subscription within that time — a connection can look healthy
-//! while the Redis behind it no longer delivers (after a failover,
-//! centrifugo#1189) — when Redis answers an error, when a reply breaks the
-//! protocol, or when our output to Redis passes [`OUTBUF`] (a Redis that
-//! stops reading). Then both connections are aborted and the chat goes on
-//! without Redis (see the chat's docs); the bus reconnects after a
+//! when the server's own liveness probe (published every [`HEARTBEAT`]
+//! through the command connection) has not come back through the
+//! subscription within that time — a connection can look healthy while
+//! the Redis behind it no longer delivers (after a failover,
+//! centrifugo#1189) — when the server's lease has run out (see
+//! [`super::link`], "Fencing"), when a script answers `FENCED`, when a
+//! reply breaks the protocol, when the handshake is refused, or when our
+//! output to Redis passes [`OUTBUF`] (a Redis that stops reading). An
+//! error answer to one member's command is not a loss: it is answered to
+//! that member. When lost, both connections are aborted and the chat goes
+//! on without Redis (see the chat's docs); the bus reconnects after a
 //! back-off that doubles from [`BACKOFF_MIN`] to at most [`BACKOFF_MAX`],
 //! each attempt bounded by [`CONNECT_TIMEOUT`] — and never gives up
 //! (ActionCable's listener gave up after one attempt, rails#27659).
 //!
-//! A new pair of connections goes through the states of `Link`: both
-//! connected; then `SELECT` and `SCRIPT LOAD` on one, `SELECT` and
-//! `SUBSCRIBE` (every room, in batches) on the other; when every answer
-//! and acknowledgement is in, the chat registers its members again; a
-//! final `PUBLISH` of `synced` on the server's own channel marks the end,
-//! and the link is up once both its reply (behind every reply of the
-//! registration) and its message (behind every event the registration
-//! published, renames included) have come back.
+//! A new pair of connections goes through the states of `Link` (the
+//! steps are in [`super::link`], "Finding Redis again"); the link is up
+//! once both the reply to the final `PUBLISH` of `synced` on the server's
+//! own channel (behind every reply of the registration) and the message
+//! itself (behind every event the registration published) have come back.
+//!
+//! # Backpressure
+//!
+//! Commands are pipelined without waiting, so a server could queue for a
+//! slow Redis without limit. Past [`IN_FLIGHT_HIGH`] commands in flight it
+//! stops reading its members (their lines wait in their sockets, and TCP
+//! pushes back, as with flood control), and reads them again below
+//! [`IN_FLIGHT_LOW`].
 //!
 //! # Liveness
 //!
 //! Every server keeps a key `alive:SERVER` that expires after
-//! [`ALIVE_TTL`] and refreshes it every [`HEARTBEAT`]; every
+//! [`ALIVE_TTL`] and renews it every [`HEARTBEAT`]; every
 //! [`REAP_EVERY`] it runs the reaping script, which removes every listed
 //! server whose key has expired together with its members (see
 //! [`super::lua`]). A server killed without a word is therefore announced
 //! within `ALIVE_TTL + REAP_EVERY` (8 s), well inside the 30 s SPEC.md
-//! allows.
+//! allows. The key's value is the server's fencing token (see
+//! [`super::lua`], "Fencing").
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -76,8 +85,23 @@ use super::lua::Script;
 use super::resp::{Builder, Encoder, Limits, Reader, Reply};
 use edgeloop::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
 
-/// A reply not received within this long means Redis is lost.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply not received within this long means Redis is lost. Shorter
+/// than the lease's margin ([`ALIVE_TTL`] − [`HEARTBEAT`] − [`LEASE_MARGIN`]
+/// is 2.5 s of slack, and a stalled heartbeat is caught by the lease
+/// itself): a Redis stall is noticed here before anyone may reap us.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// The lease is held until `ALIVE_TTL − LEASE_MARGIN` after the send of
+/// the last heartbeat Redis acknowledged: the key cannot have expired
+/// before then (it was set after that send), with this much to spare for
+/// clocks that run at slightly different rates and for the loop's tick.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(1500);
+/// Commands in flight to Redis beyond which a server stops reading its
+/// members (backpressure), and below which it reads them again.
+pub const IN_FLIGHT_HIGH: usize = 4096;
+/// See [`IN_FLIGHT_HIGH`].
+pub const IN_FLIGHT_LOW: usize = 1024;
+/// Events one replay fetches at most (the newest; before them, a gap).
+pub const MAX_REPLAY: usize = 100_000;
 /// How often the liveness key is refreshed and the probe sent.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a liveness key outlives its last refresh.
@@ -109,10 +133,12 @@ pub const WHO_MAX: usize = 8 << 20;
 /// Every key and channel starts with this.
 pub const PREFIX: &str = "edgeloop:";
 
-/// `redis://HOST[:PORT][/DB]`, as given to `--redis`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, as given to `--redis`.
+/// The password is kept out of every message: `text` shows `***` in its
+/// place, and `Debug` prints `text`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// The URL as given, for messages.
+    /// The URL as given, the password masked, for messages.
     pub text: String,
     /// A name or an address (an IPv6 address without its brackets).
     pub host: String,
@@ -120,38 +146,130 @@ pub struct RedisUrl {
     pub port: u16,
     /// The database (`SELECT`); 0 unless given.
     pub db: u32,
+    /// An ACL user (`AUTH USER PASSWORD`), if given.
+    pub user: Option<String>,
+    /// The password (`AUTH`), if given.
+    password: Option<String>,
+    /// With `redis-sentinel://`: the Sentinels.
+    pub sentinels: Vec<(String, u16)>,
+    /// With `redis-sentinel://`: the master's name.
+    pub master: Option<String>,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `%XX` escapes decoded (a password may hold `@`, `:` or `/`).
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `HOST[:PORT]` (an IPv6 address in brackets) → host and port.
+fn host_port(authority: &str, default: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, port.parse().ok()?),
+            None if after.is_empty() => (host, default),
+            None => return None,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().ok()?),
+            None => (authority, default),
+        }
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let usage = || format!("'{s}' is not a Redis URL (expected redis://HOST:PORT[/DB])");
-        let rest = s.strip_prefix("redis://").ok_or_else(usage)?;
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| usage())?),
-            None => (rest, 0),
+        let sentinel = s.starts_with("redis-sentinel://");
+        let scheme = if sentinel { "redis-sentinel://" } else { "redis://" };
+        // What messages show: the credentials masked.
+        let shown = match s.rsplit_once('@') {
+            Some((_, after)) => format!("{scheme}***@{after}"),
+            None => s.to_string(),
         };
-        if authority.contains('@') {
-            return Err(format!("'{s}': user names and passwords are not supported"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(usage)?;
-            match after.strip_prefix(':') {
-                Some(port) => (host, port.parse().map_err(|_| usage())?),
-                None if after.is_empty() => (host, 6379),
-                None => return Err(usage()),
+        let usage = || {
+            format!(
+                "'{shown}' is not a Redis URL (expected redis://[[USER]:PASSWORD@]HOST:PORT[/DB] or \
+                 redis-sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB])"
+            )
+        };
+        let rest = s.strip_prefix(scheme).ok_or_else(usage)?;
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(u) => {
+                let (user, pass) = u.split_once(':').ok_or_else(usage)?;
+                let user = percent_decoded(user).ok_or_else(usage)?;
+                let pass = percent_decoded(pass).ok_or_else(usage)?;
+                if pass.is_empty() {
+                    return Err(usage());
+                }
+                ((!user.is_empty()).then_some(user), Some(pass))
             }
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (master, db) = if sentinel {
+            let (master, db) = path.split_once('/').unwrap_or((path, ""));
+            if master.is_empty() {
+                return Err(usage());
+            }
+            (Some(master.to_string()), db)
         } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, port.parse().map_err(|_| usage())?),
-                None => (authority, 6379),
-            }
+            (None, path)
         };
-        if host.is_empty() {
-            return Err(usage());
+        let db = if db.is_empty() { 0 } else { db.parse().map_err(|_| usage())? };
+        let sentinels = if sentinel {
+            authority.split(',').map(|a| host_port(a, 26379)).collect::<Option<Vec<_>>>().ok_or_else(usage)?
+        } else {
+            Vec::new()
+        };
+        let (host, port) = match sentinels.first() {
+            Some(first) => first.clone(),
+            None => host_port(authority, 6379).ok_or_else(usage)?,
+        };
+        let text = match (&user, &password) {
+            (Some(user), Some(_)) => format!("{scheme}{user}:***@{rest}"),
+            (None, Some(_)) => format!("{scheme}:***@{rest}"),
+            _ => s.to_string(),
+        };
+        Ok(RedisUrl { text, host, port, db, user, password, sentinels, master })
+    }
+}
+
+impl RedisUrl {
+    /// The `AUTH` command's arguments, if credentials were given.
+    pub fn auth(&self) -> Option<Vec<&[u8]>> {
+        let password = self.password.as_deref()?;
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &self.user {
+            args.push(user.as_bytes());
         }
-        Ok(RedisUrl { text: s.to_string(), host: host.to_string(), port, db })
+        args.push(password.as_bytes());
+        Some(args)
     }
 }
 
@@ -173,18 +291,84 @@ pub fn probe(url: &RedisUrl, within: Duration) -> Result<SocketAddr, String> {
     }
 }
 
+/// Where the Redis of `url` is now: its address, or with Sentinels, the
+/// master's address as the first Sentinel that answers says. Blocking,
+/// with short timeouts: called before the reactor starts, and by the bus
+/// on a thread of its own.
+pub fn locate(url: &RedisUrl) -> Result<SocketAddr, String> {
+    let resolve = |host: &str, port: u16| -> Result<SocketAddr, String> {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|e| edgeloop::sys::describe(&e))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))
+    };
+    let Some(master) = &url.master else { return resolve(&url.host, url.port) };
+    let mut why = String::from("no Sentinel given");
+    for (host, port) in &url.sentinels {
+        match resolve(host, *port).and_then(|addr| ask_sentinel(addr, master)) {
+            Ok((host, port)) => return resolve(&host, port),
+            Err(e) => why = format!("Sentinel {host}:{port}: {e}"),
+        }
+    }
+    Err(why)
+}
+
+/// `SENTINEL get-master-addr-by-name MASTER` at one Sentinel.
+fn ask_sentinel(addr: SocketAddr, master: &str) -> Result<(String, u16), String> {
+    let io = |e: std::io::Error| edgeloop::sys::describe(&e);
+    let timeout = Duration::from_millis(500);
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut enc = Encoder::default();
+    enc.command(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()]);
+    (&stream).write_all(&enc.buf).map_err(io)?;
+    let mut lines = BufReader::new(&stream);
+    let mut reader = Reader::new(Limits { frame: 4096, bulk: 4096, array: 16 });
+    let mut builder = Builder::default();
+    loop {
+        let mut line = Vec::new();
+        lines.read_until(b'\n', &mut line).map_err(io)?;
+        if line.is_empty() {
+            return Err("the connection was closed".into());
+        }
+        // Bulk strings are short here: read whole with their line.
+        if line.starts_with(b"$") && line.len() > 3 && line[1] != b'-' {
+            lines.read_until(b'\n', &mut line).map_err(io)?;
+        }
+        let mut rest = &line[..];
+        while !rest.is_empty() {
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (frame, tail) = rest.split_at(cut);
+            rest = tail;
+            let item = reader.feed(frame).map_err(|e| e.to_string())?;
+            match item.and_then(|item| builder.push(&item)) {
+                Some(Reply::Array(parts)) => {
+                    let host = parts.first().and_then(Reply::text).ok_or("no master address")?;
+                    let port = parts.get(1).and_then(Reply::text).and_then(|p| p.parse().ok()).ok_or("no port")?;
+                    return Ok((host.to_string(), port));
+                }
+                Some(Reply::Nil) => return Err(format!("no master named {master}")),
+                Some(Reply::Error(e)) => return Err(format!("Sentinel answered: {e}")),
+                Some(_) => return Err("an unexpected answer".into()),
+                None => {}
+            }
+        }
+    }
+}
+
 fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
-    let addr = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| edgeloop::sys::describe(&e))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", url.host))?;
+    let addr = locate(url)?;
     let left = until.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(100), CONNECT_TIMEOUT);
     let io = |e: std::io::Error| edgeloop::sys::describe(&e);
     let stream = TcpStream::connect_timeout(&addr, left).map_err(io)?;
     stream.set_read_timeout(Some(left)).map_err(io)?;
     stream.set_write_timeout(Some(left)).map_err(io)?;
     let mut enc = Encoder::default();
+    if let Some(auth) = url.auth() {
+        enc.command(&auth);
+    }
     if url.db != 0 {
         enc.command(&[b"SELECT", url.db.to_string().as_bytes()]);
     }
@@ -192,7 +376,8 @@ fn probe_once(url: &RedisUrl, until: Instant) -> Result<SocketAddr, String> {
     (&stream).write_all(&enc.buf).map_err(io)?;
     let mut lines = BufReader::new(&stream);
     let mut reader = Reader::new(Limits { frame: 4096, bulk: 4096, array: 16 });
-    for expected in [(url.db != 0).then_some("OK"), Some("PONG")].into_iter().flatten() {
+    let expected = [url.auth().map(|_| "OK"), (url.db != 0).then_some("OK"), Some("PONG")];
+    for expected in expected.into_iter().flatten() {
         let mut line = Vec::new();
         lines.read_until(b'\n', &mut line).map_err(io)?;
         if line.is_empty() {
@@ -225,9 +410,15 @@ pub(super) enum Link {
     Down,
     /// Both connections started, not yet both established.
     Connecting,
-    /// `SELECT`, `SCRIPT LOAD` and `SUBSCRIBE` sent; waiting for every
-    /// answer.
+    /// `AUTH`, `SELECT`, `SCRIPT LOAD` and the server's own `SUBSCRIBE`
+    /// sent; waiting for every answer.
     Loading,
+    /// `Register` sent: the lease, and what Redis has of our members.
+    Registering,
+    /// The rooms' `SUBSCRIBE`s sent; waiting for their acknowledgements.
+    Subscribing,
+    /// Each room's history asked for what its members missed.
+    Replaying,
     /// The members are being registered again; `synced` marks the end.
     Restoring,
     /// Working.
@@ -246,8 +437,18 @@ pub(super) enum Which {
 /// What a reply on the command connection is for.
 #[derive(Clone, Debug)]
 pub(super) enum Op {
-    /// `SELECT`: `+OK`.
+    /// `SELECT` or `AUTH`: `+OK`.
     Select,
+    /// `ROLE` (with Sentinels): it must be the master.
+    Role,
+    /// `Register`, sent at `sent`: the members as Redis has them.
+    Register { sent: Instant },
+    /// A heartbeat sent at `sent`: the lease runs from then.
+    Heartbeat { sent: Instant },
+    /// `Replay` of a room.
+    Replay { room: String },
+    /// `/who` for a member.
+    Who { id: ConnId, serial: u64 },
     /// `SCRIPT LOAD`: the script's SHA1.
     Load(Script),
     /// Nothing to do with the answer but to check it is not an error.
@@ -258,8 +459,8 @@ pub(super) enum Op {
     Connect { id: ConnId, serial: u64 },
     /// `Restore` for a member: its nickname now.
     Restore { id: ConnId, serial: u64 },
-    /// A `Message`.
-    Message,
+    /// A `Message` of a member.
+    Message { id: ConnId, serial: u64 },
     /// `Nick` for a member: 1, or 0 if `name` is taken.
     Nick { id: ConnId, serial: u64, name: String },
     /// `Join` for a member.
@@ -347,6 +548,20 @@ pub(super) struct Bus {
     pub failed: Option<String>,
     /// The reactor is shutting down: closing connections is expected.
     pub stopping: bool,
+    /// The generation of the current link (raised at each `Register`),
+    /// and its text: the fencing token every script checks.
+    pub gen: u64,
+    /// See `gen`.
+    pub gen_text: String,
+    /// Until when our lease is known to hold (see [`LEASE_MARGIN`]);
+    /// `None` before the first `Register` of a link has come back.
+    pub lease_until: Option<Instant>,
+    /// The highest `guestN` number this server has seen.
+    pub max_guest: u64,
+    /// Replays whose answers the handshake still waits for.
+    pub replays_due: usize,
+    /// With Sentinels: the master's address being asked for, on a thread.
+    locating: Option<std::sync::mpsc::Receiver<Result<SocketAddr, String>>>,
 }
 
 impl Bus {
@@ -397,6 +612,12 @@ impl Bus {
             mark: String::new(),
             failed: None,
             stopping: false,
+            gen: 0,
+            gen_text: String::new(),
+            lease_until: None,
+            max_guest: 0,
+            replays_due: 0,
+            locating: None,
         }
     }
 
@@ -421,8 +642,36 @@ impl Bus {
         self.link == Link::Down && now >= self.retry_at
     }
 
-    /// Start both connections.
+    /// Start both connections. With Sentinels, the master's address is
+    /// asked for first, at every attempt (it moves with a failover), on a
+    /// thread: the reactor never waits for it; the next ticks look for the
+    /// answer.
     pub fn connect(&mut self, ctx: &mut Ctx<'_>) {
+        if self.url.master.is_some() {
+            use std::sync::mpsc::TryRecvError;
+            match self.locating.take() {
+                None => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let url = self.url.clone();
+                    let spawned =
+                        std::thread::Builder::new().name("sentinel".into()).spawn(move || drop(tx.send(locate(&url))));
+                    match spawned {
+                        Ok(_) => self.locating = Some(rx),
+                        Err(e) => self.fail(format!("cannot ask the Sentinels: {e}")),
+                    }
+                    return;
+                }
+                Some(rx) => match rx.try_recv() {
+                    Ok(Ok(addr)) => self.addr = addr,
+                    Ok(Err(why)) => return self.fail(why),
+                    Err(TryRecvError::Empty) => {
+                        self.locating = Some(rx);
+                        return;
+                    }
+                    Err(TryRecvError::Disconnected) => return self.fail("the Sentinel query failed".into()),
+                },
+            }
+        }
         let options = ConnectOptions {
             framing: Framing::Line,
             timeout: Some(CONNECT_TIMEOUT),
@@ -474,6 +723,9 @@ impl Bus {
         self.probe_sent = None;
         self.synced = 0;
         self.failed = None;
+        self.lease_until = None;
+        self.replays_due = 0;
+        self.locating = None;
         std::mem::take(&mut self.pending)
     }
 
@@ -559,6 +811,49 @@ impl Bus {
     /// A script's SHA1 has come back.
     pub fn loaded(&mut self, script: Script, sha: String) {
         self.shas[script.index()] = Some(sha);
+    }
+
+    /// Commands sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A new generation for a new link: the fencing token.
+    pub fn next_gen(&mut self) {
+        self.gen += 1;
+        self.gen_text = format!("{}", self.gen);
+    }
+
+    /// The lease holds until `sent + ALIVE_TTL − LEASE_MARGIN`.
+    pub fn lease_from(&mut self, sent: Instant) {
+        let until = sent + ALIVE_TTL - LEASE_MARGIN;
+        if self.lease_until.is_none_or(|u| u < until) {
+            self.lease_until = Some(until);
+        }
+    }
+
+    /// Whether the lease has run out (with the link past `Register`).
+    pub fn lease_expired(&self, now: Instant) -> bool {
+        self.link >= Link::Subscribing && self.lease_until.is_some_and(|u| now >= u)
+    }
+
+    /// Call `script` for this server: its id and generation (the fencing
+    /// token) first, then `args`.
+    pub fn eval_as(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
+        self.enc.clear();
+        let sha = self.shas[script.index()].as_deref();
+        match sha {
+            Some(sha) => self.enc.begin(5 + args.len()).arg("EVALSHA").arg(sha),
+            None => self.enc.begin(5 + args.len()).arg("EVAL").arg(&self.bodies[script.index()]),
+        };
+        let rest = self.enc.buf.len();
+        self.enc.arg("0").arg(&self.server).arg(&self.gen_text);
+        for arg in args {
+            self.enc.arg(arg);
+        }
+        self.keep_for_replay(rest);
+        let replay = Some((script, self.enc.buf.len() - rest, args.len() + 2));
+        self.send_command(ctx, op, replay);
     }
 
     /// Call `script` with `args` (no keys: see [`super::lua`]).
@@ -650,11 +945,11 @@ impl Bus {
         }
     }
 
-    /// `SELECT` the database on the subscription connection (its `+OK`
-    /// is counted in `handshake_due`).
-    pub fn select_sub(&mut self, ctx: &mut Ctx<'_>) {
+    /// A command (`AUTH`, `SELECT`) on the subscription connection before
+    /// it subscribes (its `+OK` is counted in `handshake_due`).
+    pub fn raw_sub(&mut self, ctx: &mut Ctx<'_>, args: &[&[u8]]) {
         self.enc.clear();
-        self.enc.command(&[b"SELECT", self.url.db.to_string().as_bytes()]);
+        self.enc.command(args);
         if self.send(ctx, Which::Sub) {
             self.handshake_due += 1;
         }
@@ -693,10 +988,9 @@ impl Bus {
         Some((pending, reply))
     }
 
-    /// Log and remember an error answer to `op`.
+    /// Log an error answer to `op`.
     pub fn refused(&mut self, op: &Op, error: &str) {
         warn!("Redis refused {op:?}: {error}");
-        self.fail(format!("Redis answered an error: {error}"));
     }
 }
 
@@ -712,9 +1006,25 @@ mod tests {
         assert_eq!((url.host.as_str(), url.port, url.db), ("localhost", 6379, 0));
         let url: RedisUrl = "redis://[::1]:7000/".parse().unwrap();
         assert_eq!((url.host.as_str(), url.port, url.db), ("::1", 7000, 0));
-        for bad in ["http://x:1", "redis://", "redis://h:port", "redis://h:1/x", "redis://u:p@h:1", "redis://[::1"] {
+        for bad in ["http://x:1", "redis://", "redis://h:port", "redis://h:1/x", "redis://p@h:1", "redis://[::1"] {
             assert!(bad.parse::<RedisUrl>().is_err(), "{bad}");
         }
+        let url: RedisUrl = "redis://:s3cret@127.0.0.1:6380/2".parse().unwrap();
+        assert_eq!((url.user.as_deref(), url.password.as_deref(), url.db), (None, Some("s3cret"), 2));
+        assert_eq!(url.text, "redis://:***@127.0.0.1:6380/2");
+        assert_eq!(format!("{url:?}"), url.text);
+        let url: RedisUrl = "redis://chat:p%40ss@h:1".parse().unwrap();
+        assert_eq!((url.user.as_deref(), url.password.as_deref()), (Some("chat"), Some("p@ss")));
+        assert_eq!(url.auth().unwrap(), [&b"AUTH"[..], b"chat", b"p@ss"]);
+        let url: RedisUrl = "redis-sentinel://:pw@h1:1,[::1]:2/mymaster/3".parse().unwrap();
+        assert_eq!(url.sentinels, [("h1".to_string(), 1), ("::1".to_string(), 2)]);
+        assert_eq!((url.master.as_deref(), url.db, url.password.as_deref()), (Some("mymaster"), 3, Some("pw")));
+        assert_eq!(url.text, "redis-sentinel://:***@h1:1,[::1]:2/mymaster/3");
+        let url: RedisUrl = "redis-sentinel://h1/m".parse().unwrap();
+        assert_eq!((url.sentinels[0].1, url.db), (26379, 0));
+        assert!("redis-sentinel://h1:1".parse::<RedisUrl>().is_err());
+        let err = "redis://u:hunter2@h:port".parse::<RedisUrl>().unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
