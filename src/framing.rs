@@ -50,6 +50,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How the byte stream of a connection is cut into frames.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Framing {
     /// `{packet, raw}`: every read is delivered as it is.
@@ -152,6 +153,7 @@ impl fmt::Display for Framing {
 }
 
 /// A protocol error: the connection that sent it is closed.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// A frame (for `line`, the line with its `\n`) longer than allowed.

@@ -73,6 +73,7 @@ impl fmt::Display for ConnId {
 pub struct HandlerId(pub(crate) u8);
 
 /// Why a connection was closed.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The peer ended the stream; everything owed was flushed first.
@@ -160,6 +161,7 @@ impl fmt::Display for CloseReason {
 }
 
 /// Why a send was refused. The connection stays as it was.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
     /// The connection is closing or closed, or its write side is shut.

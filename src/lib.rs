@@ -133,6 +133,13 @@
 //!   deadlines in one lazy heap, in microseconds.
 //! - [`handler`] — the trait an application implements, and its events.
 //!
+//! [`conn`], [`buffer`], [`timer`] and most of [`sys`] are public so that
+//! their docs can be read beside the reactor's; an application needs none
+//! of them (the API is [`Reactor`], [`Ctx`], [`Handler`], [`Handle`] and the
+//! option types), and their items may change in any minor release. The
+//! enums that will grow ([`CloseReason`], [`SendError`], [`Framing`],
+//! [`framing::FrameError`]) are `#[non_exhaustive]`.
+//!
 //! The programs — the echo and chat servers, the load generator, `--workers`
 //! and `--metrics` — are users of this library like the examples, in the
 //! `edgeloop-cli` crate (`cli/` in the repository), so that depending on the

@@ -468,6 +468,9 @@ fn redis_node(port: u16, args: &[&str]) -> Proc {
         Command::new("redis-server")
             .args(args)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // A replica writes the RDB it receives to its directory: not the repository.
+            .arg("--dir")
+            .arg(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -139,6 +139,7 @@ pub enum Mode {
 }
 
 /// Why a connection is refused or closed; its status goes to the peer.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Before the upgrade: an HTTP status (400, 426, 431).

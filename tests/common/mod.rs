@@ -328,6 +328,9 @@ impl Redis {
     fn spawn(&mut self) {
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // A replica writes the RDB it receives to its directory: not the repository.
+            .arg("--dir")
+            .arg(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

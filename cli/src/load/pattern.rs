@@ -55,8 +55,7 @@ impl Pattern {
             Framing::Raw => (size, b""),
             Framing::Line => (size - 1, b"\n"),
             Framing::Len1 | Framing::Len2 | Framing::Len4 => (size, b""),
-            Framing::Exact(_) => return Err("the load generator speaks raw, line, 1, 2 or 4".into()),
-            Framing::Ws => return Err("the load generator speaks raw, line, 1, 2 or 4".into()),
+            _ => return Err("the load generator speaks raw, line, 1, 2 or 4".into()),
         };
         let (header, header_len) = framing
             .header(body_len)
