@@ -17,27 +17,13 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::chat::Client;
+use common::chat::{clients, Client};
 use common::{Redis, Server};
 
 /// A chat server on `redis`, with `extra` options.
 fn chat(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
     Server::start(&[&["chat", "--redis", url.as_str()][..], extra].concat())
-}
-
-/// Clients joining in turn, alternating over `servers`; when this
-/// returns, every client has seen every later client's join.
-fn clients(servers: &[&Server], n: usize) -> Vec<Client> {
-    let mut all: Vec<Client> = Vec::new();
-    for i in 0..n {
-        let c = Client::join(servers[i % servers.len()]);
-        for earlier in &mut all {
-            earlier.expect(&format!("* {} joined", c.nick));
-        }
-        all.push(c);
-    }
-    all
 }
 
 #[test]

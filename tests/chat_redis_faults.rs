@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::chat::Client;
+use common::chat::{clients, Client};
 use common::{Redis, Server};
 
 const LOST: &str = "* some lines may have been lost";
@@ -21,19 +21,6 @@ const UNAVAILABLE: &str = "! chat backend unavailable";
 
 fn chat_at(url: &str, extra: &[&str]) -> Server {
     Server::start(&[&["chat", "--redis", url][..], extra].concat())
-}
-
-/// Clients joining in turn over `servers`; each has seen the later joins.
-fn clients(servers: &[&Server], n: usize) -> Vec<Client> {
-    let mut all: Vec<Client> = Vec::new();
-    for i in 0..n {
-        let c = Client::join(servers[i % servers.len()]);
-        for earlier in &mut all {
-            earlier.expect(&format!("* {} joined", c.nick));
-        }
-        all.push(c);
-    }
-    all
 }
 
 /// One command to Redis, authenticated first with `auth` if given.

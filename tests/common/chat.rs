@@ -89,3 +89,17 @@ impl Client {
         assert!(rest.is_empty(), "unexpected bytes before EOF: {rest:?}");
     }
 }
+
+/// Clients joining in turn, alternating over `servers`; when this
+/// returns, every client has seen every later client's join.
+pub fn clients(servers: &[&Server], n: usize) -> Vec<Client> {
+    let mut all: Vec<Client> = Vec::new();
+    for i in 0..n {
+        let c = Client::join(servers[i % servers.len()]);
+        for earlier in &mut all {
+            earlier.expect(&format!("* {} joined", c.nick));
+        }
+        all.push(c);
+    }
+    all
+}
