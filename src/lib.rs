@@ -98,6 +98,7 @@
 //!   Handler::on_frame(ctx, id, &[u8])  — the application (an echo server, say)
 //!                  │  ctx.send(id, bytes): header + copy into the OutQueue,
 //!                  │  or ctx.send_shared(id, Rc<[u8]>): by reference
+//!                  │  from 2 KiB on (a copy below: cheaper for small lines)
 //!                  ▼
 //!   flush — after the frames of a read (the sender's replies), or from the
 //!                  │  dirty list before epoll_wait (everyone else's):

@@ -57,6 +57,18 @@ pub(super) struct Framed {
     pub(super) body: usize,
 }
 
+/// Whether `payload` must go out as one message per line (a WebSocket in
+/// line mode; see `ws::several_lines`).
+#[cfg(feature = "ws")]
+fn several_lines(conn: &Conn, payload: &[u8]) -> bool {
+    super::ws::several_lines(conn, payload)
+}
+
+#[cfg(not(feature = "ws"))]
+fn several_lines(_: &Conn, _: &[u8]) -> bool {
+    false
+}
+
 /// The header the connection's framing puts before `payload`.
 fn header(conn: &Conn, payload: &[u8]) -> Result<Framed, SendError> {
     #[cfg(feature = "ws")]
@@ -82,8 +94,7 @@ impl Ctx<'_> {
     /// before the loop next sleeps (gen_tcp's `send`, never blocking).
     pub fn send(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
-        #[cfg(feature = "ws")]
-        if super::ws::several_lines(writable(&mut core.conns, id)?, payload) {
+        if several_lines(writable(&mut core.conns, id)?, payload) {
             return payload.split_inclusive(|&b| b == b'\n').try_for_each(|line| self.send(id, line));
         }
         let f = header(writable(&mut core.conns, id)?, payload)?;
@@ -143,11 +154,7 @@ impl Ctx<'_> {
     /// copying a chat line costs less than a reference count, a queue
     /// entry and an iovec of its own in every recipient's `sendmsg`.
     pub fn send_shared(&mut self, id: ConnId, msg: &Rc<[u8]>) -> Result<(), SendError> {
-        #[cfg(feature = "ws")]
-        let several = super::ws::several_lines(writable(&mut self.core.conns, id)?, msg);
-        #[cfg(not(feature = "ws"))]
-        let several = false;
-        if msg.len() < SHARE_MIN || several {
+        if msg.len() < SHARE_MIN || several_lines(writable(&mut self.core.conns, id)?, msg) {
             return self.send(id, msg);
         }
         let core = &mut *self.core;

@@ -10,8 +10,9 @@
 //!   ready list:            connections with input left over from last time
 //!   deadlines:             idle, send timeout, connect timeout, linger,
 //!                          application timers, stats, tick, drain
-//!   until nothing changes: deferred events (busy, ready, shutdown, handed
-//!                          over), reap the dead (on_close), flush the dirty list
+//!   until nothing changes: on_turn_end where asked, deferred events (busy,
+//!                          ready, shutdown, handed over), reap the dead
+//!                          (on_close), flush the dirty list
 //! ```
 //!
 //! The files of this module follow that loop: [`input`] (reading,
