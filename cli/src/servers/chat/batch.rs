@@ -36,9 +36,23 @@ pub(super) struct Batches {
 }
 
 impl Batches {
-    /// Append `parts` and `\n` to `room`'s batch; the first line of a turn
-    /// asks the reactor for the end of the turn.
+    /// Append `parts` and `\n` to `room`'s batch.
     pub(super) fn push(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&str]) {
+        let buf = self.batch(ctx, room);
+        for part in parts {
+            buf.extend_from_slice(part.as_bytes());
+        }
+        buf.push(b'\n');
+    }
+
+    /// Append `line` (with its `\n`) to `room`'s batch.
+    pub(super) fn push_line(&mut self, ctx: &mut Ctx<'_>, room: &str, line: &[u8]) {
+        self.batch(ctx, room).extend_from_slice(line);
+    }
+
+    /// `room`'s batch; the first of a turn asks the reactor for the end of
+    /// the turn.
+    fn batch(&mut self, ctx: &mut Ctx<'_>, room: &str) -> &mut Vec<u8> {
         let at = match self.pending.iter().position(|(r, _)| r == room) {
             Some(at) => at,
             None => {
@@ -49,11 +63,7 @@ impl Batches {
                 self.pending.len() - 1
             }
         };
-        let buf = &mut self.pending[at].1;
-        for part in parts {
-            buf.extend_from_slice(part.as_bytes());
-        }
-        buf.push(b'\n');
+        &mut self.pending[at].1
     }
 
     /// Queue every batch for its room's members, `members(room)` naming

@@ -85,7 +85,7 @@ impl Chat {
             let Some(bus) = self.bus.as_deref_mut() else { return };
             if now >= bus.next_reap {
                 bus.next_reap = now + REAP_EVERY;
-                bus.eval_as(ctx, Script::Reap, &[], Op::Reap);
+                bus.eval(ctx, Script::Reap, &[], Op::Reap);
             }
         }
         self.after(ctx);
@@ -108,7 +108,7 @@ impl Chat {
         bus.next_heartbeat = now + HEARTBEAT;
         bus.probe_sent.get_or_insert(now);
         let ttl = ALIVE_TTL.as_millis().to_string();
-        bus.eval_as(ctx, Script::Heartbeat, &[ttl.as_bytes()], Op::Heartbeat { sent: now });
+        bus.eval(ctx, Script::Heartbeat, &[ttl.as_bytes()], Op::Heartbeat { sent: now });
     }
 
     /// One of the two connections is established; when both are, the
@@ -221,15 +221,26 @@ impl Chat {
     pub(super) fn on_reply(&mut self, ctx: &mut Ctx<'_>, pending: Pending, reply: Reply) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         if pending.superseded {
-            // Sent again already, behind an earlier NOSCRIPT.
-            if !matches!(&reply, Reply::Error(e) if e.starts_with("NOSCRIPT")) {
-                warn!("a script call ran although it was sent again after a script flush: it ran twice");
+            // Sent again already, behind an earlier refusal: refused too
+            // (the chain guarantees it; see lua.rs, "Exactly once").
+            if !matches!(reply, Reply::Error(_)) {
+                return bus.fail(format!("a script call sent again had run after all: {reply:?}"));
             }
             return;
         }
         if let Reply::Error(e) = &reply {
-            if e.starts_with("NOSCRIPT") && pending.replay.is_some() {
-                return bus.eval_again(ctx, pending);
+            if e.starts_with("NOSCRIPT") && pending.call.is_some() {
+                let from = pending.number().unwrap_or(0);
+                return bus.call_again(ctx, pending, from);
+            }
+            if let Some(last) = e.strip_prefix("ORDER ") {
+                // An earlier call did not run (OOM, LOADING): this one and
+                // those behind it are sent again, numbered on from the
+                // last that ran.
+                let Some(last) = last.parse::<u64>().ok().filter(|&l| pending.number().is_some_and(|n| l < n)) else {
+                    return bus.fail(format!("Redis answered {e} to call {:?}", pending.number()));
+                };
+                return bus.call_again(ctx, pending, last + 1);
             }
             if e.starts_with("FENCED") {
                 return bus.fail("Redis no longer counts this server as alive (fenced)".into());
@@ -279,7 +290,7 @@ impl Chat {
                     self.who_answered(ctx, id, names);
                 }
             }
-            Op::Ignore | Op::Message { .. } => {}
+            Op::Ignore | Op::Messages(_) => {}
             Op::Reap => {
                 if let Reply::Int(n @ 1..) = reply {
                     info!("announced {n} members of servers that stopped answering as left");
@@ -339,17 +350,19 @@ impl Chat {
             }
         }
         match op {
-            Op::Message { id, serial } => {
-                let Some(member) = self.member_at(id, serial) else { return };
-                // Its event will not come back: the held answers behind it
-                // move up one place, and its outcome takes its place.
-                member.sent = member.sent.saturating_sub(1);
-                member.msgs = member.msgs.saturating_sub(1);
-                let seen = member.seen;
-                for later in member.later.iter_mut().filter(|l| l.mark > seen) {
-                    later.mark -= 1;
+            Op::Messages(senders) => {
+                for (id, serial) in senders {
+                    let Some(member) = self.member_at(id, serial) else { continue };
+                    // Its event will not come back: the held answers behind
+                    // it move up one place, and its outcome takes its place.
+                    member.sent = member.sent.saturating_sub(1);
+                    member.msgs = member.msgs.saturating_sub(1);
+                    let seen = member.seen;
+                    for later in member.later.iter_mut().filter(|l| l.mark > seen) {
+                        later.mark -= 1;
+                    }
+                    self.tell(ctx, id, &[UNAVAILABLE]);
                 }
-                self.tell(ctx, id, &[UNAVAILABLE]);
             }
             Op::Connect { id, serial } => {
                 let Some(member) = self.member_at(id, serial) else { return };
@@ -400,7 +413,7 @@ impl Chat {
                 bus.next_gen();
                 let (ttl, guests) = (ALIVE_TTL.as_millis().to_string(), bus.max_guest.to_string());
                 let op = Op::Register { sent: ctx.now() };
-                bus.eval_as(ctx, Script::Register, &[ttl.as_bytes(), guests.as_bytes()], op);
+                bus.eval(ctx, Script::Register, &[ttl.as_bytes(), guests.as_bytes()], op);
             }
             Link::Subscribing if bus.acks_due == 0 => self.replay_rooms(ctx),
             Link::Replaying if bus.replays_due == 0 => self.restore(ctx),
@@ -496,7 +509,7 @@ impl Chat {
             // gone (Redis restarted empty, or the room was emptied), gone
             // back (a failover lost writes), or past its history.
             warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
-            super::fan_out(ctx, Some(&*room), GAP.as_bytes());
+            self.batches.push_line(ctx, name, GAP.as_bytes());
             room.next_seq = if top == 0 { 0 } else { top + 1 };
         } else if first.is_some_and(|(seq, _, _)| seq > from) {
             // The history starts after the gap: `deliver` says so.
@@ -523,6 +536,7 @@ impl Chat {
     /// The history is in: the delivery lists from the members, then each
     /// member registered again, then `synced` marks the end.
     fn restore(&mut self, ctx: &mut Ctx<'_>) {
+        self.flush_lines(ctx); // the lists change (see "Order" in `batch`)
         for room in self.rooms.values_mut() {
             room.members.clear();
         }
@@ -543,10 +557,10 @@ impl Chat {
         let registered = move || registered().filter(|(_, m)| m.reg == Reg::Done);
         let serials: Vec<String> = registered().map(|(_, m)| m.serial.to_string()).collect();
         let args: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
-        bus.eval_as(ctx, Script::Resync, &args, Op::Ignore);
+        bus.eval(ctx, Script::Resync, &args, Op::Ignore);
         for ((_, member), serial) in registered().zip(&serials) {
             let args = [serial, &member.room, &member.nick].map(|a| a.as_bytes());
-            bus.eval_as(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
+            bus.eval(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
         }
         let node = bus.node_channel.clone();
         bus.command(ctx, &[b"PUBLISH", &node, b"synced"], Op::Synced);
@@ -587,7 +601,7 @@ impl Chat {
                 }
                 for later in held {
                     if let Some(line) = later.line {
-                        let _ = ctx.send(id, &line);
+                        self.send_now(ctx, id, &line);
                     }
                     if later.quit {
                         self.finish_quit(ctx, id);

@@ -19,6 +19,7 @@
 //! | `members:SERVER` | hash | SERIAL → `ROOM NICK`, for each member of SERVER |
 //! | `servers` | set | the servers that have registered |
 //! | `alive:SERVER` | string with a TTL | SERVER's lease: its current generation, present while SERVER is alive |
+//! | `calls:SERVER` | counter | the number of SERVER's last script call that ran in this generation |
 //! | `DB:chan:ROOM` (channel) | pub/sub | ROOM's events: `SEQ TAG LINE` |
 //! | `node:SERVER` (channel) | pub/sub | SERVER's liveness probe |
 //!
@@ -54,6 +55,26 @@
 //! reaped it), or a command left over on a connection the server has
 //! since replaced, changes nothing. Only [`Script::Register`] sets it.
 //!
+//! # Exactly once
+//!
+//! A server pipelines its script calls, and sends again, with the
+//! script's text, a call refused with `NOSCRIPT` (the script cache was
+//! flushed). But a flush is a race: the calls behind the refused one were
+//! already on their way, and if another server reloaded the script
+//! meanwhile, some of them ran — sending them again would run them twice
+//! (a line delivered twice, a `/nick` or a connect done twice). So the
+//! calls of one server's generation form a chain: each carries its number,
+//! `calls:SERVER` holds the number of the last one that ran, and a call
+//! runs only if it is the next (else it answers `ORDER LAST`, changing
+//! nothing). A call refused for any reason therefore stops every call
+//! behind it, and the server, which sees the answers in order, sends the
+//! refused call and everything behind it again, numbered on from the last
+//! that ran: each call runs once, and in the order it was made. (An
+//! error that is the call's own outcome — OOM, `LOADING` — is answered to
+//! its member; the calls behind it are sent again.) `Register` starts
+//! the chain at 0; only `Who` and `Replay`, which change nothing, stand
+//! outside it.
+//!
 //! A member is named by its server's id and a serial number the server
 //! gives it (connection ids are reused; serials are not). The line of an
 //! event is exactly what members receive, with its `\n`. Its tag is `-`
@@ -80,11 +101,20 @@ macro_rules! preamble {
 local P = 'edgeloop:'
 local CHAN = 'edgeloop:0:chan:'
 local FENCED = {err = 'FENCED this server is not registered as alive'}
-local function live(server, gen)
-  return redis.call('GET', P .. 'alive:' .. server) == gen
-end
 local function num(n)
   return string.format('%d', n)
+end
+-- Fencing, then the chain (see "Exactly once"). ARGV starts with the
+-- server, its generation and the call's number; the number is taken out,
+-- so a script's other arguments keep their places.
+local function admit()
+  local server, gen = ARGV[1], ARGV[2]
+  if redis.call('GET', P .. 'alive:' .. server) ~= gen then return FENCED end
+  local k = P .. 'calls:' .. server
+  local last = tonumber(redis.call('GET', k) or '0')
+  if last + 1 ~= tonumber(ARGV[3]) then return {err = 'ORDER ' .. num(last)} end
+  redis.call('SET', k, ARGV[3])
+  table.remove(ARGV, 3)
 end
 local function trim(h)
   local n = redis.call('XLEN', h)
@@ -94,7 +124,7 @@ local function trim(h)
     redis.call('XTRIM', h, 'MINID', '~', num(cut), 'LIMIT', num(n - 10000))
   end
 end
-local function publish(room, tag, line)
+local function record(room, tag, line)
   local k = P .. 'seq:' .. room
   local seq = redis.call('INCR', k)
   if seq == 1 then
@@ -106,8 +136,10 @@ local function publish(room, tag, line)
   local h = P .. 'hist:' .. room
   redis.call('XADD', h, '*', 'e', ev)
   if seq % 128 == 0 then trim(h) end
-  redis.call('PUBLISH', CHAN .. room, ev)
-  return seq
+  return ev
+end
+local function publish(room, tag, line)
+  redis.call('PUBLISH', CHAN .. room, record(room, tag, line))
 end
 local function vacate(room)
   if redis.call('EXISTS', P .. 'room:' .. room) == 0 then
@@ -145,7 +177,7 @@ local function reap(server, tag)
     local room, nick = split(all[i + 1])
     if room then drop(server, all[i], room, nick, tag) end
   end
-  redis.call('DEL', P .. 'members:' .. server, P .. 'alive:' .. server)
+  redis.call('DEL', P .. 'members:' .. server, P .. 'alive:' .. server, P .. 'calls:' .. server)
   redis.call('SREM', P .. 'servers', server)
   return #all / 2
 end
@@ -155,7 +187,9 @@ end
 
 /// The chat's scripts. Those that act for a server take its id and its
 /// generation first (`ARGV[1]`, `ARGV[2]`) and answer `FENCED` unless that is
-/// the server's current lease (see "Fencing").
+/// the server's current lease (see "Fencing"); all but `Register` then
+/// take the call's number (see "Exactly once"), which the ARGV lists
+/// below leave out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {
     /// A new member: the next free `guestN`, membership of ROOM, and
@@ -246,6 +280,16 @@ impl Script {
         self as usize
     }
 
+    /// Whether it acts for a server: its id and generation come first.
+    pub fn for_server(self) -> bool {
+        !matches!(self, Script::Who | Script::Replay)
+    }
+
+    /// Whether its calls are numbered (see "Exactly once").
+    pub fn chained(self) -> bool {
+        self.for_server() && self != Script::Register
+    }
+
     /// The script's Lua text for a chat on database `db`.
     pub fn body_for(self, db: u32) -> String {
         self.body().replace("local CHAN = 'edgeloop:0:chan:'", &format!("local CHAN = 'edgeloop:{db}:chan:'"))
@@ -257,8 +301,9 @@ impl Script {
             Script::Connect => concat!(
                 preamble!(),
                 r#"
-local server, gen, serial, room, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server, serial, room, tag = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
 local nick = guest(server .. ' ' .. serial)
 if type(nick) == 'table' then return nick end
 redis.call('SADD', P .. 'room:' .. room, nick)
@@ -272,15 +317,22 @@ return nick
             Script::Message => concat!(
                 preamble!(),
                 r#"
-if not live(ARGV[1], ARGV[2]) then return FENCED end
-return publish(ARGV[3], ARGV[4], ARGV[5])
+local refused = admit()
+if refused then return refused end
+local room, events = ARGV[3], {}
+for i = 4, #ARGV - 1, 2 do
+  events[#events + 1] = record(room, ARGV[i], ARGV[i + 1])
+end
+redis.call('PUBLISH', CHAN .. room, table.concat(events))
+return #events
 "#
             ),
             Script::Nick => concat!(
                 preamble!(),
                 r#"
-local server, gen, serial, room, old, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server, serial, room, old, new = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local owner = server .. ' ' .. serial
 if not redis.call('SET', P .. 'nick:' .. new, owner, 'NX') then return 0 end
 if redis.call('GET', P .. 'nick:' .. old) == owner then redis.call('DEL', P .. 'nick:' .. old) end
@@ -294,8 +346,9 @@ return 1
             Script::Join => concat!(
                 preamble!(),
                 r#"
-local server, gen, serial, nick, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server, serial, nick, from, to = ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 redis.call('SREM', P .. 'room:' .. from, nick)
 publish(from, ARGV[7], '* ' .. nick .. ' left\n')
 vacate(from)
@@ -308,8 +361,9 @@ return 1
             Script::Leave => concat!(
                 preamble!(),
                 r#"
-local server, gen, serial = ARGV[1], ARGV[2], ARGV[3]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server, serial = ARGV[1], ARGV[3]
 local e = redis.call('HGET', P .. 'members:' .. server, serial)
 if not e then return 0 end
 local room, nick = split(e)
@@ -323,6 +377,7 @@ return 1
                 r#"
 local server, gen = ARGV[1], ARGV[2]
 redis.call('SET', P .. 'alive:' .. server, gen, 'PX', ARGV[3])
+redis.call('SET', P .. 'calls:' .. server, '0')
 redis.call('SADD', P .. 'servers', server)
 local g = tonumber(redis.call('GET', P .. 'guests') or '0')
 if g < tonumber(ARGV[4]) then redis.call('SET', P .. 'guests', ARGV[4]) end
@@ -332,8 +387,9 @@ return redis.call('HGETALL', P .. 'members:' .. server)
             Script::Restore => concat!(
                 preamble!(),
                 r#"
-local server, gen, serial, room, nick = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server, serial, room, nick = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
 local owner = server .. ' ' .. serial
 local e = redis.call('HGET', P .. 'members:' .. server, serial)
 if e then
@@ -367,8 +423,9 @@ return final
             Script::Resync => concat!(
                 preamble!(),
                 r#"
-local server, gen = ARGV[1], ARGV[2]
-if not live(server, gen) then return FENCED end
+local refused = admit()
+if refused then return refused end
+local server = ARGV[1]
 local keep = {}
 for i = 3, #ARGV do keep[ARGV[i]] = true end
 local all = redis.call('HGETALL', P .. 'members:' .. server)
@@ -386,7 +443,8 @@ return n
             Script::Heartbeat => concat!(
                 preamble!(),
                 r#"
-if not live(ARGV[1], ARGV[2]) then return FENCED end
+local refused = admit()
+if refused then return refused end
 redis.call('SET', P .. 'alive:' .. ARGV[1], ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', P .. 'node:' .. ARGV[1], 'ping')
 return 1
@@ -395,7 +453,8 @@ return 1
             Script::Reap => concat!(
                 preamble!(),
                 r#"
-if not live(ARGV[1], ARGV[2]) then return FENCED end
+local refused = admit()
+if refused then return refused end
 local n = 0
 for _, server in ipairs(redis.call('SMEMBERS', P .. 'servers')) do
   if server ~= ARGV[1] and redis.call('EXISTS', P .. 'alive:' .. server) == 0 then
@@ -408,7 +467,8 @@ return n
             Script::Retire => concat!(
                 preamble!(),
                 r#"
-if not live(ARGV[1], ARGV[2]) then return FENCED end
+local refused = admit()
+if refused then return refused end
 return reap(ARGV[1], '-')
 "#
             ),

@@ -481,6 +481,9 @@ impl Handler for Chat {
     }
 
     fn on_turn_end(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(bus) = self.bus.as_deref_mut() {
+            bus.flush_messages(ctx);
+        }
         self.flush_lines(ctx);
     }
 
@@ -676,9 +679,18 @@ impl Chat {
     /// One line to one connection (an error, `* bye`): copied into its
     /// output queue.
     fn reply(&mut self, ctx: &mut Ctx<'_>, id: ConnId, parts: &[&str]) {
+        self.flush_lines(ctx);
         assemble(&mut self.scratch, parts);
         // Refused only if the connection is closing: nobody to tell.
         let _ = ctx.send(id, &self.scratch);
+    }
+
+    /// `line` to one member, behind the room lines of this turn (see
+    /// "Order" in `batch`).
+    fn send_now(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &[u8]) {
+        self.flush_lines(ctx);
+        // Refused only if the connection is closing: nobody to tell.
+        let _ = ctx.send(id, line);
     }
 
     /// Queue the lines of this turn waiting in [`Chat::batches`].

@@ -19,13 +19,11 @@
 //!   to a replica that never saw the script) sends the same call again
 //!   with `EVAL` and the script's text. To make that possible the
 //!   arguments of every script call in flight are kept in one reused
-//!   buffer (a copy of each, no allocation once warm). Every script call
-//!   in flight behind the refused one is sent again with it, in order, so
-//!   that nothing made meanwhile overtakes them (see `Bus::eval_again`).
-//!   (Should another server's `EVAL` reload the script while ours are in
-//!   flight, an original may run after all, and its copy again: a
-//!   duplicate line, logged. It takes a script flush racing two servers;
-//!   it is not guarded against.)
+//!   buffer (a copy of each, no allocation once warm). The calls are
+//!   numbered, and each runs only after the one before it (see
+//!   [`super::lua`], "Exactly once"), so every call behind a refused one
+//!   was refused too, and is sent again with it, in order (see
+//!   `Bus::call_again`): nothing runs twice, nothing overtakes.
 //! - **The subscription** carries every room with a member on this server,
 //!   and the server's own liveness channel.
 //!
@@ -82,7 +80,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::lua::Script;
-use super::resp::{Builder, Encoder, Limits, Reader, Reply};
+use super::resp::{self, Builder, Encoder, Limits, Reader, Reply};
 use edgeloop::{ConnId, ConnectOptions, Ctx, Framing, OutputPolicy, OverLimit};
 
 /// A reply not received within this long means Redis is lost. Shorter
@@ -116,6 +114,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the chat looks at its clocks (`Config::tick`).
 pub const TICK: Duration = Duration::from_millis(100);
+/// A room's batch of lines is sent once it is this long, even before the
+/// loop turn ends: one script call stays short (Redis runs nothing else
+/// meanwhile).
+pub const BATCH_BYTES: usize = 64 * 1024;
 /// Output queued for Redis beyond this means Redis is not reading.
 pub const OUTBUF: usize = 64 << 20;
 /// Channels per `SUBSCRIBE` when re-subscribing after a reconnect.
@@ -459,8 +461,9 @@ pub(super) enum Op {
     Connect { id: ConnId, serial: u64 },
     /// `Restore` for a member: its nickname now.
     Restore { id: ConnId, serial: u64 },
-    /// A `Message` of a member.
-    Message { id: ConnId, serial: u64 },
+    /// A `Message` call: the members (id, serial) whose lines it carries,
+    /// one entry per line, in order.
+    Messages(Vec<(ConnId, u64)>),
     /// `Nick` for a member: 1, or 0 if `name` is taken.
     Nick { id: ConnId, serial: u64, name: String },
     /// `Join` for a member.
@@ -471,6 +474,20 @@ pub(super) enum Op {
     Synced,
 }
 
+/// A script call, as it can be sent again.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Call {
+    script: Script,
+    /// Its number in the chain, for a chained script (see [`super::lua`],
+    /// "Exactly once").
+    number: Option<u64>,
+    /// The length of its arguments in the replay buffer, and their count
+    /// (those after the ones the bus writes: keys, server, generation,
+    /// number).
+    len: usize,
+    count: usize,
+}
+
 /// A command in flight.
 #[derive(Debug)]
 pub(super) struct Pending {
@@ -478,12 +495,29 @@ pub(super) struct Pending {
     pub op: Op,
     /// When it was sent.
     pub sent: Instant,
-    /// For a script call: the script, the length of its arguments in the
-    /// replay buffer, and their count.
-    pub replay: Option<(Script, usize, usize)>,
-    /// Already sent again with `EVAL` (see `Bus::eval_again`): its own
-    /// answer, `NOSCRIPT`, is to be ignored.
+    /// For a script call: how to send it again.
+    pub call: Option<Call>,
+    /// Already sent again (see `Bus::call_again`): its own answer, a
+    /// refusal, is to be ignored.
     pub superseded: bool,
+}
+
+impl Pending {
+    /// For a chained call: its number.
+    pub fn number(&self) -> Option<u64> {
+        self.call.and_then(|c| c.number)
+    }
+}
+
+/// A room's message lines of one loop turn: the arguments of one
+/// `Message` call.
+#[derive(Debug, Default)]
+struct Outgoing {
+    room: String,
+    /// `TAG LINE` pairs, encoded as RESP arguments.
+    args: Vec<u8>,
+    /// Whose lines, one entry per line.
+    senders: Vec<(ConnId, u64)>,
 }
 
 /// The connections, their readers and the FIFO of commands in flight.
@@ -522,6 +556,13 @@ pub(super) struct Bus {
     /// bytes at the front are done with.
     replay: Vec<u8>,
     replay_head: usize,
+    /// The number of the next chained script call.
+    next_call: u64,
+    /// Members' lines of this loop turn, per room, not yet sent (see
+    /// "One call per room and turn").
+    outgoing: Vec<Outgoing>,
+    /// Emptied batches, kept so that a warm server does not allocate.
+    spare: Vec<Outgoing>,
     shas: Vec<Option<String>>,
     /// Answers the handshake still waits for: `SCRIPT LOAD`s, `SELECT`s.
     pub handshake_due: usize,
@@ -598,6 +639,9 @@ impl Bus {
             pending: VecDeque::new(),
             replay: Vec::new(),
             replay_head: 0,
+            next_call: 1,
+            outgoing: Vec::new(),
+            spare: Vec::new(),
             shas: vec![None; Script::ALL.len()],
             handshake_due: 0,
             acks_due: 0,
@@ -718,6 +762,11 @@ impl Bus {
         self.builder = Builder::default();
         self.replay.clear();
         self.replay_head = 0;
+        // Never sent: their members are waiting for them like for those in
+        // flight (see `Chat::lost`).
+        while let Some(batch) = self.outgoing.pop() {
+            self.recycle(batch);
+        }
         self.handshake_due = 0;
         self.acks_due = 0;
         self.probe_sent = None;
@@ -782,17 +831,18 @@ impl Bus {
     }
 
     /// Send what `enc` holds as a command whose reply is for `op`.
-    fn send_command(&mut self, ctx: &mut Ctx<'_>, op: Op, replay: Option<(Script, usize, usize)>) {
+    fn send_command(&mut self, ctx: &mut Ctx<'_>, op: Op, call: Option<Call>) {
         if self.send(ctx, Which::Cmd) {
-            self.pending.push_back(Pending { op, sent: ctx.now(), replay, superseded: false });
-        } else if let Some((_, len, _)) = replay {
+            self.pending.push_back(Pending { op, sent: ctx.now(), call, superseded: false });
+        } else if let Some(call) = call {
             // Never sent: its arguments are not kept either.
-            self.replay.truncate(self.replay.len() - len);
+            self.replay.truncate(self.replay.len() - call.len);
         }
     }
 
     /// A command (not a script) whose reply is for `op`.
     pub fn command(&mut self, ctx: &mut Ctx<'_>, args: &[&[u8]], op: Op) {
+        self.flush_messages(ctx);
         self.enc.clear();
         self.enc.command(args);
         self.send_command(ctx, op, None);
@@ -822,6 +872,7 @@ impl Bus {
     pub fn next_gen(&mut self) {
         self.gen += 1;
         self.gen_text = format!("{}", self.gen);
+        self.next_call = 1;
     }
 
     /// The lease holds until `sent + ALIVE_TTL − LEASE_MARGIN`.
@@ -837,41 +888,110 @@ impl Bus {
         self.link >= Link::Subscribing && self.lease_until.is_some_and(|u| now >= u)
     }
 
-    /// Call `script` for this server: its id and generation (the fencing
-    /// token) first, then `args`.
-    pub fn eval_as(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
-        self.enc.clear();
-        let sha = self.shas[script.index()].as_deref();
-        match sha {
-            Some(sha) => self.enc.begin(5 + args.len()).arg("EVALSHA").arg(sha),
-            None => self.enc.begin(5 + args.len()).arg("EVAL").arg(&self.bodies[script.index()]),
-        };
+    /// Call `script` with `args`. No keys (see [`super::lua`]); for a
+    /// script that acts for this server, its id and generation (the
+    /// fencing token) come first, then, if it is chained, the call's
+    /// number: the bus writes those itself.
+    pub fn eval(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
+        self.flush_messages(ctx);
+        let number = script.chained().then(|| {
+            self.next_call += 1;
+            self.next_call - 1
+        });
+        self.begin_call(script, number, args.len(), false);
         let rest = self.enc.buf.len();
-        self.enc.arg("0").arg(&self.server).arg(&self.gen_text);
         for arg in args {
             self.enc.arg(arg);
         }
         self.keep_for_replay(rest);
-        let replay = Some((script, self.enc.buf.len() - rest, args.len() + 2));
-        self.send_command(ctx, op, replay);
+        let call = Call { script, number, len: self.enc.buf.len() - rest, count: args.len() };
+        self.send_command(ctx, op, Some(call));
     }
 
-    /// Call `script` with `args` (no keys: see [`super::lua`]).
-    pub fn eval(&mut self, ctx: &mut Ctx<'_>, script: Script, args: &[&[u8]], op: Op) {
-        self.enc.clear();
-        let sha = self.shas[script.index()].as_deref();
-        match sha {
-            Some(sha) => self.enc.begin(3 + args.len()).arg("EVALSHA").arg(sha),
-            None => self.enc.begin(3 + args.len()).arg("EVAL").arg(&self.bodies[script.index()]),
+    /// A member's line for `room`, tagged `tag`: added to the room's
+    /// batch, sent at the end of the loop turn (or before any other call,
+    /// or once it is [`BATCH_BYTES`] long).
+    pub fn message(&mut self, ctx: &mut Ctx<'_>, room: &str, tag: &[u8], line: &[u8], sender: (ConnId, u64)) {
+        let at = match self.outgoing.iter().position(|b| b.room == room) {
+            Some(at) => at,
+            None => {
+                if self.outgoing.is_empty() {
+                    ctx.flush_at_turn_end();
+                }
+                let mut batch = self.spare.pop().unwrap_or_default();
+                batch.room.push_str(room);
+                self.outgoing.push(batch);
+                self.outgoing.len() - 1
+            }
         };
-        let rest = self.enc.buf.len();
-        self.enc.arg("0");
-        for arg in args {
-            self.enc.arg(arg);
+        let batch = &mut self.outgoing[at];
+        resp::bulk(&mut batch.args, tag);
+        resp::bulk(&mut batch.args, line);
+        batch.senders.push(sender);
+        if batch.args.len() >= BATCH_BYTES {
+            let batch = self.outgoing.swap_remove(at);
+            self.send_messages(ctx, batch);
         }
+    }
+
+    /// Send every room's batch of lines (see [`Bus::message`]).
+    pub fn flush_messages(&mut self, ctx: &mut Ctx<'_>) {
+        // In the order the rooms' first lines came (no two batches share a
+        // member, so any order would do; this one is the natural one).
+        let mut outgoing = std::mem::take(&mut self.outgoing);
+        for batch in outgoing.drain(..) {
+            self.send_messages(ctx, batch);
+        }
+        self.outgoing = outgoing;
+    }
+
+    /// One `Message` call for `batch`.
+    fn send_messages(&mut self, ctx: &mut Ctx<'_>, mut batch: Outgoing) {
+        let number = self.next_call;
+        self.next_call += 1;
+        let count = 1 + 2 * batch.senders.len();
+        self.begin_call(Script::Message, Some(number), count, false);
+        let rest = self.enc.buf.len();
+        self.enc.arg(&batch.room);
+        self.enc.buf.extend_from_slice(&batch.args);
         self.keep_for_replay(rest);
-        let replay = Some((script, self.enc.buf.len() - rest, args.len()));
-        self.send_command(ctx, op, replay);
+        let call = Call { script: Script::Message, number: Some(number), len: self.enc.buf.len() - rest, count };
+        let senders = std::mem::take(&mut batch.senders);
+        self.send_command(ctx, Op::Messages(senders), Some(call));
+        self.recycle(batch);
+    }
+
+    /// Keep an emptied batch for reuse.
+    fn recycle(&mut self, mut batch: Outgoing) {
+        batch.room.clear();
+        batch.args.clear();
+        batch.senders.clear();
+        self.spare.push(batch);
+    }
+
+    /// Start a call of `script` in `enc`: `EVALSHA` (or `EVAL`, if its
+    /// SHA1 is unknown or `again`), no keys, and for a script that acts
+    /// for the server its id, generation and `number`; `count` arguments
+    /// are to follow.
+    fn begin_call(&mut self, script: Script, number: Option<u64>, count: usize, again: bool) {
+        let own = match (script.for_server(), number) {
+            (false, _) => 0,
+            (true, None) => 2,
+            (true, Some(_)) => 3,
+        };
+        self.enc.clear();
+        self.enc.begin(3 + own + count);
+        match self.shas[script.index()].as_deref().filter(|_| !again) {
+            Some(sha) => self.enc.arg("EVALSHA").arg(sha),
+            None => self.enc.arg("EVAL").arg(&self.bodies[script.index()]),
+        };
+        self.enc.arg("0");
+        if own > 0 {
+            self.enc.arg(&self.server).arg(&self.gen_text);
+        }
+        if let Some(number) = number {
+            self.enc.arg(number.to_string());
+        }
     }
 
     /// Keep the arguments of the command in `enc` (from `rest` on) until
@@ -887,43 +1007,47 @@ impl Bus {
         self.replay.extend_from_slice(&self.enc.buf[rest..]);
     }
 
-    /// A script call got `NOSCRIPT` (the cache was flushed): send it again
-    /// with `EVAL` and the script's text — and with it, in order, every
-    /// script call still in flight behind it. Those were sent before this
-    /// `EVAL`, so Redis, which runs one connection's commands in order, has
-    /// refused them too; sending each again only when its own `NOSCRIPT`
-    /// comes back would let a call made meanwhile, sent as `EVALSHA` after
-    /// this `EVAL` had reloaded the script, overtake them, and swap a
-    /// sender's lines. The originals are marked superseded; their answers
-    /// are ignored. (Should another server reload the script while ours
-    /// are in flight, an original may run after all and its copy run
-    /// again: a duplicate, logged. It takes a script flush racing two
-    /// servers.) `pending` was just taken by [`Bus::reply`]; its arguments
+    /// A script call was refused without running: send it again with
+    /// `EVAL` and the script's text.
+    ///
+    /// A call outside the chain (`Register`, `Who`, `Replay`) is sent
+    /// again alone. A chained call is sent again with every chained call
+    /// in flight behind it, in order, renumbered from `from`: the chain
+    /// refused all of them, since each runs only after the one before it
+    /// (see [`super::lua`], "Exactly once"). `from` is the refused call's
+    /// own number after `NOSCRIPT` (nothing after the last call that ran
+    /// has run), or the one after the last that ran, as `ORDER` says. The
+    /// originals are marked superseded; their answers, refusals, are
+    /// ignored. `pending` was just taken by [`Bus::reply`]; its arguments
     /// are the last `len` bytes before the replay head.
-    pub fn eval_again(&mut self, ctx: &mut Ctx<'_>, pending: Pending) {
-        let Some((_, len, _)) = pending.replay else { return };
+    pub fn call_again(&mut self, ctx: &mut Ctx<'_>, pending: Pending, from: u64) {
+        let Some(call) = pending.call else { return };
         // Copied out first: sending may compact the replay buffer. (A rare
         // path: allocating here is fine.)
-        let first = self.replay[self.replay_head - len..self.replay_head].to_vec();
-        let mut again = vec![(pending.op, pending.replay, first)];
-        let mut offset = self.replay_head;
-        for p in self.pending.iter_mut() {
-            if let Some((_, len, _)) = p.replay {
-                if !p.superseded {
+        let first = self.replay[self.replay_head - call.len..self.replay_head].to_vec();
+        let mut again = vec![(pending.op, call, first)];
+        if call.number.is_some() {
+            let mut offset = self.replay_head;
+            for p in self.pending.iter_mut() {
+                let Some(behind) = p.call else { continue };
+                if behind.number.is_some() && !p.superseded {
                     p.superseded = true;
-                    again.push((p.op.clone(), p.replay, self.replay[offset..offset + len].to_vec()));
+                    again.push((p.op.clone(), behind, self.replay[offset..offset + behind.len].to_vec()));
                 }
-                offset += len;
+                offset += behind.len;
             }
+            self.next_call = from;
         }
-        for (op, replay, args_bytes) in again {
-            let Some((script, _, args)) = replay else { continue };
-            self.enc.clear();
-            self.enc.begin(3 + args).arg("EVAL").arg(&self.bodies[script.index()]);
+        for (op, mut call, args) in again {
+            if call.number.is_some() {
+                call.number = Some(self.next_call);
+                self.next_call += 1;
+            }
+            self.begin_call(call.script, call.number, call.count, true);
             let rest = self.enc.buf.len();
-            self.enc.buf.extend_from_slice(&args_bytes);
+            self.enc.buf.extend_from_slice(&args);
             self.keep_for_replay(rest);
-            self.send_command(ctx, op, replay);
+            self.send_command(ctx, op, Some(call));
         }
     }
 
@@ -982,8 +1106,8 @@ impl Bus {
             self.fail("a reply from Redis to no command".into());
             return None;
         };
-        if let Some((_, len, _)) = pending.replay {
-            self.replay_head += len;
+        if let Some(call) = pending.call {
+            self.replay_head += call.len;
         }
         Some((pending, reply))
     }

@@ -299,6 +299,13 @@ impl Builder {
     }
 }
 
+/// `bytes` as a RESP bulk string, appended to `buf`.
+pub fn bulk(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let _ = write!(buf, "${}\r\n", bytes.len());
+    buf.extend_from_slice(bytes);
+    buf.extend_from_slice(b"\r\n");
+}
+
 /// Writes commands (arrays of bulk strings) into a reused buffer.
 #[derive(Debug, Default)]
 pub struct Encoder {
@@ -320,10 +327,7 @@ impl Encoder {
 
     /// One argument.
     pub fn arg(&mut self, arg: impl AsRef<[u8]>) -> &mut Self {
-        let arg = arg.as_ref();
-        let _ = write!(self.buf, "${}\r\n", arg.len());
-        self.buf.extend_from_slice(arg);
-        self.buf.extend_from_slice(b"\r\n");
+        bulk(&mut self.buf, arg.as_ref());
         self
     }
 

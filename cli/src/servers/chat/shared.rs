@@ -78,7 +78,7 @@ use memchr::memchr;
 
 use super::lua::Script;
 use super::redis::{Link, Op, WHO_MAX};
-use super::{fan_out, figures, Chat, Later, Member, Reg, Sub, LOBBY};
+use super::{figures, Chat, Later, Member, Reg, Sub, LOBBY};
 use edgeloop::{Active, ConnId, Ctx};
 
 /// The answer to what cannot be done while Redis is lost.
@@ -208,14 +208,14 @@ impl Chat {
         let joined = tag('J', &server, id, member.serial);
         if member.reg == Reg::None {
             let args = [&serial, room, &joined].map(|a| a.as_bytes());
-            bus.eval_as(ctx, Script::Connect, &args, Op::Connect { id, serial: member.serial });
+            bus.eval(ctx, Script::Connect, &args, Op::Connect { id, serial: member.serial });
             member.reg = Reg::Sent;
             member.room = room.to_string();
         } else {
             let from = std::mem::replace(&mut member.room, room.to_string());
             let left = tag('L', &server, id, member.serial);
             let args = [&serial, &member.nick, &from, room, &left, &joined].map(|a| a.as_bytes());
-            bus.eval_as(ctx, Script::Join, &args, Op::Join { id, serial: member.serial });
+            bus.eval(ctx, Script::Join, &args, Op::Join { id, serial: member.serial });
             if let Some(old) = rooms.get_mut(&from) {
                 old.leaves += 1;
             }
@@ -237,8 +237,7 @@ impl Chat {
         let mut mark = std::mem::take(&mut bus.mark);
         mark.clear();
         let _ = write!(mark, "M.{}.{}.{}", bus.server, id.index(), member.serial);
-        let args = [member.room.as_bytes(), mark.as_bytes(), scratch];
-        bus.eval_as(ctx, Script::Message, &args, Op::Message { id, serial: member.serial });
+        bus.message(ctx, &member.room, mark.as_bytes(), scratch, (id, member.serial));
         bus.mark = mark;
         if let Some(member) = members.get_mut(id.index()).and_then(Option::as_mut) {
             member.sent += 1;
@@ -270,7 +269,7 @@ impl Chat {
             let Some(first) = member.later.front().filter(|l| l.mark <= member.seen) else { break };
             quit |= first.quit;
             if let Some(line) = member.later.pop_front().and_then(|l| l.line) {
-                let _ = ctx.send(id, &line);
+                self.send_now(ctx, id, &line);
             }
             if quit {
                 break;
@@ -320,7 +319,7 @@ impl Chat {
         let renamed = tag('N', &bus.server, id, member.serial);
         let args = [&serial, &member.room, &member.nick, name, &renamed].map(|a| a.as_bytes());
         let op = Op::Nick { id, serial: member.serial, name: name.to_string() };
-        bus.eval_as(ctx, Script::Nick, &args, op);
+        bus.eval(ctx, Script::Nick, &args, op);
         member.asked = Some((member.room.clone(), member.nick.clone()));
         self.hold(ctx, id);
     }
@@ -412,7 +411,7 @@ impl Chat {
                 None => Op::Ignore,
             };
             let args = [&serial, &left].map(|a| a.as_bytes());
-            bus.eval_as(ctx, Script::Leave, &args, op);
+            bus.eval(ctx, Script::Leave, &args, op);
         }
         self.maybe_unsubscribe(ctx, &member.room);
         if let Some(target) = &member.target {
@@ -425,7 +424,7 @@ impl Chat {
     pub(super) fn retire(&mut self, ctx: &mut Ctx<'_>) {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         if bus.link >= Link::Registering {
-            bus.eval_as(ctx, Script::Retire, &[], Op::Ignore);
+            bus.eval(ctx, Script::Retire, &[], Op::Ignore);
         }
         bus.stopping = true;
     }
@@ -511,34 +510,46 @@ impl Chat {
         }
         let Some(name) = room_of(chan, &bus.chan_prefix) else { return };
         let Some(room) = rooms.get_mut(name) else { return };
+        // A `Message` call publishes a turn's lines together: events one
+        // after the other, each ending with its line's `\n`.
+        let events = payload.split_inclusive(|&b| b == b'\n');
         if let Some(held) = room.replay.as_mut() {
-            held.push(payload.to_vec());
+            held.extend(events.map(<[u8]>::to_vec));
             return;
         }
         let name = name.to_string();
-        self.deliver(ctx, &name, payload, false);
+        for event in events {
+            self.deliver(ctx, &name, event, false);
+        }
     }
 
     /// One event of `name` (from the subscription, or `replayed` from the
-    /// history): checked against the room's sequence, then to the room's
-    /// members here. False if the rest of a replay is not for them (this
-    /// server's members were reaped at this point).
+    /// history): checked against the room's sequence, then into the room's
+    /// batch for its members here (see [`super::batch`]). False if the rest
+    /// of a replay is not for them (this server's members were reaped at
+    /// this point).
     pub(super) fn deliver(&mut self, ctx: &mut Ctx<'_>, name: &str, payload: &[u8], replayed: bool) -> bool {
-        let Chat { bus: Some(bus), rooms, members, .. } = self else { return true };
-        let Some(room) = rooms.get_mut(name) else { return true };
         let Some((seq, tag, line)) =
             split_event(payload).filter(|(_, _, l)| l.last() == Some(&b'\n') && memchr(b'\n', l) == Some(l.len() - 1))
         else {
             warn!("room {name}: an event that is not SEQ TAG LINE was ignored");
             return true;
         };
+        let Some(bus) = self.bus.as_deref() else { return true };
+        if matches!(our_tag(tag, &bus.server), Some((b'J' | b'L', _, _))) {
+            // The room's list changes here: its batched lines go to the
+            // members they were for first (see "Order" in `batch`).
+            self.flush_lines(ctx);
+        }
+        let Chat { bus: Some(bus), rooms, members, batches, .. } = self else { return true };
+        let Some(room) = rooms.get_mut(name) else { return true };
         if room.next_seq != 0 && seq < room.next_seq {
             // Already delivered: the replay and the subscription overlap.
             return true;
         }
         if room.next_seq != 0 && seq > room.next_seq && !room.members.is_empty() {
             warn!("room {name}: {} events missed; the members were told", seq - room.next_seq);
-            fan_out(ctx, Some(&*room), GAP.as_bytes());
+            batches.push_line(ctx, name, GAP.as_bytes());
         }
         room.next_seq = seq.saturating_add(1);
         if let Some(n) = guest_number(line) {
@@ -548,7 +559,7 @@ impl Chat {
             // Our members were reaped: this server was declared dead.
             if replayed {
                 if !room.members.is_empty() {
-                    fan_out(ctx, Some(&*room), GAP.as_bytes());
+                    batches.push_line(ctx, name, GAP.as_bytes());
                 }
                 return false;
             }
@@ -588,7 +599,7 @@ impl Chat {
                 _ => {}
             }
         }
-        fan_out(ctx, Some(&*room), line);
+        batches.push_line(ctx, name, line);
         if left {
             self.maybe_unsubscribe(ctx, name);
         }
