@@ -8,6 +8,10 @@
 #                                          # scripts/peers/ (go-chat, tokio-chat)
 #   MEMBERS="10 1000" SENDERS=2 DURATION=3 TEXT_BYTES=100 REPEAT=3 WINDOW=4096 \
 #       scripts/chat-fanout.sh
+#   EDGELOOP_BEFORE=/tmp/edgeloop-old REDIS=1 scripts/chat-fanout.sh
+#                                          # another edgeloop build beside this
+#                                          # one, as server "before" (a
+#                                          # before/after from one run)
 #
 # Builds the release binary and the C driver (scripts/chat/fanout.c, see
 # its header for the method), then for each M starts a fresh
@@ -94,8 +98,15 @@ if [[ $PEERS == 1 ]]; then
     fi
 fi
 SERVERS=${SERVERS:-edgeloop}
+EDGELOOP_BEFORE=${EDGELOOP_BEFORE:-}
+if [[ -n $EDGELOOP_BEFORE && " $SERVERS " != *" before "* ]]; then
+    SERVERS+=" before"
+fi
+# edgeloop and "before" are edgeloop builds: they have --stats and a Redis mode.
+is_edgeloop() { [[ $1 == edgeloop || $1 == before ]]; }
 for srv in $SERVERS; do
-    [[ $srv == edgeloop || -x $peers_bin/$srv ]] || { echo "no server $srv (scripts/peers/build.sh)" >&2; exit 1; }
+    [[ $srv == edgeloop || -x $peers_bin/$srv || ($srv == before && -x $EDGELOOP_BEFORE) ]] ||
+        { echo "no server $srv (scripts/peers/build.sh, or EDGELOOP_BEFORE)" >&2; exit 1; }
 done
 
 pin_server=() pin_driver=()
@@ -141,8 +152,10 @@ start_server() {
     # printed during the measurement.
     while IFS= read -r line; do echo "$EPOCHREALTIME $line"; done <"$out/stderr$n.fifo" >"$out/server$n.err" &
     pids+=($!)
-    if [[ $name == edgeloop ]]; then
-        "${pin_server[@]}" "$bin" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 "$@" \
+    if is_edgeloop "$name"; then
+        local exe=$bin
+        [[ $name == before ]] && exe=$EDGELOOP_BEFORE
+        "${pin_server[@]}" "$exe" chat --listen 127.0.0.1:0 --stats 1 --chat-rate 0 "$@" \
             >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
     else
         "${pin_server[@]}" "$peers_bin/$name" 127.0.0.1:0 >"$out/server$n.out" 2>"$out/stderr$n.fifo" &
@@ -172,7 +185,7 @@ for _ in $(seq "$REPEAT"); do runs+=($MEMBERS); done
 combos=()
 for srv in $SERVERS; do
     for mode in $MODES; do
-        [[ $mode == redis && $srv != edgeloop ]] || combos+=("$srv:$mode")
+        [[ $mode == redis ]] && ! is_edgeloop "$srv" || combos+=("$srv:$mode")
     done
 done
 for m in "${runs[@]}"; do
@@ -190,9 +203,9 @@ for m in "${runs[@]}"; do
                 redis-cli -p "$rport" ping >/dev/null 2>&1 && break
                 sleep 0.05
             done
-            start_server 1 edgeloop --redis "redis://127.0.0.1:$rport"
+            start_server 1 "$srv" --redis "redis://127.0.0.1:$rport"
             p1=$port s1=$server_pid
-            start_server 2 edgeloop --redis "redis://127.0.0.1:$rport"
+            start_server 2 "$srv" --redis "redis://127.0.0.1:$rport"
             ports="$p1,$port" spids="$s1,$server_pid"
         else
             start_server 1 "$srv"

@@ -9,14 +9,18 @@
 //! is where the cost per delivery went from ~80 ns (a copy per line per
 //! member) toward that of one `memcpy` (BENCHMARKS.md, "Chat fan-out").
 //! The sender sees its own line in the same turn, so its latency is
-//! unchanged.
+//! unchanged. With Redis the same batches carry the events that come back
+//! through the subscription (and the senders' lines go to Redis batched
+//! too, one script call per room and turn: see `Bus::message`).
 //!
 //! # Order
 //!
 //! Lines waiting in a batch were handled before anything the server does
 //! next, so they must reach the members first: every other event (a
 //! command, a join, a leave, a connection opening or closing) flushes the
-//! batches before it acts. So a member's view is exactly the order in
+//! batches before it acts, and so does every line sent to one member
+//! alone (`Chat::reply`, `Chat::send_now`) and every change of a room's
+//! list (with Redis: our member's join or leave coming back, a restore). So a member's view is exactly the order in
 //! which the server handled the room's events, as without batching — a
 //! member leaving gets the lines said before it left, a newcomer none
 //! from before it came.

@@ -20,7 +20,7 @@
 //! | `servers` | set | the servers that have registered |
 //! | `alive:SERVER` | string with a TTL | SERVER's lease: its current generation, present while SERVER is alive |
 //! | `calls:SERVER` | counter | the number of SERVER's last script call that ran in this generation |
-//! | `DB:chan:ROOM` (channel) | pub/sub | ROOM's events: `SEQ TAG LINE` |
+//! | `DB:chan:ROOM` (channel) | pub/sub | ROOM's events, `SEQ TAG LINE` each, one or more per publication |
 //! | `node:SERVER` (channel) | pub/sub | SERVER's liveness probe |
 //!
 //! Only what is live is kept: when the last member leaves a room (it
@@ -196,8 +196,13 @@ pub enum Script {
     /// `* guestN joined`. ARGV: server, gen, serial, room, tag. Returns
     /// the nick.
     Connect,
-    /// A message: ARGV: server, gen, room, tag, line. Returns its
-    /// sequence number.
+    /// A room's message lines of one loop turn (see `Bus::message`):
+    /// ARGV: server, gen, room, then a tag and a line for each. Each line
+    /// is an event of its own (its sequence number, its history entry);
+    /// they are published together, the events one after the other in one
+    /// payload (each ends with its line's `\n`): one call and one
+    /// publication per room and turn, however many lines. Returns how
+    /// many.
     Message,
     /// `/nick`: claims the new name if nobody has it (`SET NX`: one
     /// winner, whatever the servers), frees the old one, `* OLD is now

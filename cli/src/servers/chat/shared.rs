@@ -121,6 +121,12 @@ fn guest_number(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(rest).ok()?.parse().ok()
 }
 
+/// NEW, from `* OLD is now NEW\n`.
+fn renamed_to(line: &[u8]) -> Option<&str> {
+    let rest = std::str::from_utf8(line.strip_prefix(b"* ")?.strip_suffix(b"\n")?).ok()?;
+    rest.rsplit_once(" is now ").map(|(_, new)| new)
+}
+
 impl Chat {
     // ---------------------------------------------------------------- members
 
@@ -584,6 +590,15 @@ impl Chat {
                 if kind == b'L' {
                     room.members.retain(|&m| m != id);
                 }
+                if kind == b'N' && member.limbo && member.asked.is_some() {
+                    // A `/nick` whose answer was lost with the link, and
+                    // that Redis's entry could not settle (this server was
+                    // reaped): its event, replayed, says it ran.
+                    if let Some(new) = renamed_to(line) {
+                        member.nick = new.to_string();
+                        member.asked = None;
+                    }
+                }
             }
             match kind {
                 b'J' => {
@@ -635,5 +650,7 @@ mod tests {
         assert_eq!(guest_number(b"* guest12 joined\n"), Some(12));
         assert_eq!(guest_number(b"* guestx joined\n"), None);
         assert_eq!(guest_number(b"* bob joined\n"), None);
+        assert_eq!(renamed_to(b"* ann is now bob\n"), Some("bob"));
+        assert_eq!(renamed_to(b"* ann joined\n"), None);
     }
 }
