@@ -6,8 +6,10 @@
 //! the headers of one: its [`Buffers`] is a null pointer. The first byte
 //! read or queued takes a box from the pool, holding the read buffer's
 //! header and the output queue; a read takes a 64 KiB buffer from the pool
-//! into it; when every byte read has been delivered the buffer goes back,
-//! and when the output is written too, the box goes back. Only a
+//! into it. When neither direction holds a byte any more, the box goes
+//! back — with its empty read buffer still in it (a *warm* box: the next
+//! read takes one thing from the pool, not two); when the input is
+//! delivered but output is pending, only the read buffer goes back. Only a
 //! connection that holds a partial frame, or output the kernel refused,
 //! keeps memory — which is why an idle connection costs only its slab
 //! entry, and why that entry pays 8 bytes, not 40, for its buffers.
@@ -25,7 +27,10 @@
 //!
 //! One box for both directions, not one each: an echo's reply is queued
 //! while the bytes it answers are still buffered, so the two are held
-//! together anyway, and one box is one pool operation per read, not two.
+//! together anyway, and one warm box is one pool operation per read, as
+//! the read buffer alone was before the box (measured: the same
+//! instructions per echoed message, see the 64-byte change in
+//! BENCHMARKS.md).
 //! While frames are delivered the read buffer is moved out of the box
 //! ([`Buffers::take_input`]); if the output drains meanwhile, the box may
 //! go back to the pool and [`Buffers::put_back_input`] takes another.
@@ -168,13 +173,6 @@ impl ReadBuf {
         }
     }
 
-    /// Drop everything buffered (used when a closing connection's input is
-    /// being discarded).
-    fn discard(&mut self, pool: &mut BufPool) {
-        self.consume(self.unread().len());
-        self.settle(pool);
-    }
-
     /// Bytes of heap memory held.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
@@ -273,51 +271,72 @@ struct Held {
 }
 
 /// Where boxes, read buffers and output chunks come from and go back to.
+///
+/// Boxes are kept in two stacks: *warm* ones still hold an empty pooled
+/// read buffer, so that a read takes one box, not a box and a buffer (an
+/// echo takes and gives back one warm box per read); *cold* ones hold
+/// none, for output (a chat recipient's box needs no read buffer).
 pub struct Pools {
     read: BufPool,
     chunks: BufPool,
     // Boxes, not `Held`s: they move into `Buffers` whole, so taking one
     // from the pool allocates nothing.
     #[allow(clippy::vec_box)]
-    held: Vec<Box<Held>>,
-    max_held: usize,
+    warm: Vec<Box<Held>>,
+    #[allow(clippy::vec_box)]
+    cold: Vec<Box<Held>>,
+    max_read: usize,
+    max_free: usize,
 }
 
 impl Pools {
-    /// Keep up to `max_read` free read buffers of [`READ_BUF_SIZE`] bytes,
-    /// and up to `max_free` free chunks of [`OUT_CHUNK_SIZE`] bytes and as
-    /// many free boxes.
+    /// Keep up to `max_read` free read buffers of [`READ_BUF_SIZE`] bytes
+    /// (and as many warm boxes holding one), and up to `max_free` free
+    /// chunks of [`OUT_CHUNK_SIZE`] bytes and as many cold boxes.
     pub fn new(max_read: usize, max_free: usize) -> Pools {
         Pools {
             read: BufPool::new(READ_BUF_SIZE, max_read),
             chunks: BufPool::new(OUT_CHUNK_SIZE, max_free),
-            held: Vec::new(),
-            max_held: max_free,
+            warm: Vec::new(),
+            cold: Vec::new(),
+            max_read,
+            max_free,
         }
     }
 }
 
-/// The box in `slot`, taken from the pool if there is none yet. (A
-/// function of the two fields rather than a method, so that the caller
-/// may use the other pools while holding the box.)
+/// The box in `slot`, taken from `stack` (or allocated) if there is none
+/// yet. (A function of the fields rather than a method of [`Pools`], so
+/// that the caller may use the other pools while holding the box.)
 #[allow(clippy::vec_box)] // the pool's boxes: see `Pools`
-fn hold<'a>(slot: &'a mut Option<Box<Held>>, held: &mut Vec<Box<Held>>) -> &'a mut Held {
-    slot.get_or_insert_with(|| held.pop().unwrap_or_default())
+#[inline]
+fn hold<'a>(slot: &'a mut Option<Box<Held>>, stack: &mut Vec<Box<Held>>) -> &'a mut Held {
+    slot.get_or_insert_with(|| stack.pop().unwrap_or_default())
 }
 
 impl Buffers {
-    /// Give the box back to the pool once it holds nothing: no read
-    /// buffer (not even an empty pooled one) and no output.
-    fn release_if_vacant(&mut self, pools: &mut Pools) {
-        if self.0.as_ref().is_some_and(|h| h.input.capacity() == 0 && h.output.len == 0) {
-            if let Some(mut h) = self.0.take() {
-                // Shared chunks of length 0 are never queued, so the chunk
-                // list is empty: it keeps its array warm for the next user.
-                h.input = ReadBuf::default();
-                h.output.offset = 0;
-                if pools.held.len() < pools.max_held {
-                    pools.held.push(h);
-                }
+    /// Whether it holds no bytes: nothing unread, nothing to write (an
+    /// empty read buffer may still be there).
+    fn vacant(h: &Held) -> bool {
+        h.input.is_empty() && h.output.len == 0
+    }
+
+    /// Give the box back to the pool, warm if it holds a pooled read
+    /// buffer and the warm stack has room. Only called when vacant.
+    fn release(&mut self, pools: &mut Pools) {
+        let Some(mut h) = self.0.take() else { return };
+        // Shared chunks of length 0 are never queued, so the chunk list is
+        // empty: it keeps its array warm for the next user.
+        h.output.offset = 0;
+        h.input.scanned = 0;
+        h.input.start = 0;
+        h.input.buf.clear();
+        if h.input.capacity() == READ_BUF_SIZE && pools.warm.len() < pools.max_read {
+            pools.warm.push(h);
+        } else {
+            pools.read.give(std::mem::take(&mut h.input.buf));
+            if pools.cold.len() < pools.max_free {
+                pools.cold.push(h);
             }
         }
     }
@@ -328,43 +347,52 @@ impl Buffers {
     /// end, at least enough for a frame known to need `need` bytes, and
     /// return the buffer for [`crate::sys::read_into_spare`].
     pub fn prepare(&mut self, pools: &mut Pools, need: usize) -> &mut Vec<u8> {
-        hold(&mut self.0, &mut pools.held).input.prepare(&mut pools.read, need)
+        let h = self.0.get_or_insert_with(|| pools.warm.pop().or_else(|| pools.cold.pop()).unwrap_or_default());
+        h.input.prepare(&mut pools.read, need)
     }
 
-    /// After the bytes read were delivered: give the read buffer back if
-    /// all of it was (and the box, if no output is pending), or shrink a
-    /// small leftover out of a big pooled buffer.
+    /// After the bytes read were delivered: give the box back, its read
+    /// buffer in it, if it holds nothing more; else give the read buffer
+    /// back if all of it was delivered, or shrink a small leftover out of
+    /// a big pooled buffer.
     pub fn settle(&mut self, pools: &mut Pools) {
-        if let Some(h) = &mut self.0 {
-            h.input.settle(&mut pools.read);
+        let Some(h) = &mut self.0 else { return };
+        if Self::vacant(h) {
+            return self.release(pools);
         }
-        self.release_if_vacant(pools);
+        h.input.settle(&mut pools.read);
     }
 
     /// Drop every byte read and not delivered (a closing connection's
     /// input is discarded; a reaped one's buffers go back to the pools).
     pub fn discard_input(&mut self, pools: &mut Pools) {
         if let Some(h) = &mut self.0 {
-            h.input.discard(&mut pools.read);
+            h.input.consume(h.input.unread().len());
         }
-        self.release_if_vacant(pools);
+        self.settle(pools);
     }
 
     /// Move the read buffer out, to hand its bytes to the application
     /// while the connection itself stays mutable;
     /// [`Buffers::put_back_input`] returns it.
+    #[inline]
     pub fn take_input(&mut self) -> ReadBuf {
-        self.0.as_mut().map(|h| std::mem::take(&mut h.input)).unwrap_or_default()
+        match &mut self.0 {
+            Some(h) => std::mem::take(&mut h.input),
+            None => ReadBuf::default(),
+        }
     }
 
     /// Return the read buffer [`Buffers::take_input`] moved out (into
     /// another box if the output drained meanwhile and gave this one back).
+    #[inline]
     pub fn put_back_input(&mut self, input: ReadBuf, pools: &mut Pools) {
-        if input.capacity() == 0 {
-            // Nothing to hold: the box keeps an empty read buffer already.
-            return self.release_if_vacant(pools);
+        match &mut self.0 {
+            Some(h) => h.input = input,
+            // Nothing to hold, and nothing holding it.
+            None if input.capacity() == 0 => {}
+            None => hold(&mut self.0, &mut pools.cold).input = input,
         }
-        hold(&mut self.0, &mut pools.held).input = input;
     }
 
     /// The line decoder starts over (the framing changed).
@@ -382,11 +410,13 @@ impl Buffers {
     // Output.
 
     /// Bytes queued and not yet written.
+    #[inline]
     pub fn output_len(&self) -> usize {
         self.0.as_ref().map_or(0, |h| h.output.len)
     }
 
     /// No output is queued.
+    #[inline]
     pub fn output_is_empty(&self) -> bool {
         self.output_len() == 0
     }
@@ -405,7 +435,7 @@ impl Buffers {
         if parts.iter().all(|p| p.is_empty()) {
             return;
         }
-        hold(&mut self.0, &mut pools.held).output.push_copy(parts, &mut pools.chunks);
+        hold(&mut self.0, &mut pools.cold).output.push_copy(parts, &mut pools.chunks);
     }
 
     /// Queue a shared message by reference.
@@ -419,7 +449,7 @@ impl Buffers {
         let cut = (msg.len() - len.min(msg.len())).min(u32::MAX as usize);
         let len = msg.len() - cut;
         if len > 0 {
-            let q = &mut hold(&mut self.0, &mut pools.held).output;
+            let q = &mut hold(&mut self.0, &mut pools.cold).output;
             q.len += len;
             q.chunks.push_back(Chunk::Shared(msg, cut as u32));
         }
@@ -447,8 +477,8 @@ impl Buffers {
     pub fn advance(&mut self, n: usize, pools: &mut Pools) {
         let Some(h) = &mut self.0 else { return };
         h.output.advance(n, &mut pools.chunks);
-        if h.output.len == 0 {
-            self.release_if_vacant(pools);
+        if Self::vacant(h) {
+            self.release(pools);
         }
     }
 
@@ -494,7 +524,7 @@ mod tests {
         q.clear_output(&mut pool);
         assert!(q.output_is_empty() && q.0.is_none());
         // The emptied box went back to the pool: no allocation next time.
-        assert_eq!(pool.held.len(), 1);
+        assert_eq!((pool.cold.len(), pool.warm.len()), (1, 0));
     }
 
     /// The limit a slow chat member is judged by must see the bookkeeping
@@ -537,22 +567,27 @@ mod tests {
         let mut b = Buffers::default();
         b.prepare(&mut pools, 0).extend_from_slice(b"ping\n");
         b.push_copy(&[b"ping\n"], &mut pools);
-        assert_eq!((pools.held.len(), b.input_capacity() >= READ_BUF_SIZE), (0, true));
+        assert_eq!((pools.warm.len() + pools.cold.len(), b.input_capacity() >= READ_BUF_SIZE), (0, true));
         // The reply is written: the box stays, the read buffer is in it.
         b.advance(5, &mut pools);
         assert!(b.0.is_some() && b.output_is_empty());
         let input = b.take_input();
         assert_eq!(input.unread(), b"ping\n");
         b.put_back_input(input, &mut pools);
-        // Delivered: the read buffer, then the box, go back.
+        // Delivered: the box goes back, warm: its read buffer in it.
         b.discard_input(&mut pools);
         assert!(b.0.is_none());
-        assert_eq!((pools.held.len(), pools.read.free.len(), pools.chunks.free.len()), (1, 1, 1));
+        assert_eq!((pools.warm.len(), pools.read.free.len(), pools.chunks.free.len()), (1, 0, 1));
+        // The next read takes that box, and that buffer, in one step.
+        b.prepare(&mut pools, 0);
+        assert_eq!((pools.warm.len(), b.input_capacity()), (0, READ_BUF_SIZE));
+        b.settle(&mut pools);
+        assert!(b.0.is_none() && pools.warm.len() == 1);
         // Output alone holds a box too, and gives it back when written.
         b.push_copy(&[b"x"], &mut pools);
-        assert_eq!((pools.held.len(), b.input_capacity()), (0, 0));
+        assert_eq!((pools.cold.len(), b.input_capacity()), (0, 0));
         b.clear_output(&mut pools);
-        assert!(b.0.is_none() && pools.held.len() == 1);
+        assert!(b.0.is_none() && pools.cold.len() == 1 && pools.warm.len() == 1);
     }
 
     /// While frames are delivered the read buffer is out of the box; if

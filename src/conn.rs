@@ -49,7 +49,8 @@
 //! buffer's `Vec` and offsets, and the output queue's pointer) and are
 //! needed only while bytes are pending, so they moved behind the one
 //! pointer, which costs a hot connection no allocation (the boxes are
-//! pooled) and an echo one pool operation per read, as before. The
+//! pooled, with their read buffers) and an echo one pool operation per
+//! read, as before. The
 //! deadlines stay whole microseconds: 32-bit milliseconds would round the
 //! timeouts and wrap after 49 days of uptime, for 8 bytes that are no
 //! longer needed. `active_left` is read on every frame under
