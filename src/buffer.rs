@@ -1,21 +1,39 @@
 //! Buffers: the read buffer a connection decodes frames from, the output
-//! queue it writes from, and the pool both draw their memory from.
+//! queue it writes from, the box that holds both, and the pools all three
+//! draw their memory from.
 //!
-//! A connection with nothing buffered holds no buffer at all: an empty
-//! `Vec` does not allocate. A read takes a buffer from the pool; when every
-//! byte in it has been delivered, the buffer goes back. Only a connection
-//! that holds a partial frame, or output the kernel refused, keeps memory —
-//! which is why an idle connection costs only its slab entry.
+//! A connection with nothing buffered holds no buffer at all — not even
+//! the headers of one: its [`Buffers`] is a null pointer. The first byte
+//! read or queued takes a box from the pool, holding the read buffer's
+//! header and the output queue; a read takes a 64 KiB buffer from the pool
+//! into it. When neither direction holds a byte any more, the box goes
+//! back — with its empty read buffer still in it (a *warm* box: the next
+//! read takes one thing from the pool, not two); when the input is
+//! delivered but output is pending, only the read buffer goes back. Only a
+//! connection that holds a partial frame, or output the kernel refused,
+//! keeps memory — which is why an idle connection costs only its slab
+//! entry, and why that entry pays 8 bytes, not 40, for its buffers.
 //!
 //! ```text
-//!   ReadBuf.buf:  [ delivered | unread bytes ........ | spare capacity ]
-//!                 0         start                    len              cap
-//!                 (start and the line cursor are u32: cap < 4 GiB always)
-//!
-//!   OutQueue:     [chunk 0 (sent up to `offset`)] [chunk 1] ... [chunk n]
-//!                  owned Vec<u8> or shared Rc<[u8]>, written with one
-//!                  vectored send covering up to MAX_IOVECS chunks
+//!   Conn.bufs ──▶ Held (pooled box, 80 bytes; null while idle)
+//!                  ├─ input: ReadBuf
+//!                  │    buf:  [ delivered | unread bytes .... | spare capacity ]
+//!                  │          0         start                len              cap
+//!                  │          (start and the line cursor are u32: cap < 4 GiB always)
+//!                  └─ output: [chunk 0 (sent up to `offset`)] [chunk 1] ... [chunk n]
+//!                              owned Vec<u8> or shared Rc<[u8]>, written with one
+//!                              vectored send covering up to MAX_IOVECS chunks
 //! ```
+//!
+//! One box for both directions, not one each: an echo's reply is queued
+//! while the bytes it answers are still buffered, so the two are held
+//! together anyway, and one warm box is one pool operation per read, as
+//! the read buffer alone was before the box (measured: the same
+//! instructions per echoed message, see the 64-byte change in
+//! BENCHMARKS.md).
+//! While frames are delivered the read buffer is moved out of the box
+//! ([`Buffers::take_input`]); if the output drains meanwhile, the box may
+//! go back to the pool and [`Buffers::put_back_input`] takes another.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -33,7 +51,7 @@ const SMALL_TAIL: usize = 512;
 /// less than this much room is left at the end.
 const MIN_READ_ROOM: usize = 4096;
 /// The bookkeeping one queued chunk costs beyond its bytes (see
-/// [`OutQueue::footprint`]).
+/// [`Buffers::footprint`]).
 const CHUNK_OVERHEAD: usize = 64;
 /// How many chunks one vectored send covers.
 pub const MAX_IOVECS: usize = 64;
@@ -115,7 +133,7 @@ impl ReadBuf {
     /// Get ready for a read: make sure there is a buffer with room at its
     /// end, at least enough for a frame known to need `need` bytes, and
     /// return the buffer for [`crate::sys::read_into_spare`].
-    pub fn prepare(&mut self, pool: &mut BufPool, need: usize) -> &mut Vec<u8> {
+    fn prepare(&mut self, pool: &mut BufPool, need: usize) -> &mut Vec<u8> {
         if self.buf.capacity() == 0 {
             self.buf = pool.take();
         }
@@ -141,7 +159,7 @@ impl ReadBuf {
 
     /// After the bytes read were delivered: give the buffer back if all of
     /// it was, or shrink a small leftover out of a big pooled buffer.
-    pub fn settle(&mut self, pool: &mut BufPool) {
+    fn settle(&mut self, pool: &mut BufPool) {
         if self.is_empty() {
             self.buf.clear();
             self.start = 0;
@@ -153,24 +171,6 @@ impl ReadBuf {
             pool.give(std::mem::replace(&mut self.buf, small));
             self.start = 0;
         }
-    }
-
-    /// Drop everything buffered (used when a closing connection's input is
-    /// being discarded).
-    pub fn discard(&mut self, pool: &mut BufPool) {
-        self.consume(self.unread().len());
-        self.settle(pool);
-    }
-
-    /// Move the buffer out, to hand its bytes to the application while the
-    /// connection itself stays mutable; [`ReadBuf::put_back`] returns it.
-    pub fn take(&mut self) -> ReadBuf {
-        std::mem::take(self)
-    }
-
-    /// Return the buffer [`ReadBuf::take`] moved out.
-    pub fn put_back(&mut self, buf: ReadBuf) {
-        *self = buf;
     }
 
     /// Bytes of heap memory held.
@@ -198,16 +198,8 @@ impl Chunk {
     }
 }
 
-/// A connection's pending output, written with vectored sends.
-///
-/// An empty queue is a null pointer: the queue itself (its chunk list,
-/// offsets and lengths) lives in a box taken from [`OutPool`] when the
-/// first byte is queued and given back when the last is written. So an
-/// idle connection pays 8 bytes for its output, and a busy one no
-/// allocation per message (the pool keeps warm queues).
-#[derive(Default)]
-pub struct OutQueue(Option<Box<Queue>>);
-
+/// A connection's pending output, written with vectored sends (it lives
+/// in the connection's [`Buffers`] box).
 #[derive(Default)]
 struct Queue {
     chunks: VecDeque<Chunk>,
@@ -217,69 +209,25 @@ struct Queue {
     len: usize,
 }
 
-/// Where output queues and their chunks come from and go back to.
-pub struct OutPool {
-    chunks: BufPool,
-    // Boxes, not queues: they move into `OutQueue`s whole, so taking one
-    // from the pool allocates nothing.
-    #[allow(clippy::vec_box)]
-    queues: Vec<Box<Queue>>,
-    max_queues: usize,
-}
-
-impl OutPool {
-    /// Keep up to `max_free` free chunks of [`OUT_CHUNK_SIZE`] bytes and as
-    /// many free queues.
-    pub fn new(max_free: usize) -> OutPool {
-        OutPool { chunks: BufPool::new(OUT_CHUNK_SIZE, max_free), queues: Vec::new(), max_queues: max_free }
-    }
-}
-
-impl OutQueue {
-    /// Bytes queued and not yet written.
-    pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |q| q.len)
-    }
-
-    /// Nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_none()
-    }
-
-    /// What the queue costs, as judged against its output limit: its bytes plus
-    /// a fixed charge per chunk (the queue slot, an `Rc`'s header, malloc's
-    /// rounding). Without the charge a stream of tiny shared messages would
-    /// hold many times the limit in bookkeeping.
-    pub fn footprint(&self) -> usize {
-        self.0.as_ref().map_or(0, |q| q.len + q.chunks.len() * CHUNK_OVERHEAD)
-    }
-
-    fn queue(&mut self, pool: &mut OutPool) -> &mut Queue {
-        self.0.get_or_insert_with(|| pool.queues.pop().unwrap_or_default())
-    }
-
+impl Queue {
     /// Queue a copy of `parts` (a header and a payload, say). Bytes are
     /// appended to the last owned chunk while it has room, then to fresh
     /// pooled chunks: many small sends share one chunk, and a large one
     /// costs no allocation of its own.
-    pub fn push_copy(&mut self, parts: &[&[u8]], pool: &mut OutPool) {
-        if parts.iter().all(|p| p.is_empty()) {
-            return;
-        }
-        let q = self.queue(pool);
+    fn push_copy(&mut self, parts: &[&[u8]], chunks: &mut BufPool) {
         for mut part in parts.iter().copied() {
-            q.len += part.len();
+            self.len += part.len();
             while !part.is_empty() {
-                let room = match q.chunks.back() {
+                let room = match self.chunks.back() {
                     Some(Chunk::Owned(v)) => v.capacity() - v.len(),
                     _ => 0,
                 };
                 if room == 0 {
-                    q.chunks.push_back(Chunk::Owned(pool.chunks.take()));
+                    self.chunks.push_back(Chunk::Owned(chunks.take()));
                     continue;
                 }
                 let (now, later) = part.split_at(room.min(part.len()));
-                if let Some(Chunk::Owned(v)) = q.chunks.back_mut() {
+                if let Some(Chunk::Owned(v)) = self.chunks.back_mut() {
                     v.extend_from_slice(now);
                 }
                 part = later;
@@ -287,18 +235,221 @@ impl OutQueue {
         }
     }
 
+    /// Forget the first `n` pending bytes (they were written), returning
+    /// finished owned chunks to the pool.
+    fn advance(&mut self, mut n: usize, chunks: &mut BufPool) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else { break };
+            let left = front.bytes().len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            if let Some(Chunk::Owned(v)) = self.chunks.pop_front() {
+                chunks.give(v);
+            }
+        }
+    }
+}
+
+/// A connection's buffers, both directions: a null pointer while it has
+/// nothing buffered, else a box from [`Pools`] holding its read buffer
+/// and its output queue (see the module docs). So an idle connection pays
+/// 8 bytes for its buffers, and a busy one no allocation per message (the
+/// pool keeps warm boxes).
+#[derive(Default)]
+pub struct Buffers(Option<Box<Held>>);
+
+/// What a [`Buffers`] box holds.
+#[derive(Default)]
+struct Held {
+    input: ReadBuf,
+    output: Queue,
+}
+
+/// Where boxes, read buffers and output chunks come from and go back to.
+///
+/// Boxes are kept in two stacks: *warm* ones still hold an empty pooled
+/// read buffer, so that a read takes one box, not a box and a buffer (an
+/// echo takes and gives back one warm box per read); *cold* ones hold
+/// none, for output (a chat recipient's box needs no read buffer).
+pub struct Pools {
+    read: BufPool,
+    chunks: BufPool,
+    // Boxes, not `Held`s: they move into `Buffers` whole, so taking one
+    // from the pool allocates nothing.
+    #[allow(clippy::vec_box)]
+    warm: Vec<Box<Held>>,
+    #[allow(clippy::vec_box)]
+    cold: Vec<Box<Held>>,
+    max_read: usize,
+    max_free: usize,
+}
+
+impl Pools {
+    /// Keep up to `max_read` free read buffers of [`READ_BUF_SIZE`] bytes
+    /// (and as many warm boxes holding one), and up to `max_free` free
+    /// chunks of [`OUT_CHUNK_SIZE`] bytes and as many cold boxes.
+    pub fn new(max_read: usize, max_free: usize) -> Pools {
+        Pools {
+            read: BufPool::new(READ_BUF_SIZE, max_read),
+            chunks: BufPool::new(OUT_CHUNK_SIZE, max_free),
+            warm: Vec::new(),
+            cold: Vec::new(),
+            max_read,
+            max_free,
+        }
+    }
+}
+
+/// The box in `slot`, taken from `stack` (or allocated) if there is none
+/// yet. (A function of the fields rather than a method of [`Pools`], so
+/// that the caller may use the other pools while holding the box.)
+#[allow(clippy::vec_box)] // the pool's boxes: see `Pools`
+#[inline]
+fn hold<'a>(slot: &'a mut Option<Box<Held>>, stack: &mut Vec<Box<Held>>) -> &'a mut Held {
+    slot.get_or_insert_with(|| stack.pop().unwrap_or_default())
+}
+
+impl Buffers {
+    /// Whether it holds no bytes: nothing unread, nothing to write (an
+    /// empty read buffer may still be there).
+    fn vacant(h: &Held) -> bool {
+        h.input.is_empty() && h.output.len == 0
+    }
+
+    /// Give the box back to the pool, warm if it holds a pooled read
+    /// buffer and the warm stack has room. Only called when vacant.
+    fn release(&mut self, pools: &mut Pools) {
+        let Some(mut h) = self.0.take() else { return };
+        // Shared chunks of length 0 are never queued, so the chunk list is
+        // empty: it keeps its array warm for the next user.
+        h.output.offset = 0;
+        h.input.scanned = 0;
+        h.input.start = 0;
+        h.input.buf.clear();
+        if h.input.capacity() == READ_BUF_SIZE && pools.warm.len() < pools.max_read {
+            pools.warm.push(h);
+        } else {
+            pools.read.give(std::mem::take(&mut h.input.buf));
+            if pools.cold.len() < pools.max_free {
+                pools.cold.push(h);
+            }
+        }
+    }
+
+    // Input.
+
+    /// Get ready for a read: make sure there is a buffer with room at its
+    /// end, at least enough for a frame known to need `need` bytes, and
+    /// return the buffer for [`crate::sys::read_into_spare`].
+    pub fn prepare(&mut self, pools: &mut Pools, need: usize) -> &mut Vec<u8> {
+        let h = self.0.get_or_insert_with(|| pools.warm.pop().or_else(|| pools.cold.pop()).unwrap_or_default());
+        h.input.prepare(&mut pools.read, need)
+    }
+
+    /// After the bytes read were delivered: give the box back, its read
+    /// buffer in it, if it holds nothing more; else give the read buffer
+    /// back if all of it was delivered, or shrink a small leftover out of
+    /// a big pooled buffer.
+    pub fn settle(&mut self, pools: &mut Pools) {
+        let Some(h) = &mut self.0 else { return };
+        if Self::vacant(h) {
+            return self.release(pools);
+        }
+        h.input.settle(&mut pools.read);
+    }
+
+    /// Drop every byte read and not delivered (a closing connection's
+    /// input is discarded; a reaped one's buffers go back to the pools).
+    pub fn discard_input(&mut self, pools: &mut Pools) {
+        if let Some(h) = &mut self.0 {
+            h.input.consume(h.input.unread().len());
+        }
+        self.settle(pools);
+    }
+
+    /// Move the read buffer out, to hand its bytes to the application
+    /// while the connection itself stays mutable;
+    /// [`Buffers::put_back_input`] returns it.
+    #[inline]
+    pub fn take_input(&mut self) -> ReadBuf {
+        match &mut self.0 {
+            Some(h) => std::mem::take(&mut h.input),
+            None => ReadBuf::default(),
+        }
+    }
+
+    /// Return the read buffer [`Buffers::take_input`] moved out (into
+    /// another box if the output drained meanwhile and gave this one back).
+    #[inline]
+    pub fn put_back_input(&mut self, input: ReadBuf, pools: &mut Pools) {
+        match &mut self.0 {
+            Some(h) => h.input = input,
+            // Nothing to hold, and nothing holding it.
+            None if input.capacity() == 0 => {}
+            None => hold(&mut self.0, &mut pools.cold).input = input,
+        }
+    }
+
+    /// The line decoder starts over (the framing changed).
+    pub fn restart_scan(&mut self) {
+        if let Some(h) = &mut self.0 {
+            h.input.scanned = 0;
+        }
+    }
+
+    /// Bytes of heap memory the read buffer holds.
+    pub fn input_capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |h| h.input.capacity())
+    }
+
+    // Output.
+
+    /// Bytes queued and not yet written.
+    #[inline]
+    pub fn output_len(&self) -> usize {
+        self.0.as_ref().map_or(0, |h| h.output.len)
+    }
+
+    /// No output is queued.
+    #[inline]
+    pub fn output_is_empty(&self) -> bool {
+        self.output_len() == 0
+    }
+
+    /// What the output queue costs, as judged against its output limit:
+    /// its bytes plus a fixed charge per chunk (the queue slot, an `Rc`'s
+    /// header, malloc's rounding). Without the charge a stream of tiny
+    /// shared messages would hold many times the limit in bookkeeping.
+    pub fn footprint(&self) -> usize {
+        self.0.as_ref().map_or(0, |h| h.output.len + h.output.chunks.len() * CHUNK_OVERHEAD)
+    }
+
+    /// Queue a copy of `parts` (a header and a payload, say): appended to
+    /// the last owned chunk while it has room, then to fresh pooled chunks.
+    pub fn push_copy(&mut self, parts: &[&[u8]], pools: &mut Pools) {
+        if parts.iter().all(|p| p.is_empty()) {
+            return;
+        }
+        hold(&mut self.0, &mut pools.cold).output.push_copy(parts, &mut pools.chunks);
+    }
+
     /// Queue a shared message by reference.
-    pub fn push_shared(&mut self, msg: Rc<[u8]>, pool: &mut OutPool) {
-        self.push_shared_prefix(msg, usize::MAX, pool);
+    pub fn push_shared(&mut self, msg: Rc<[u8]>, pools: &mut Pools) {
+        self.push_shared_prefix(msg, usize::MAX, pools);
     }
 
     /// Queue the first `len` bytes of a shared message by reference (all
     /// of it if shorter, and at least all but 4 GiB of it).
-    pub fn push_shared_prefix(&mut self, msg: Rc<[u8]>, len: usize, pool: &mut OutPool) {
+    pub fn push_shared_prefix(&mut self, msg: Rc<[u8]>, len: usize, pools: &mut Pools) {
         let cut = (msg.len() - len.min(msg.len())).min(u32::MAX as usize);
         let len = msg.len() - cut;
         if len > 0 {
-            let q = self.queue(pool);
+            let q = &mut hold(&mut self.0, &mut pools.cold).output;
             q.len += len;
             q.chunks.push_back(Chunk::Shared(msg, cut as u32));
         }
@@ -307,7 +458,8 @@ impl OutQueue {
     /// Fill `out` with the pending bytes for one vectored send; returns how
     /// many slices were filled and how many bytes they hold.
     pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> (usize, usize) {
-        let Some(q) = &self.0 else { return (0, 0) };
+        let Some(h) = &self.0 else { return (0, 0) };
+        let q = &h.output;
         let mut bytes_total = 0;
         let mut count = 0;
         for (slot, (i, chunk)) in out.iter_mut().zip(q.chunks.iter().enumerate()) {
@@ -320,38 +472,19 @@ impl OutQueue {
     }
 
     /// Forget the first `n` pending bytes (they were written), returning
-    /// finished owned chunks, and an emptied queue, to the pool.
-    pub fn advance(&mut self, mut n: usize, pool: &mut OutPool) {
-        let Some(q) = &mut self.0 else { return };
-        q.len -= n;
-        while n > 0 {
-            let Some(front) = q.chunks.front() else { break };
-            let left = front.bytes().len() - q.offset;
-            if n < left {
-                q.offset += n;
-                return;
-            }
-            n -= left;
-            q.offset = 0;
-            if let Some(Chunk::Owned(v)) = q.chunks.pop_front() {
-                pool.chunks.give(v);
-            }
-        }
-        if q.len == 0 {
-            if let Some(mut q) = self.0.take() {
-                // Shared chunks of length 0 are never queued, so the list is
-                // empty; clear drops nothing but keeps the array warm.
-                q.chunks.clear();
-                if pool.queues.len() < pool.max_queues {
-                    pool.queues.push(q);
-                }
-            }
+    /// finished owned chunks to the pool, and the box once it holds
+    /// nothing.
+    pub fn advance(&mut self, n: usize, pools: &mut Pools) {
+        let Some(h) = &mut self.0 else { return };
+        h.output.advance(n, &mut pools.chunks);
+        if Self::vacant(h) {
+            self.release(pools);
         }
     }
 
-    /// Drop everything pending.
-    pub fn clear(&mut self, pool: &mut OutPool) {
-        self.advance(self.len(), pool);
+    /// Drop all pending output.
+    pub fn clear_output(&mut self, pools: &mut Pools) {
+        self.advance(self.output_len(), pools);
     }
 }
 
@@ -359,7 +492,7 @@ impl OutQueue {
 mod tests {
     use super::*;
 
-    fn pending(q: &OutQueue) -> Vec<u8> {
+    fn pending(q: &Buffers) -> Vec<u8> {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let (count, total) = q.io_slices(&mut slices);
         let bytes: Vec<u8> = slices[..count].iter().flat_map(|s| s.iter().copied()).collect();
@@ -369,42 +502,42 @@ mod tests {
 
     #[test]
     fn small_sends_coalesce_and_shared_chunks_stay_separate() {
-        let mut pool = OutPool::new(4);
-        let mut q = OutQueue::default();
-        assert!(q.is_empty());
+        let mut pool = Pools::new(4, 4);
+        let mut q = Buffers::default();
+        assert!(q.output_is_empty() && q.0.is_none());
         q.push_copy(&[b"ab"], &mut pool);
         q.push_copy(&[b"\x00\x01", b"c"], &mut pool);
         q.push_shared(Rc::from(&b"shared"[..]), &mut pool);
         q.push_copy(&[b"z"], &mut pool);
-        assert_eq!(q.0.as_ref().unwrap().chunks.len(), 3);
+        assert_eq!(q.0.as_ref().unwrap().output.chunks.len(), 3);
         // A copy larger than a chunk spans pooled chunks, no allocation.
         let big = vec![7u8; OUT_CHUNK_SIZE + 10];
-        let mut q2 = OutQueue::default();
+        let mut q2 = Buffers::default();
         q2.push_copy(&[b"ab", &big], &mut pool);
-        assert_eq!((q2.0.as_ref().unwrap().chunks.len(), q2.len()), (2, OUT_CHUNK_SIZE + 12));
+        assert_eq!((q2.0.as_ref().unwrap().output.chunks.len(), q2.output_len()), (2, OUT_CHUNK_SIZE + 12));
         assert_eq!(&pending(&q2)[..3], b"ab\x07");
         assert_eq!(pending(&q), b"ab\x00\x01cshared z".iter().filter(|&&b| b != b' ').copied().collect::<Vec<_>>());
         q.advance(3, &mut pool);
         assert_eq!(pending(&q), b"\x01csharedz");
         q.advance(8, &mut pool);
         assert_eq!(pending(&q), b"z");
-        q.clear(&mut pool);
-        assert!(q.is_empty());
-        // The emptied queue went back to the pool: no allocation next time.
-        assert_eq!(pool.queues.len(), 1);
+        q.clear_output(&mut pool);
+        assert!(q.output_is_empty() && q.0.is_none());
+        // The emptied box went back to the pool: no allocation next time.
+        assert_eq!((pool.cold.len(), pool.warm.len()), (1, 0));
     }
 
     /// The limit a slow chat member is judged by must see the bookkeeping
     /// of many tiny shared lines, not just their bytes.
     #[test]
     fn footprint_charges_each_chunk() {
-        let mut pool = OutPool::new(4);
-        let mut q = OutQueue::default();
+        let mut pool = Pools::new(4, 4);
+        let mut q = Buffers::default();
         let line: Rc<[u8]> = Rc::from(&b"a: x\n"[..]);
         for _ in 0..1000 {
             q.push_shared(Rc::clone(&line), &mut pool);
         }
-        assert_eq!(q.len(), 5000);
+        assert_eq!(q.output_len(), 5000);
         assert_eq!(q.footprint(), 5000 + 1000 * CHUNK_OVERHEAD);
     }
 
@@ -412,17 +545,71 @@ mod tests {
     /// untouched and still shared.
     #[test]
     fn a_shared_prefix_is_queued_by_reference() {
-        let mut pool = OutPool::new(4);
-        let mut q = OutQueue::default();
+        let mut pool = Pools::new(4, 4);
+        let mut q = Buffers::default();
         let line: Rc<[u8]> = Rc::from(&b"a: hi\n"[..]);
         q.push_copy(&[b"\x81\x05"], &mut pool);
         q.push_shared_prefix(Rc::clone(&line), 5, &mut pool);
         q.push_shared_prefix(Rc::clone(&line), 99, &mut pool);
         q.push_shared_prefix(Rc::clone(&line), 0, &mut pool);
         assert_eq!(pending(&q), b"\x81\x05a: hia: hi\n");
-        assert_eq!((q.len(), Rc::strong_count(&line)), (13, 3));
+        assert_eq!((q.output_len(), Rc::strong_count(&line)), (13, 3));
         q.advance(7, &mut pool);
         assert_eq!(pending(&q), b"a: hi\n");
+    }
+
+    /// Input and output share one box, which exists only while either
+    /// holds something: an echo's read buffer and reply use one box, and
+    /// it goes back once the reply is written and the input delivered.
+    #[test]
+    fn one_box_for_both_directions_while_either_holds_bytes() {
+        let mut pools = Pools::new(4, 4);
+        let mut b = Buffers::default();
+        b.prepare(&mut pools, 0).extend_from_slice(b"ping\n");
+        b.push_copy(&[b"ping\n"], &mut pools);
+        assert_eq!((pools.warm.len() + pools.cold.len(), b.input_capacity() >= READ_BUF_SIZE), (0, true));
+        // The reply is written: the box stays, the read buffer is in it.
+        b.advance(5, &mut pools);
+        assert!(b.0.is_some() && b.output_is_empty());
+        let input = b.take_input();
+        assert_eq!(input.unread(), b"ping\n");
+        b.put_back_input(input, &mut pools);
+        // Delivered: the box goes back, warm: its read buffer in it.
+        b.discard_input(&mut pools);
+        assert!(b.0.is_none());
+        assert_eq!((pools.warm.len(), pools.read.free.len(), pools.chunks.free.len()), (1, 0, 1));
+        // The next read takes that box, and that buffer, in one step.
+        b.prepare(&mut pools, 0);
+        assert_eq!((pools.warm.len(), b.input_capacity()), (0, READ_BUF_SIZE));
+        b.settle(&mut pools);
+        assert!(b.0.is_none() && pools.warm.len() == 1);
+        // Output alone holds a box too, and gives it back when written.
+        b.push_copy(&[b"x"], &mut pools);
+        assert_eq!((pools.cold.len(), b.input_capacity()), (0, 0));
+        b.clear_output(&mut pools);
+        assert!(b.0.is_none() && pools.cold.len() == 1 && pools.warm.len() == 1);
+    }
+
+    /// While frames are delivered the read buffer is out of the box; if
+    /// the output drains then, the box goes back, and putting the read
+    /// buffer back takes a box again, its bytes intact.
+    #[test]
+    fn input_put_back_after_the_box_went_back() {
+        let mut pools = Pools::new(4, 4);
+        let mut b = Buffers::default();
+        b.prepare(&mut pools, 0).extend_from_slice(b"one\ntwo");
+        let mut input = b.take_input();
+        input.consume(4);
+        b.push_copy(&[b"one\n"], &mut pools);
+        b.advance(4, &mut pools);
+        assert!(b.0.is_none(), "the box holds nothing while the input is out");
+        b.put_back_input(input, &mut pools);
+        assert_eq!(b.take_input().unread(), b"two");
+        // An empty read buffer put back takes no box.
+        let mut idle = Buffers::default();
+        let nothing = idle.take_input();
+        idle.put_back_input(nothing, &mut pools);
+        assert!(idle.0.is_none());
     }
 
     /// Cutting the WebSocket reassembly gap out of the unread bytes.

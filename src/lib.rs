@@ -89,14 +89,14 @@
 //!  peer ──TCP──▶ kernel receive queue
 //!                  │  EPOLLIN edge (epoll_wait in reactor::Reactor::run)
 //!                  ▼
-//!   read(2) into ReadBuf (buffer.rs) — a 64 KiB buffer from the pool,
-//!                  │                   taken only while bytes are pending
+//!   read(2) into the read buffer (buffer.rs) — 64 KiB from the pool,
+//!                  │                           taken only while bytes are pending
 //!                  ▼
 //!   framing::decode — memchr for '\n', or the 1/2/4-byte header; a frame
 //!                  │  is a *slice* of the read buffer (no copy)
 //!                  ▼
 //!   Handler::on_frame(ctx, id, &[u8])  — the application (an echo server, say)
-//!                  │  ctx.send(id, bytes): header + copy into the OutQueue,
+//!                  │  ctx.send(id, bytes): header + copy into the output queue,
 //!                  │  or ctx.send_shared(id, Rc<[u8]>): by reference
 //!                  │  from 2 KiB on (a copy below: cheaper for small lines)
 //!                  ▼
@@ -167,12 +167,12 @@
 //!
 //! ## Memory
 //!
-//! An idle connection holds no buffer: its slab entry is a 96-byte
-//! [`conn::Conn`] (plus the slab's tag), and nothing else in user space.
-//! Buffers — and the output queue itself — come from pools when bytes are
-//! pending and return when they are gone; what few connections use (an
-//! application timer, an output policy of their own) is boxed apart. See
-//! the README for the measured figure.
+//! An idle connection holds no buffer: its slab entry is a 64-byte
+//! [`conn::Conn`], and nothing else in user space. Buffers — and the box
+//! holding a connection's read buffer and output queue — come from pools
+//! when bytes are pending and return when they are gone; what few
+//! connections use (an application timer, an output policy of their own)
+//! is boxed apart. See the README for the measured figure.
 
 #![warn(missing_docs)]
 

@@ -122,7 +122,7 @@ pub enum OverLimit {
 /// A connection's output queue: its limit and watermarks.
 ///
 /// A queue is judged by its footprint, its bytes plus a fixed charge per
-/// queued chunk (see [`crate::buffer::OutQueue::footprint`]).
+/// queued chunk (see [`crate::buffer::Buffers::footprint`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutputPolicy {
     /// The most a queue may hold; past it, `over_limit` applies.

@@ -99,7 +99,7 @@ impl Ctx<'_> {
         }
         let f = header(writable(&mut core.conns, id)?, payload)?;
         core.may_queue(id.key(), f.n + f.body)?;
-        core.conns[id.key()].output.push_copy(&[&f.header[..f.n], &payload[..f.body]], &mut core.out_pool);
+        core.conns[id.key()].bufs.push_copy(&[&f.header[..f.n], &payload[..f.body]], &mut core.pools);
         core.queued(id.key());
         Ok(())
     }
@@ -114,7 +114,7 @@ impl Ctx<'_> {
         let core = &mut *self.core;
         let conn = writable(&mut core.conns, id)?;
         let f = header(conn, payload)?;
-        if !conn.output.is_empty() || conn.has(flag::CONNECTING) {
+        if !conn.bufs.output_is_empty() || conn.has(flag::CONNECTING) {
             return self.send(id, payload);
         }
         let (head, payload) = (&f.header[..f.n], &payload[..f.body]);
@@ -142,7 +142,7 @@ impl Ctx<'_> {
         // caller was told nothing was refused when the first byte went out.
         let core = &mut *self.core;
         let (head_left, body_left) = (&head[sent.min(head.len())..], &payload[sent.saturating_sub(head.len())..]);
-        core.conns[id.key()].output.push_copy(&[head_left, body_left], &mut core.out_pool);
+        core.conns[id.key()].bufs.push_copy(&[head_left, body_left], &mut core.pools);
         core.queued(id.key());
         Ok(())
     }
@@ -161,8 +161,8 @@ impl Ctx<'_> {
         let f = header(writable(&mut core.conns, id)?, msg)?;
         core.may_queue(id.key(), f.n + f.body)?;
         let conn = &mut core.conns[id.key()];
-        conn.output.push_copy(&[&f.header[..f.n]], &mut core.out_pool);
-        conn.output.push_shared_prefix(Rc::clone(msg), f.body, &mut core.out_pool);
+        conn.bufs.push_copy(&[&f.header[..f.n]], &mut core.pools);
+        conn.bufs.push_shared_prefix(Rc::clone(msg), f.body, &mut core.pools);
         core.queued(id.key());
         Ok(())
     }
@@ -184,7 +184,7 @@ impl Ctx<'_> {
             // (If this is the connection being delivered, its buffer is out
             // and its cursor is already 0: a frame was just completed, and
             // the delivery loop goes on with the new framing.)
-            conn.input.scanned = 0;
+            conn.bufs.restart_scan();
             if self.core.delivering != id.key() {
                 self.core.push_ready(id.key());
             }
@@ -259,7 +259,7 @@ impl Ctx<'_> {
     pub fn shutdown_write(&mut self, id: ConnId) {
         if let Ok(conn) = writable(&mut self.core.conns, id) {
             conn.set(flag::SHUTDOWN_WANTED);
-            if conn.output.is_empty() {
+            if conn.bufs.output_is_empty() {
                 self.core.output_drained(id.key());
             }
         }
@@ -385,7 +385,7 @@ impl Ctx<'_> {
 
     /// Bytes queued for `id` and not yet written (0 for a closed id).
     pub fn pending_output(&self, id: ConnId) -> usize {
-        self.core.live(id).map_or(0, |c| c.output.len())
+        self.core.live(id).map_or(0, |c| c.bufs.output_len())
     }
 
     /// Open connections (including those closing).

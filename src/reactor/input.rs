@@ -73,7 +73,7 @@ impl Reactor {
                 core.push_ready(key);
                 break;
             }
-            let buf = conn.input.prepare(&mut core.read_pool, need);
+            let buf = conn.bufs.prepare(&mut core.pools, need);
             let room = buf.capacity() - buf.len();
             match sys::read_into_spare(conn.fd.as_fd(), buf) {
                 Ok(0) => {
@@ -122,7 +122,7 @@ impl Reactor {
             self.deliver(key);
         }
         if let Some(conn) = self.core.conns.get_mut(key) {
-            conn.input.settle(&mut self.core.read_pool);
+            conn.bufs.settle(&mut self.core.pools);
         }
     }
 
@@ -136,14 +136,14 @@ impl Reactor {
         if conn.has(flag::CLOSING) {
             // Lingering after a graceful close: input is read only to see
             // the FIN, and discarded.
-            conn.input.discard(&mut core.read_pool);
+            conn.bufs.discard_input(&mut core.pools);
             core.close_if_finished(key);
             return 0;
         }
         // The buffer is moved out while the application runs, so that the
         // frame (a slice of it) and `ctx` (which can reach every connection)
         // are not borrowed from the same place.
-        let mut input = conn.input.take();
+        let mut input = conn.bufs.take_input();
         let handler = conn.handler();
         let max_frame = conn.max_frame(core.config.max_frame);
         core.delivering = key;
@@ -201,7 +201,7 @@ impl Reactor {
         }
         self.core.delivering = usize::MAX;
         if let Some(conn) = self.core.conns.get_mut(key) {
-            conn.input.put_back(input);
+            conn.bufs.put_back_input(input, &mut self.core.pools);
         }
         need
     }

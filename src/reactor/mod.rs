@@ -128,7 +128,7 @@ use slab::Slab;
 pub use ctx::Ctx;
 pub use waker::{Handle, Job};
 
-use crate::buffer::{BufPool, OutPool, READ_BUF_SIZE};
+use crate::buffer::Pools;
 use crate::conn::{flag, Conn};
 use crate::handler::{CloseReason, ConnId, Handler, HandlerId};
 use crate::options::{Config, ListenOptions};
@@ -195,8 +195,7 @@ struct Core {
     handlers: usize,
     clock: Clock,
     deadlines: Deadlines,
-    read_pool: BufPool,
-    out_pool: OutPool,
+    pools: Pools,
     /// Connections with input to handle before the next `epoll_wait`.
     ready: Vec<usize>,
     /// Connections with output to flush before the next `epoll_wait`.
@@ -262,10 +261,10 @@ impl Reactor {
                 handlers: 0,
                 clock,
                 deadlines: Deadlines::default(),
-                read_pool: BufPool::new(READ_BUF_SIZE, 64),
-                // Enough free chunks for thousands of replies per iteration without
-                // returning memory to malloc each time (at most 16 MiB kept).
-                out_pool: OutPool::new(4096),
+                // 64 free read buffers; enough free chunks for thousands of
+                // replies per iteration without returning memory to malloc
+                // each time (at most 16 MiB kept).
+                pools: Pools::new(64, 4096),
                 ready: Vec::new(),
                 dirty: Vec::new(),
                 dead: Vec::new(),
@@ -514,7 +513,7 @@ impl Reactor {
                 } else if conn.has(flag::WRITE_SHUT) {
                     conn.closing().into() // linger over: close as planned
                 } else {
-                    let unsent = conn.output.len();
+                    let unsent = conn.bufs.output_len();
                     if core.peer_warnings.allow(now) {
                         warn!("{}: send timeout ({unsent} bytes pending); closing", Key(key));
                     }
@@ -670,8 +669,8 @@ impl Reactor {
     fn reap(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.core.conns.remove(key);
         let core = &mut self.core;
-        conn.output.clear(&mut core.out_pool);
-        conn.input.discard(&mut core.read_pool);
+        conn.bufs.clear_output(&mut core.pools);
+        conn.bufs.discard_input(&mut core.pools);
         if !conn.has(flag::QUIET) {
             core.counters.closed[reason.index()] += 1;
         }
@@ -849,7 +848,7 @@ impl Core {
     fn publish(&mut self) {
         let Some(publish) = &self.config.publish else { return };
         self.counters.connections = self.counted;
-        self.counters.output_queued = self.conns.iter().map(|(_, c)| c.output.len()).sum();
+        self.counters.output_queued = self.conns.iter().map(|(_, c)| c.bufs.output_len()).sum();
         publish.to.lock().unwrap_or_else(|e| e.into_inner()).clone_from(&self.counters);
         self.next_publish = self.clock.after(publish.every);
     }
@@ -875,7 +874,7 @@ impl Core {
     fn drain_expired(&mut self) {
         let left: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         if !left.is_empty() {
-            let flushing = self.conns.iter().filter(|(_, c)| !c.output.is_empty()).count();
+            let flushing = self.conns.iter().filter(|(_, c)| !c.bufs.output_is_empty()).count();
             warn!(
                 "shutdown: closing {} connections after the drain timeout ({flushing} with output still \
                  pending, the others waiting for the peer's FIN)",

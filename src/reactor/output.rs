@@ -72,7 +72,7 @@ impl Core {
         if let Err(e) = sys::set_linger_zero(conn.fd.as_fd()) {
             debug!("{}: SO_LINGER: {e}", Key(key));
         }
-        conn.output.clear(&mut self.out_pool);
+        conn.bufs.clear_output(&mut self.pools);
         self.kill(key, reason);
     }
 
@@ -91,7 +91,7 @@ impl Core {
         let conn = &mut self.conns[key];
         conn.set(flag::CLOSING);
         conn.set_closing(closing);
-        if conn.output.is_empty() {
+        if conn.bufs.output_is_empty() {
             self.output_drained(key);
         }
     }
@@ -108,14 +108,14 @@ impl Core {
     /// Write as much of the output queue as the kernel takes.
     pub(super) fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if conn.has(flag::DEAD | flag::CONNECTING) || conn.output.is_empty() {
+        if conn.has(flag::DEAD | flag::CONNECTING) || conn.bufs.output_is_empty() {
             return;
         }
         let mut progress = false;
         let mut stuck = false;
-        while !conn.output.is_empty() {
+        while !conn.bufs.output_is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let (count, wanted) = conn.output.io_slices(&mut slices);
+            let (count, wanted) = conn.bufs.io_slices(&mut slices);
             // One chunk (the common ping-pong reply) needs no msghdr.
             let fd = conn.fd.as_fd();
             let sent = if count == 1 { sys::send(fd, &slices[0]) } else { sys::send_vectored(fd, &slices[..count]) };
@@ -123,7 +123,7 @@ impl Core {
             match sent {
                 Ok(n) => {
                     self.counters.bytes_out += n as u64;
-                    conn.output.advance(n, &mut self.out_pool);
+                    conn.bufs.advance(n, &mut self.pools);
                     progress = true;
                     // Short write: the send buffer is full; the next EPOLLOUT
                     // edge resumes (no call that would return EAGAIN).
@@ -171,7 +171,7 @@ impl Core {
         }
         let low = self.policy(conn).low_watermark;
         let conn = &mut self.conns[key];
-        if conn.output.footprint() > low {
+        if conn.bufs.footprint() > low {
             return;
         }
         if conn.has(flag::FLOW_PAUSED) {
@@ -231,7 +231,7 @@ impl Core {
         if policy.over_limit != OverLimit::Refuse {
             return Ok(());
         }
-        let fits = |conn: &Conn| conn.output.is_empty() || conn.output.footprint() + incoming <= policy.limit;
+        let fits = |conn: &Conn| conn.bufs.output_is_empty() || conn.bufs.footprint() + incoming <= policy.limit;
         if fits(&self.conns[key]) {
             return Ok(());
         }
@@ -248,13 +248,13 @@ impl Core {
             conn.set(flag::BUSY);
             self.notice(key, Notice::Busy);
         }
-        Err(SendError::OverLimit { queued: self.conns[key].output.footprint(), limit: policy.limit })
+        Err(SendError::OverLimit { queued: self.conns[key].bufs.footprint(), limit: policy.limit })
     }
 
     /// Output was queued: apply the watermarks and the limit.
     pub(super) fn queued(&mut self, key: usize) {
         let policy = self.policy(&self.conns[key]);
-        let len = self.conns[key].output.footprint();
+        let len = self.conns[key].bufs.footprint();
         self.counters.outq_high_water = self.counters.outq_high_water.max(len);
         if len > policy.high_watermark && !self.conns[key].has(flag::BUSY) {
             self.conns[key].set(flag::BUSY);
@@ -264,7 +264,7 @@ impl Core {
             // Offer it to the kernel before judging (see "The output policy").
             self.flush(key);
             let conn = &mut self.conns[key];
-            let len = conn.output.footprint();
+            let len = conn.bufs.footprint();
             if conn.has(flag::DEAD) || len <= policy.limit {
                 return;
             }
@@ -279,7 +279,7 @@ impl Core {
                     if self.peer_warnings.allow(self.clock.now()) {
                         warn!("{}: {len} bytes of output pending, over the limit; disconnecting", Key(key));
                     }
-                    conn.output.clear(&mut self.out_pool);
+                    conn.bufs.clear_output(&mut self.pools);
                     return self.kill(key, CloseReason::OutbufFull);
                 }
                 OverLimit::Refuse => {}

@@ -142,7 +142,7 @@ impl Core {
         if conn.has(flag::DEAD | flag::CLOSING | flag::WRITE_SHUT) {
             return;
         }
-        conn.output.push_copy(parts, &mut self.out_pool);
+        conn.bufs.push_copy(parts, &mut self.pools);
         self.queued(key);
     }
 
@@ -172,7 +172,7 @@ impl Core {
         };
         let Some(d) = conn.extra.as_mut().and_then(|e| e.ws.as_mut()).filter(|d| d.is_open()) else { return };
         d.finish();
-        conn.output.push_copy(&[&encode::close(status)], &mut self.out_pool);
+        conn.bufs.push_copy(&[&encode::close(status)], &mut self.pools);
         self.push_dirty(key);
     }
 }

@@ -78,7 +78,7 @@
 //!
 //! A WebSocket connection keeps its decoder (20 bytes of state) in the
 //! connection's boxed extras, allocated at the accept: an idle WebSocket
-//! connection costs that small box on top of the 96-byte slab entry, and
+//! connection costs that small box on top of the 64-byte slab entry, and
 //! holds no buffer. Before the upgrade the idle deadline is the
 //! handshake's ([`HANDSHAKE_TIMEOUT`], pushed back by nothing); after it,
 //! `--idle-timeout` applies, and a ping or pong counts as activity (it is
