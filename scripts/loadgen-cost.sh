@@ -161,7 +161,7 @@ echo "CPU per offered message, from outside (wait4), median (min–max). tcpkali
 echo "\`\\{message.marker}\` in each 64-byte message; its send timer fires at most once a millisecond per"
 echo "connection, so its window is written as 1000 us; its lateness is not measured. Send → echo: edgeloop's"
 echo "service time (actual send to complete echo), tcpkali's message latency (write to echoed marker, 0.1 ms"
-echo "resolution). \"/ tcpkali\": median over the repetitions of each run's cost over the tcpkali run beside it."
+echo "resolution). \"/ tcpkali\": each repetition's cost over the tcpkali run beside it, median (min–max)."
 [[ -n $TCPKALI ]] || echo "(TCPKALI not set: edgeloop rows only.)"
 echo
 echo "| rate msg/s | generator | window us | us per offered msg | send lag p50 us | p99 us | send→echo p50 us | p99 us | achieved msg/s | verdicts | / tcpkali |"
@@ -182,8 +182,12 @@ for rate in $RATES; do
             ratio=$(awk -F'\t' -v g="$g" -v r="$rate" -v w="$w" -v n="$((rate * secs))" '
                 $1 == "tcpkali" && $2 == r { tk[$4] = $5 }
                 $1 == g && $2 == r && $3 == w { mine[$4] = $5 }
-                END { for (k in mine) if (tk[k] > 0) print mine[k] / tk[k] }' "$BENCH_OUT/cost.tsv" | median)
-            ratio=$(awk -v x="$ratio" 'BEGIN { if (x == "nan") print "-"; else printf "%.2f", x }')
+                END { for (k in mine) if (tk[k] > 0) print mine[k] / tk[k] }' "$BENCH_OUT/cost.tsv")
+            if [[ -z $ratio ]]; then
+                ratio=-
+            else
+                ratio=$(sort -g <<<"$ratio" | awk '{ a[NR] = $1 } END { printf "%.2f (%.2f–%.2f)", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2), a[1], a[NR] }')
+            fi
             echo "| $rate | $g | $w | $per ($lo–$hi) | $(col 6 | sed 's/nan/-/') | $(col 7 | sed 's/nan/-/') | $(col 10) | $(col 11) | $(col 8) | $ver | $ratio |"
         done
     done
