@@ -8,6 +8,8 @@
 //!   for each event:        IN/RDHUP/HUP/ERR → read & deliver;  OUT → flush
 //!   listeners ready:       accept until EAGAIN or the accept budget
 //!   ready list:            connections with input left over from last time
+//!   gather:                if a handler waits for on_turn_end: take ready
+//!                          events again without waiting (at most 8 rounds)
 //!   deadlines:             idle, send timeout, connect timeout, linger,
 //!                          application timers, stats, tick, drain
 //!   until nothing changes: on_turn_end where asked, deferred events (busy,
@@ -162,6 +164,9 @@ const LISTENER_TOKEN: u64 = u64::MAX - 2;
 /// are connections').
 const MAX_LISTENERS: u64 = 1 << 16;
 const EVENTS_PER_WAIT: usize = 1024;
+/// At most this many extra rounds of ready events in a turn whose end a
+/// handler waits for (see `Reactor::gather`).
+const GATHER_ROUNDS: usize = 8;
 const INTEREST: u32 = sys::EPOLLIN | sys::EPOLLOUT | sys::EPOLLRDHUP | sys::EPOLLPRI | sys::EPOLLET;
 
 /// A handler event that must wait until no callback is running.
@@ -401,8 +406,34 @@ impl Reactor {
                 self.accept_pending();
             }
             self.serve_ready_list();
+            self.gather(&mut events);
             self.run_deadlines();
             self.settle();
+        }
+    }
+
+    /// A handler that holds a turn's output back for `on_turn_end` (the
+    /// chat's per-room batches) gains from a longer turn: what arrived
+    /// while this turn's input was handled joins it before the output goes,
+    /// so one write per recipient carries more. Go's chat readers drain
+    /// every ready socket before its writers run, to the same effect. So
+    /// while such a handler waits, ready events are taken again without
+    /// waiting, up to [`GATHER_ROUNDS`] times (which bounds what this adds
+    /// to latency); a turn with nobody waiting for its end is not lengthened.
+    fn gather(&mut self, events: &mut [sys::Event]) {
+        for _ in 0..GATHER_ROUNDS {
+            if self.core.turn_end.is_empty() {
+                return;
+            }
+            let n = self.core.epoll.wait(events, Some(Duration::ZERO)).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            self.core.counters.waits += 1;
+            for ev in &events[..n] {
+                self.dispatch(sys::event_token(ev), sys::event_bits(ev));
+            }
+            self.serve_ready_list();
         }
     }
 
