@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::chat::clients;
+use common::chat::{clients, Client};
 use common::{wait_until, Redis, Server};
 
 /// One connection through the proxy: where its commands go, and those
@@ -183,13 +183,20 @@ fn command_len(buf: &[u8]) -> Option<usize> {
     Some(at)
 }
 
-#[test]
-fn calls_sent_again_after_a_script_flush_run_once_and_in_order() {
-    let Some(redis) = Redis::start() else { return };
+/// Server A on Redis through the proxy, server B on Redis directly, and a
+/// member on each (`None` without redis-server, outside CI).
+fn a_through_the_proxy() -> Option<(Redis, Proxy, Server, Server, Vec<Client>)> {
+    let redis = Redis::start()?;
     let proxy = Proxy::start(redis.port);
     let a = Server::start(&["chat", "--redis", &proxy.url()]);
     let b = Server::start(&["chat", "--redis", &redis.url()]);
-    let mut m = clients(&[&a, &b], 2);
+    let m = clients(&[&a, &b], 2);
+    Some((redis, proxy, a, b, m))
+}
+
+#[test]
+fn calls_sent_again_after_a_script_flush_run_once_and_in_order() {
+    let Some((redis, proxy, a, _b, mut m)) = a_through_the_proxy() else { return };
     let (ours, theirs) = (m[0].nick.clone(), m[1].nick.clone());
 
     proxy.hold();
@@ -233,11 +240,7 @@ fn calls_sent_again_after_a_script_flush_run_once_and_in_order() {
 /// announced under its old name and told the `/nick` was refused.
 #[test]
 fn a_nick_whose_answer_was_lost_is_known_from_its_replayed_event() {
-    let Some(redis) = Redis::start() else { return };
-    let proxy = Proxy::start(redis.port);
-    let a = Server::start(&["chat", "--redis", &proxy.url()]);
-    let b = Server::start(&["chat", "--redis", &redis.url()]);
-    let mut m = clients(&[&a, &b], 2);
+    let Some((_redis, proxy, a, _b, mut m)) = a_through_the_proxy() else { return };
     let old = m[0].nick.clone();
     // A's links stop hearing Redis: the rename runs, its answer (and its
     // publication) never reach A.
