@@ -525,6 +525,7 @@ class Client:
         self.restored_since = False
         self.pending = None
         self.last = None  # the last line answered
+        self.undo_join = None  # (see on_line: a /join answered inside a bracket)
         self.departed = set()
         self.seq = 0
         self.reader = self.writer = None
@@ -585,6 +586,7 @@ class Client:
             if what == "msg":
                 self.c.msgs[arg] = Msg(arg, self.cid, room_of(arg), t)
             self.pending = Pending(what, arg, line, t, Flag(), rec)
+            self.undo_join = None
         elif kind == "x":
             self.pending = None
         elif kind == "r":
@@ -628,6 +630,7 @@ class Client:
         fut = asyncio.get_running_loop().create_future()
         t = now()  # before the write: a send time is never later than the real one
         self.pending = Pending(kind, arg, line, t, fut, record)
+        self.undo_join = None
         if record is not None:
             record["sent"] = t
         if kind == "msg":
@@ -737,6 +740,17 @@ class Client:
                 self.violate("who", f"/who at {self.rel(t)} (backend up) omits its own name {self.nick}: `{line[:120]}`")
         elif line.startswith("! "):
             self.push(t, ERR, line)
+            u = self.undo_join
+            if p is None and line == REFUSAL and u is not None and self.last is u[0] and self.status == "up":
+                # The `joined` in the bracket was a re-announcement: the
+                # /join was refused, the member never left its room.
+                self.undo_join = None
+                _, stay, stay.l, stay.end, self.room, self.prev_room, item = u
+                item.room = self.room
+                self.stays.pop()
+                if u[0].record is not None:
+                    u[0].record["outcome"], u[0].record["t"] = "refused", t
+                return
             if p is None and self.last is not None and self.last.kind != "who":
                 self.violate("outcome", f"`{line}` at {self.rel(t)}: a second answer to `{self.last.line}` "
                                         f"(sent at {self.rel(self.last.sent)}, answered {self.last.record['outcome']})")
@@ -790,6 +804,12 @@ class Client:
                     self.registered.set_result(t)
             elif p is not None and p.kind == "join" and nick == self.nick:
                 stay = self.stays[-1]
+                if self.status == "down":
+                    # Inside an unavailable/restored bracket this may be the
+                    # /join's own event replayed, or this member announced
+                    # again in its old room (a restore), the /join then
+                    # refused after `restored`: kept, to be undone then.
+                    self.undo_join = (p, stay, stay.l, stay.end, self.room, self.prev_room, item)
                 stay.l, stay.end = p.sent, idx
                 self.prev_room, self.room = self.room, p.arg
                 item.room = self.room
