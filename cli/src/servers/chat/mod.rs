@@ -121,8 +121,10 @@
 //! one chat: the protocol above, byte for byte, with rooms, nicknames,
 //! `guestN` numbers and `/who` shared. The design, and why:
 //!
-//! - **Redis is the sequencer, not a cache.** Every room event is one Lua
-//!   script that numbers it and publishes it; a server shows its members
+//! - **Redis is the sequencer, not a cache.** Every room event is
+//!   numbered and published by a Lua script (a room's message lines of one
+//!   loop turn by one call, each still an event of its own); a server
+//!   shows its members
 //!   a room's lines only as they come back through its subscription — the
 //!   sender's own too. So every member, on every server, sees one order
 //!   ([`shared`], "Redis is the sequencer"; the scripts and keys are in
@@ -177,8 +179,13 @@
 //!   checked with `ROLE`; `READONLY` means it was failed over: the link
 //!   is dropped and found again ([`redis::locate`], and `Bus::connect` in [`redis`]).
 //!
-//! The fan-out itself stays local and copies nothing, as above: Redis
-//! carries one copy of a line per server, whatever the number of members.
+//! - **Exactly once**: a server's script calls are numbered and each runs
+//!   only after the one before it, so calls sent again after a script
+//!   flush never run twice ([`lua`], "Exactly once").
+//!
+//! The fan-out itself stays local, through the per-turn batches as above:
+//! Redis carries one copy of a line per server, whatever the number of
+//! members.
 //! Flood control is applied by the client's own server before anything
 //! is published.
 
