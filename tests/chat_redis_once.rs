@@ -264,3 +264,26 @@ fn a_nick_whose_answer_was_lost_is_known_from_its_replayed_event() {
     m[1].send("/nick ada");
     m[1].expect("! nickname ada is in use");
 }
+
+/// A line that ran in Redis while its answer (and its publication) was
+/// lost with the link, and then Redis restarted empty: the history that
+/// would tell is gone, and the line reached the other server's members.
+/// "Unavailable" would say nobody got it; its sender gets its own line
+/// back, which the gap notice every member got covers either way. Before,
+/// it was told unavailable — a line refused yet delivered.
+#[test]
+fn a_line_whose_fate_redis_forgot_comes_back_to_its_sender() {
+    let Some((mut redis, proxy, _a, _b, mut m)) = a_through_the_proxy() else { return };
+    let ours = m[0].nick.clone();
+    proxy.hold_replies();
+    m[0].send("sent before the restart");
+    m[1].expect(&format!("{ours}: sent before the restart"));
+    redis.restart();
+    let mut seen = m[0].skip_to("* chat backend restored");
+    seen.retain(|l| l.starts_with('!') || l.contains("lost"));
+    assert_eq!(seen, ["* some lines may have been lost"], "a gap notice, no refusal");
+    m[0].expect(&format!("{ours}: sent before the restart"));
+    m[0].send("and after");
+    m[0].expect(&format!("{ours}: and after"));
+    m[1].skip_to(&format!("{ours}: and after"));
+}

@@ -16,7 +16,10 @@
 //! off everything the old connections might still do, see
 //! [`super::lua`], "Fencing"), what Redis has is final: a message that
 //! ran is in its room's history and comes back to the sender in the
-//! replay; one that did not is answered `! chat backend unavailable`; a
+//! replay; one that did not is answered `! chat backend unavailable` —
+//! unless the room's history itself was lost (a gap notice): then it may
+//! have reached the others before the loss, and its sender gets its own
+//! line back, which the gap notice covers either way; a
 //! `/join` or `/nick` whose answer was lost is taken as done if Redis has
 //! the member in the new room or under the new name, and answered
 //! unavailable otherwise — never answered unavailable yet done.
@@ -356,7 +359,7 @@ impl Chat {
                     // Its event will not come back: the held answers behind
                     // it move up one place, and its outcome takes its place.
                     member.sent = member.sent.saturating_sub(1);
-                    member.msgs = member.msgs.saturating_sub(1);
+                    member.in_flight.pop_front();
                     let seen = member.seen;
                     for later in member.later.iter_mut().filter(|l| l.mark > seen) {
                         later.mark -= 1;
@@ -510,6 +513,7 @@ impl Chat {
             // back (a failover lost writes), or past its history.
             warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
             self.batches.push_line(ctx, name, GAP.as_bytes());
+            room.gapped = true;
             room.next_seq = if top == 0 { 0 } else { top + 1 };
         } else if first.is_some_and(|(seq, _, _)| seq > from) {
             // The history starts after the gap: `deliver` says so.
@@ -590,13 +594,28 @@ impl Chat {
             if std::mem::take(&mut member.told) {
                 self.reply(ctx, id, &["* chat backend restored"]);
             }
+            let gapped = self.member(id).and_then(|m| self.rooms.get(&m.room)).is_some_and(|r| r.gapped);
             let Some(member) = self.member_mut(id) else { continue };
             if std::mem::take(&mut member.limbo) {
-                // What did not come back did not happen.
-                let lines = member.msgs as usize + usize::from(member.asked.take().is_some());
+                // What did not come back did not happen — where the room's
+                // history says so. Where it cannot (the room got a gap
+                // notice: Redis lost what it had), a line may have reached
+                // the others before the loss, and "unavailable" would say
+                // nobody got it: the sender gets its own line, the outcome
+                // that the gap notice, already before every member, covers
+                // either way.
+                let lines = std::mem::take(&mut member.in_flight);
+                let asked = member.asked.take().is_some();
                 let held: Vec<Later> = member.later.drain(..).collect();
-                (member.sent, member.seen, member.msgs) = (0, 0, 0);
-                for _ in 0..lines {
+                (member.sent, member.seen) = (0, 0);
+                for line in lines {
+                    if gapped {
+                        self.send_now(ctx, id, &line);
+                    } else {
+                        self.reply(ctx, id, &[UNAVAILABLE]);
+                    }
+                }
+                if asked {
                     self.reply(ctx, id, &[UNAVAILABLE]);
                 }
                 for later in held {
@@ -691,7 +710,7 @@ impl Chat {
         for room in self.rooms.values_mut() {
             room.awaiting.clear();
             room.replay = None;
-            (room.joins, room.leaves, room.sub, room.acks) = (0, 0, Sub::Off, 0);
+            (room.joins, room.leaves, room.sub, room.acks, room.gapped) = (0, 0, Sub::Off, 0, false);
         }
         self.rooms.retain(|_, r| !r.members.is_empty());
         if !self.outage {

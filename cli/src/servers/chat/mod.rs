@@ -288,8 +288,9 @@ struct Member {
     /// on their way, an answer to it waits behind them in `later`.
     sent: u64,
     seen: u64,
-    /// Its messages on their way (each gets one outcome).
-    msgs: u32,
+    /// Its messages on their way, as members read them (each gets one
+    /// outcome; see `Chat::restored` in `link` for why the text is kept).
+    in_flight: VecDeque<Vec<u8>>,
     /// Answers waiting for their place among its own lines.
     later: VecDeque<Later>,
     /// A `/join` or `/nick` on its way: its room and nickname before.
@@ -356,6 +357,9 @@ struct Room {
     acks: u32,
     /// While the room's history is replayed: the live events, held.
     replay: Option<Vec<Vec<u8>>>,
+    /// Its members were told `* some lines may have been lost` since Redis
+    /// was last lost.
+    gapped: bool,
 }
 
 impl Room {
@@ -401,7 +405,7 @@ impl Handler for Chat {
             told: false,
             sent: 0,
             seen: 0,
-            msgs: 0,
+            in_flight: VecDeque::new(),
             later: VecDeque::new(),
             asked: None,
             asking_who: false,

@@ -247,7 +247,7 @@ impl Chat {
         bus.mark = mark;
         if let Some(member) = members.get_mut(id.index()).and_then(Option::as_mut) {
             member.sent += 1;
-            member.msgs += 1;
+            member.in_flight.push_back(scratch.clone());
         }
         figures(ctx).messages += 1;
     }
@@ -556,6 +556,7 @@ impl Chat {
         if room.next_seq != 0 && seq > room.next_seq && !room.members.is_empty() {
             warn!("room {name}: {} events missed; the members were told", seq - room.next_seq);
             batches.push_line(ctx, name, GAP.as_bytes());
+            room.gapped = true;
         }
         room.next_seq = seq.saturating_add(1);
         if let Some(n) = guest_number(line) {
@@ -566,6 +567,7 @@ impl Chat {
             if replayed {
                 if !room.members.is_empty() {
                     batches.push_line(ctx, name, GAP.as_bytes());
+                    room.gapped = true;
                 }
                 return false;
             }
@@ -585,7 +587,7 @@ impl Chat {
                     own = Some(id);
                 }
                 if kind == b'M' {
-                    member.msgs = member.msgs.saturating_sub(1);
+                    member.in_flight.pop_front();
                 }
                 if kind == b'L' {
                     room.members.retain(|&m| m != id);
