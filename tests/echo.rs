@@ -376,6 +376,11 @@ fn warnings_caused_by_peers_are_rate_limited() {
         assert!(closed_by_server(&mut s), "an oversized header was not refused");
     }
     let protocol_errors = |text: &str| text.lines().filter(|l| l.contains("protocol error")).count();
+    // The closes can be seen before the reader thread has copied the
+    // server's stderr: wait for the first warning, then count.
+    wait_until(Duration::from_secs(10), "a warning about an oversized header", || {
+        protocol_errors(&server.stderr_text()) > 0
+    });
     let logged = protocol_errors(&server.stderr_text());
     // Ten a second; the hundred closes may straddle a second boundary.
     assert!((1..=20).contains(&logged), "{logged} warning lines for 100 bad headers");
