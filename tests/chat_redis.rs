@@ -502,31 +502,37 @@ fn a_server_cut_off_is_reaped_and_comes_back_under_a_fresh_name_if_its_was_taken
     let relay = Relay::to(redis.port);
     let url = format!("redis://127.0.0.1:{}", relay.port);
     let (a, b) = (Server::start(&["chat", "--redis", &url]), chat(&redis, &[]));
-    let mut m = clients(&[&a, &b], 2);
+    let mut m = clients(&[&a, &b, &a], 3);
     let other = m[1].nick.clone();
     let old = m[0].nick.clone();
     m[0].rename("ada");
     m[1].skip_to(&format!("* {old} is now ada"));
+    m[2].skip_to(&format!("* {old} is now ada"));
     // A alone loses Redis; B stays connected and, once A's liveness key
-    // has expired, announces A's member gone and frees its name.
+    // has expired, announces A's members gone and frees their names.
     relay.block(true);
     m[0].expect("* chat backend unavailable");
-    m[1].expect("* ada left");
+    m[1].skip_to("* ada left");
     m[1].rename("ada");
-    // A comes back: the room was told its member left, so it is announced
-    // joined again — under a fresh name, as its own was taken. Its member
-    // is told that the lines in between were not its.
+    // A comes back: the room was told its members left, so they are
+    // announced joined again — ada under a fresh name, as hers was taken.
+    // She herself was never told she left: she is told her new name, as on
+    // any return. Both are told the lines in between were not theirs.
     relay.block(false);
-    m[0].expect("* some lines may have been lost");
-    let joined = m[0].line();
-    let fresh = joined.strip_prefix("* ").and_then(|j| j.strip_suffix(" joined")).unwrap_or_else(|| panic!("{joined}"));
+    let seen = m[0].skip_to("* chat backend restored");
+    assert_eq!(seen.first().map(String::as_str), Some("* some lines may have been lost"), "{seen:?}");
+    let fresh = seen.iter().find_map(|l| l.strip_prefix("* ada is now ")).unwrap_or_else(|| panic!("{seen:?}"));
     let fresh = fresh.to_string();
     assert!(fresh.starts_with("guest") && fresh != other, "{fresh}");
-    m[0].expect("* chat backend restored");
-    m[1].expect(&format!("* {fresh} joined"));
+    let joined = format!("* {fresh} joined");
+    assert!(!seen.contains(&joined), "ada was announced to herself: {seen:?}");
+    // A's other member was cut off with her: it hears what the room hears.
+    let on_a = m[2].skip_to("* chat backend restored");
+    assert!(on_a.contains(&joined) && !on_a.iter().any(|l| l.contains(" is now ")), "{on_a:?}");
+    m[1].skip_to(&joined);
     m[0].send("still here");
     for c in &mut m {
-        c.expect(&format!("{fresh}: still here"));
+        c.skip_to(&format!("{fresh}: still here"));
     }
 }
 

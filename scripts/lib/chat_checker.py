@@ -773,9 +773,10 @@ class Client:
             if old == self.nick and p is not None and p.kind == "nick" and new == p.arg:
                 self.set_nick(new, p.sent, t)
                 self.resolve("ok", t)
-            elif old == self.nick and RE_GUEST.match(new) and self.restored_since:
+            elif old == self.nick and RE_GUEST.match(new) and (self.status == "down" or self.restored_since):
                 # Renamed by the server: its name was taken while Redis was
-                # lost (so after `restored`, before any line of its own).
+                # lost (so as its server registers it again, before
+                # `restored`; or after it, before any line of its own).
                 self.set_nick(new, t, t)
                 self.guests.append((new, t))
             elif old == self.nick:

@@ -52,7 +52,8 @@
 //! meanwhile dropped and announced) and `Restore` of each member: its
 //! nickname claimed again, or a fresh `guestN` if taken; a member the
 //! others were told had left (the server was reaped) is announced
-//! `* NICK joined` again. Only then is each member told
+//! `* NICK joined` again (renamed, the member itself hears
+//! `* NICK is now guestN` there instead: see `Chat::deliver`). Only then is each member told
 //! `* chat backend restored`, behind every line the re-registration
 //! published (the end is marked by an event on the server's own channel),
 //! and given the outcome of what it had in flight.
@@ -64,7 +65,7 @@ use super::redis::{
     Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, IN_FLIGHT_HIGH, IN_FLIGHT_LOW, MAX_REPLAY, REAP_EVERY,
 };
 use super::resp::{Item, Reply, Value};
-use super::shared::{channel, GAP, UNAVAILABLE};
+use super::shared::{channel, tag, GAP, UNAVAILABLE};
 use super::{figures, Chat, Later, Reg, Sub, LOBBY};
 use edgeloop::{Active, CloseReason, ConnId, Ctx};
 
@@ -563,7 +564,9 @@ impl Chat {
         let args: Vec<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
         bus.eval(ctx, Script::Resync, &args, Op::Ignore);
         for ((_, member), serial) in registered().zip(&serials) {
-            let args = [serial, &member.room, &member.nick].map(|a| a.as_bytes());
+            // Its tag if it has to be announced again under a new name.
+            let again = format!("{}.{}", tag('A', &bus.server, member.id, member.serial), member.nick);
+            let args = [serial, &member.room, &member.nick, &again].map(|a| a.as_bytes());
             bus.eval(ctx, Script::Restore, &args, Op::Restore { id: member.id, serial: member.serial });
         }
         let node = bus.node_channel.clone();

@@ -232,8 +232,10 @@ pub enum Script {
     /// `* OLD is now guestN`). If not — the server was reaped, or Redis
     /// lost its data — the room was told it left (or knows nothing of it),
     /// so it is announced `* NICK joined` again, under a fresh `guestN` if
-    /// its name was taken. ARGV: server, gen, serial, room, nick. Returns
-    /// the nickname it has now.
+    /// its name was taken (then with the tag `A.SERVER.CONN.SERIAL.OLD`:
+    /// the member itself, never told it left, is told `* OLD is now
+    /// guestN` in its place). ARGV: server, gen, serial, room, nick, that
+    /// tag. Returns the nickname it has now.
     Restore,
     /// After a reconnect, before the restores: members of this server
     /// that left while it was cut off are dropped and announced. ARGV:
@@ -418,7 +420,7 @@ end
 redis.call('SADD', P .. 'room:' .. room, final)
 entry(server, serial, room, final)
 if not e then
-  publish(room, '-', '* ' .. final .. ' joined\n')
+  publish(room, final == nick and '-' or ARGV[6], '* ' .. final .. ' joined\n')
 elseif final ~= nick then
   publish(room, '-', '* ' .. nick .. ' is now ' .. final .. '\n')
 end

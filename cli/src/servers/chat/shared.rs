@@ -76,6 +76,7 @@ use std::fmt::Write;
 use log::warn;
 use memchr::memchr;
 
+use super::batch::send_to_all;
 use super::lua::Script;
 use super::redis::{Link, Op, WHO_MAX};
 use super::{figures, Chat, Later, Member, Reg, Sub, LOBBY};
@@ -91,8 +92,9 @@ pub(super) fn channel(prefix: &str, room: &str) -> Vec<u8> {
     [prefix.as_bytes(), room.as_bytes()].concat()
 }
 
-/// The tag of our member's join (`J`) or leave (`L`) event.
-fn tag(kind: char, server: &str, id: ConnId, serial: u64) -> String {
+/// The tag of our member's join (`J`), leave (`L`), rename (`N`) or
+/// return under a new name (`A`, followed by `.OLD`) event.
+pub(super) fn tag(kind: char, server: &str, id: ConnId, serial: u64) -> String {
     format!("{kind}.{server}.{}.{serial}", id.index())
 }
 
@@ -119,6 +121,17 @@ fn our_tag(tag: &[u8], server: &str) -> Option<(u8, usize, u64)> {
 fn guest_number(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"* guest")?.strip_suffix(b" joined\n")?;
     std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+/// OLD, from the tag `A.SERVER.CONN.SERIAL.OLD` of a member announced
+/// again under a new name.
+fn old_name(tag: &[u8]) -> Option<&str> {
+    std::str::from_utf8(tag).ok()?.splitn(5, '.').nth(4)
+}
+
+/// NEW, from `* NEW joined\n`.
+fn joined_name(line: &[u8]) -> Option<&str> {
+    std::str::from_utf8(line.strip_prefix(b"* ")?.strip_suffix(b" joined\n")?).ok()
 }
 
 /// NEW, from `* OLD is now NEW\n`.
@@ -576,6 +589,7 @@ impl Chat {
         }
         let mut left = false;
         let mut own = None;
+        let mut renamed = None;
         if let Some((kind, conn, serial)) = our_tag(tag, &bus.server) {
             let here = members.get_mut(conn).and_then(Option::as_mut).filter(|m| m.serial == serial);
             // Our member, if it is still here and in this room.
@@ -603,6 +617,7 @@ impl Chat {
                 }
             }
             match kind {
+                b'A' => renamed = in_room.zip(old_name(tag).zip(joined_name(line))),
                 b'J' => {
                     room.joins = room.joins.saturating_sub(1);
                     if let Some(id) = in_room.filter(|id| !room.members.contains(id)) {
@@ -616,7 +631,22 @@ impl Chat {
                 _ => {}
             }
         }
-        batches.push_line(ctx, name, line);
+        match renamed {
+            // Our member, back after its server was reaped, under a new
+            // name: the rest of the room was told it left and now hears
+            // `* NEW joined`; the member itself never left, and learns its
+            // name as on any return (`* OLD is now NEW`), at the same place.
+            Some((id, (old, new))) => {
+                let mine = format!("* {old} is now {new}\n");
+                self.flush_lines(ctx);
+                if let Some(room) = self.rooms.get(name) {
+                    let others: Vec<ConnId> = room.members.iter().copied().filter(|&m| m != id).collect();
+                    send_to_all(ctx, &others, line);
+                }
+                self.send_now(ctx, id, mine.as_bytes());
+            }
+            None => batches.push_line(ctx, name, line),
+        }
         if left {
             self.maybe_unsubscribe(ctx, name);
         }
@@ -654,5 +684,8 @@ mod tests {
         assert_eq!(guest_number(b"* bob joined\n"), None);
         assert_eq!(renamed_to(b"* ann is now bob\n"), Some("bob"));
         assert_eq!(renamed_to(b"* ann joined\n"), None);
+        assert_eq!(old_name(b"A.ab-1.5.9.ann"), Some("ann"));
+        assert_eq!(old_name(b"J.ab-1.5.9"), None);
+        assert_eq!(joined_name(b"* guest7 joined\n"), Some("guest7"));
     }
 }
