@@ -526,6 +526,7 @@ class Client:
         self.pending = None
         self.last = None  # the last line answered
         self.undo_join = None  # (see on_line: a /join answered inside a bracket)
+        self.renamed_back = []  # (see on_line: `* OWN is now guestN` inside a bracket)
         self.departed = set()
         self.seq = 0
         self.reader = self.writer = None
@@ -716,6 +717,11 @@ class Client:
             if self.status != "down":
                 self.violate("notices", f"`{line}` at {self.rel(t)} without `unavailable` before")
             self.status = "up"
+            if self.renamed_back:
+                new, at = self.renamed_back[-1]
+                self.set_nick(new, at, at)
+                self.guests.append((new, at))
+                self.renamed_back = []
             self.restored_since = True
             self.notices.append(t)
             # A member whose server was reaped may be spared the events of
@@ -773,10 +779,16 @@ class Client:
             if old == self.nick and p is not None and p.kind == "nick" and new == p.arg:
                 self.set_nick(new, p.sent, t)
                 self.resolve("ok", t)
-            elif old == self.nick and RE_GUEST.match(new) and (self.status == "down" or self.restored_since):
-                # Renamed by the server: its name was taken while Redis was
-                # lost (so as its server registers it again, before
-                # `restored`; or after it, before any line of its own).
+            elif old == self.nick and RE_GUEST.match(new) and self.status == "down":
+                # Renamed by its server as it registers the member again
+                # (its name was taken while Redis was lost) — or, replayed,
+                # a rename of another member who had the name meanwhile.
+                # The registration runs after the replay: the last such
+                # line before `restored` (unless its own `joined` under the
+                # old name follows) is its own, taken at `restored`.
+                self.renamed_back.append((new, t))
+            elif old == self.nick and RE_GUEST.match(new) and self.restored_since:
+                # The same, seen after `restored`, before any line of its own.
                 self.set_nick(new, t, t)
                 self.guests.append((new, t))
             elif old == self.nick:
@@ -792,6 +804,8 @@ class Client:
         elif m := RE_JOINED.match(line):
             nick = m[1]
             item = self.push(t, JOIN, nick)
+            if nick == self.nick and self.status == "down":
+                self.renamed_back = []  # announced again under its own name
             idx = len(self.stream) - 1
             if self.nick is None:
                 # Registration: its own join into lobby is its first line.

@@ -513,11 +513,14 @@ impl Chat {
             // gone (Redis restarted empty, or the room was emptied), gone
             // back (a failover lost writes), or past its history.
             warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
-            self.batches.push_line(ctx, name, GAP.as_bytes());
-            room.gapped = true;
             room.next_seq = if top == 0 { 0 } else { top + 1 };
+            self.forgotten(ctx, name, &items);
+            self.batches.push_line(ctx, name, GAP.as_bytes());
         } else if first.is_some_and(|(seq, _, _)| seq > from) {
-            // The history starts after the gap: `deliver` says so.
+            // The history starts after the gap (Redis restarted empty and
+            // numbers from a new epoch, or the gap is older than the
+            // history): `deliver` says so at its first event.
+            self.forgotten(ctx, name, &items);
         }
         let mut whole = true;
         for item in items.iter().skip(1) {
@@ -536,6 +539,32 @@ impl Chat {
             self.deliver(ctx, name, &event, false);
         }
         self.handshake_progress(ctx);
+    }
+
+    /// Redis has forgotten part of `name`'s history (restarted empty, a
+    /// failover lost writes, the gap is older than the history): whether
+    /// the lines its members here had in flight at the loss ran, and
+    /// reached the others, nobody can tell from what is left (`replay`)
+    /// unless one of them is in it. "Unavailable" would say nobody got
+    /// them; so each sender gets its own lines back, here, just before the
+    /// room's gap notice — the place where the others either got them or
+    /// are told lines may have been lost. (Where the history is whole, the
+    /// replay gives back the lines that ran, and the rest did not run.)
+    fn forgotten(&mut self, ctx: &mut Ctx<'_>, name: &str, replay: &[Reply]) {
+        let Some(server) = self.bus.as_ref().map(|b| b.server.clone()) else { return };
+        let tags: Vec<&[u8]> = (replay.iter().skip(1).filter_map(Reply::text))
+            .filter_map(|e| super::shared::split_event(e.as_bytes()).map(|(_, tag, _)| tag))
+            .collect();
+        for i in 0..self.members.len() {
+            let Some(member) = self.members[i].as_mut().filter(|m| m.limbo && m.room == name) else { continue };
+            let id = member.id;
+            if tags.contains(&tag('M', &server, id, member.serial).as_bytes()) {
+                continue;
+            }
+            for line in std::mem::take(&mut member.in_flight) {
+                self.send_now(ctx, id, &line);
+            }
+        }
     }
 
     /// The history is in: the delivery lists from the members, then each
@@ -597,26 +626,17 @@ impl Chat {
             if std::mem::take(&mut member.told) {
                 self.reply(ctx, id, &["* chat backend restored"]);
             }
-            let gapped = self.member(id).and_then(|m| self.rooms.get(&m.room)).is_some_and(|r| r.gapped);
             let Some(member) = self.member_mut(id) else { continue };
             if std::mem::take(&mut member.limbo) {
-                // What did not come back did not happen — where the room's
-                // history says so. Where it cannot (the room got a gap
-                // notice: Redis lost what it had), a line may have reached
-                // the others before the loss, and "unavailable" would say
-                // nobody got it: the sender gets its own line, the outcome
-                // that the gap notice, already before every member, covers
-                // either way.
-                let lines = std::mem::take(&mut member.in_flight);
+                // What did not come back did not happen: the replay has
+                // given back every line that ran (or, where Redis forgot,
+                // `forgotten` has).
+                let lines = std::mem::take(&mut member.in_flight).len();
                 let asked = member.asked.take().is_some();
                 let held: Vec<Later> = member.later.drain(..).collect();
                 (member.sent, member.seen) = (0, 0);
-                for line in lines {
-                    if gapped {
-                        self.send_now(ctx, id, &line);
-                    } else {
-                        self.reply(ctx, id, &[UNAVAILABLE]);
-                    }
+                for _ in 0..lines {
+                    self.reply(ctx, id, &[UNAVAILABLE]);
                 }
                 if asked {
                     self.reply(ctx, id, &[UNAVAILABLE]);
@@ -713,7 +733,7 @@ impl Chat {
         for room in self.rooms.values_mut() {
             room.awaiting.clear();
             room.replay = None;
-            (room.joins, room.leaves, room.sub, room.acks, room.gapped) = (0, 0, Sub::Off, 0, false);
+            (room.joins, room.leaves, room.sub, room.acks) = (0, 0, Sub::Off, 0);
         }
         self.rooms.retain(|_, r| !r.members.is_empty());
         if !self.outage {

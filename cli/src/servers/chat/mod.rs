@@ -289,7 +289,7 @@ struct Member {
     sent: u64,
     seen: u64,
     /// Its messages on their way, as members read them (each gets one
-    /// outcome; see `Chat::restored` in `link` for why the text is kept).
+    /// outcome; see `Chat::forgotten` in `link` for why the text is kept).
     in_flight: VecDeque<Vec<u8>>,
     /// Answers waiting for their place among its own lines.
     later: VecDeque<Later>,
@@ -357,9 +357,6 @@ struct Room {
     acks: u32,
     /// While the room's history is replayed: the live events, held.
     replay: Option<Vec<Vec<u8>>>,
-    /// Its members were told `* some lines may have been lost` since Redis
-    /// was last lost.
-    gapped: bool,
 }
 
 impl Room {

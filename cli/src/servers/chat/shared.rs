@@ -569,7 +569,6 @@ impl Chat {
         if room.next_seq != 0 && seq > room.next_seq && !room.members.is_empty() {
             warn!("room {name}: {} events missed; the members were told", seq - room.next_seq);
             batches.push_line(ctx, name, GAP.as_bytes());
-            room.gapped = true;
         }
         room.next_seq = seq.saturating_add(1);
         if let Some(n) = guest_number(line) {
@@ -580,7 +579,6 @@ impl Chat {
             if replayed {
                 if !room.members.is_empty() {
                     batches.push_line(ctx, name, GAP.as_bytes());
-                    room.gapped = true;
                 }
                 return false;
             }
