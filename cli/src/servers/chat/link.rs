@@ -53,10 +53,10 @@
 //! nickname claimed again, or a fresh `guestN` if taken; a member the
 //! others were told had left (the server was reaped) is announced
 //! `* NICK joined` again (renamed, the member itself hears
-//! `* NICK is now guestN` there instead: see `Chat::deliver`). Only then is each member told
-//! `* chat backend restored`, behind every line the re-registration
-//! published (the end is marked by an event on the server's own channel),
-//! and given the outcome of what it had in flight.
+//! `* NICK is now guestN` there instead: see `Chat::deliver`). Only then
+//! is each member told `* chat backend restored`, behind every line the
+//! re-registration published (the end is marked by an event on the
+//! server's own channel), and given the outcome of what it had in flight.
 
 use log::{info, warn};
 
@@ -65,7 +65,7 @@ use super::redis::{
     Link, Op, Pending, Which, ALIVE_TTL, HEARTBEAT, IN_FLIGHT_HIGH, IN_FLIGHT_LOW, MAX_REPLAY, REAP_EVERY,
 };
 use super::resp::{Item, Reply, Value};
-use super::shared::{channel, tag, GAP, UNAVAILABLE};
+use super::shared::{channel, split_event, tag, GAP, UNAVAILABLE};
 use super::{figures, Chat, Later, Reg, Sub, LOBBY};
 use edgeloop::{Active, CloseReason, ConnId, Ctx};
 
@@ -507,7 +507,7 @@ impl Chat {
             _ => Vec::new(),
         };
         let top: u64 = items.first().and_then(Reply::text).and_then(|t| t.parse().ok()).unwrap_or(0);
-        let first = items.get(1).and_then(Reply::text).and_then(|e| super::shared::split_event(e.as_bytes()));
+        let first = items.get(1).and_then(Reply::text).and_then(|e| split_event(e.as_bytes()));
         if top.saturating_add(1) != from && first.is_none() {
             // Nothing to replay, yet the room is not where we left it:
             // gone (Redis restarted empty, or the room was emptied), gone
@@ -553,7 +553,7 @@ impl Chat {
     fn forgotten(&mut self, ctx: &mut Ctx<'_>, name: &str, replay: &[Reply]) {
         let Some(server) = self.bus.as_ref().map(|b| b.server.clone()) else { return };
         let tags: Vec<&[u8]> = (replay.iter().skip(1).filter_map(Reply::text))
-            .filter_map(|e| super::shared::split_event(e.as_bytes()).map(|(_, tag, _)| tag))
+            .filter_map(|e| split_event(e.as_bytes()).map(|(_, tag, _)| tag))
             .collect();
         for i in 0..self.members.len() {
             let Some(member) = self.members[i].as_mut().filter(|m| m.limbo && m.room == name) else { continue };
