@@ -74,6 +74,10 @@ waits + 60 s at most, then it gives up with status 2).
    had not asked to leave: a server reaped after a long pause) until it was
    announced `* NICK joined` again. `* chat backend unavailable` / `restored`
    do not excuse a hole: SPEC wants what was missed replayed.
+   Where the members' sequences leave two lines' order open (Redis lost
+   it: each sender got its own line back just before its gap notice, and
+   nobody else got either), a missing line is a hole only if every order
+   they allow puts it away from the member's gap notices.
    Membership: from the member's own `* NICK joined` in the room to the
    moment it sent the `/join` that took it out; a line is owed to the member
    when it was sent after the member's join reached the member and first
@@ -787,6 +791,11 @@ class Client:
                 # line before `restored` (unless its own `joined` under the
                 # old name follows) is its own, taken at `restored`.
                 self.renamed_back.append((new, t))
+            elif old == self.nick and self.status == "down":
+                # Replayed: another member had the name while this one's
+                # server was cut off (its names may be lost then); where
+                # both certainly held it, rule 4's intervals say so.
+                pass
             elif old == self.nick and RE_GUEST.match(new) and self.restored_since:
                 # The same, seen after `restored`, before any line of its own.
                 self.set_nick(new, t, t)
