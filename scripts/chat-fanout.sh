@@ -2,8 +2,9 @@
 # Chat fan-out benchmark: one room of M members, K of them sending.
 #
 #   scripts/chat-fanout.sh                 # M = 10 100 1000, K = 4, 5 s each
-#   REDIS=1 scripts/chat-fanout.sh         # each M on one server, then on two
-#                                          # servers sharing one Redis
+#   REDIS=1 scripts/chat-fanout.sh         # each M on one server, on one server
+#                                          # through Redis, then on two servers
+#                                          # sharing one Redis
 #   PEERS=1 REPEAT=2 scripts/chat-fanout.sh  # beside the chat peers of
 #                                          # scripts/peers/ (go-chat, tokio-chat)
 #   MEMBERS="10 1000" SENDERS=2 DURATION=3 TEXT_BYTES=100 REPEAT=3 WINDOW=4096 \
@@ -20,10 +21,12 @@
 # measured) and prints one row:
 #
 #   server         edgeloop, or a peer (PEERS=1)
-#   mode           single: one server; redis: two servers on one Redis
-#                  (`--redis`), the members split between them, the senders
-#                  too — each message crosses Redis once and every server
-#                  fans it out to its own members
+#   mode           single: one server; redis1: one server with `--redis`
+#                  (every line makes the round trip through Redis, one
+#                  server fans out); redis: two servers on one Redis, the
+#                  members split between them, the senders too — each
+#                  message crosses Redis once and every server fans it out
+#                  to its own members
 #   deliveries/s   message lines received by all members per second
 #   msgs/s         messages sent per second (deliveries / M)
 #   srv CPU        the server's CPU use during the measurement (100% = one
@@ -32,7 +35,7 @@
 #                  (both servers; Redis's own CPU is the next column)
 #   M deliv/CPU-s  the same upside down: millions of deliveries per second of
 #                  server CPU (the figure to compare servers by)
-#   redis CPU      redis-server's CPU use (redis mode)
+#   redis CPU      redis-server's CPU use (redis1 and redis modes)
 #   deliv/sendmsg  deliveries per sendmsg, from the servers' --stats counters:
 #                  how many queued messages one vectored write carried
 #   own p50/p99    how long a sender waits to see its own line come back,
@@ -60,7 +63,7 @@
 # sending (server's) CPU and counts as the server's system time. Run as
 # root, it raises net.core.netdev_max_backlog (see DESIGN-NOTES) and prints
 # the values in force. Every run is bounded by `timeout`; the whole script
-# takes about a minute per REPEAT (two with REDIS=1).
+# takes about a minute per REPEAT (three with REDIS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,7 +79,7 @@ REPEAT=${REPEAT:-${REPS:-1}} # rows per M (alternating over M), to see the sprea
 PEERS=${PEERS:-0}
 MODES=single
 if [[ ${REDIS:-0} == 1 ]]; then
-    MODES="single redis"
+    MODES="single redis1 redis"
     command -v redis-server >/dev/null || { echo "REDIS=1 needs redis-server" >&2; exit 1; }
 fi
 
@@ -185,7 +188,7 @@ for _ in $(seq "$REPEAT"); do runs+=($MEMBERS); done
 combos=()
 for srv in $SERVERS; do
     for mode in $MODES; do
-        [[ $mode == redis ]] && ! is_edgeloop "$srv" || combos+=("$srv:$mode")
+        [[ $mode == redis* ]] && ! is_edgeloop "$srv" || combos+=("$srv:$mode")
     done
 done
 for m in "${runs[@]}"; do
@@ -193,7 +196,7 @@ for m in "${runs[@]}"; do
         srv=${combo%:*} mode=${combo#*:}
         redis_pid=
         rm -f "$out"/server[12].err
-        if [[ $mode == redis ]]; then
+        if [[ $mode == redis* ]]; then
             rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
             "${pin_driver[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
                 >"$out/redis.log" 2>&1 &
@@ -204,9 +207,11 @@ for m in "${runs[@]}"; do
                 sleep 0.05
             done
             start_server 1 "$srv" --redis "redis://127.0.0.1:$rport"
-            p1=$port s1=$server_pid
-            start_server 2 "$srv" --redis "redis://127.0.0.1:$rport"
-            ports="$p1,$port" spids="$s1,$server_pid"
+            ports=$port spids=$server_pid
+            if [[ $mode == redis ]]; then
+                start_server 2 "$srv" --redis "redis://127.0.0.1:$rport"
+                ports+=",$port" spids+=",$server_pid"
+            fi
         else
             start_server 1 "$srv"
             ports=$port spids=$server_pid
@@ -232,7 +237,7 @@ for m in "${runs[@]}"; do
         per_write=- dbytes=0 dwrites=0
         for f in "$out"/server[12].err; do
             [[ -e $f ]] || continue
-            [[ $mode == single && $f == */server2.err ]] && continue
+            [[ $mode != redis && $f == */server2.err ]] && continue
             stats=$(awk -v a="$from" -v b="$to" '$1 > a && $1 < b && $2 == "stats"' "$f")
             if [[ $(wc -l <<<"$stats") -ge 2 ]]; then
                 first=$(head -1 <<<"$stats") last=$(tail -1 <<<"$stats")
@@ -244,7 +249,7 @@ for m in "${runs[@]}"; do
             'BEGIN { printf "%.1f", b / l / w }')
         secs=$(field seconds "$r")
         redis_cpu=-
-        [[ $mode == redis ]] && redis_cpu=$(awk -v c="$(field other_cpu_s "$r")" -v s="$secs" \
+        [[ $mode == redis* ]] && redis_cpu=$(awk -v c="$(field other_cpu_s "$r")" -v s="$secs" \
             'BEGIN { printf "%.0f%%", 100 * c / s }')
         ns=$(field server_ns_per_delivery "$r")
         per_cpu_s=$(awk -v n="$ns" 'BEGIN { if (n > 0) printf "%.1f", 1000 / n; else print "-" }')
@@ -286,8 +291,9 @@ if [[ $PEERS == 1 || $REPEAT -gt 1 ]]; then
             ns = split(order, srv, " ")
             for (mi = 1; mi <= nm; mi++) {
                 m = ms[mi]; best = 0; ours = 0
-                for (si = 1; si <= ns; si++) for (mode_i = 1; mode_i <= 2; mode_i++) {
-                    mode = mode_i == 1 ? "single" : "redis"
+                split("single redis1 redis", modes, " ")
+                for (si = 1; si <= ns; si++) for (mode_i = 1; mode_i <= 3; mode_i++) {
+                    mode = modes[mode_i]
                     k = m SUBSEP srv[si] SUBSEP mode
                     if (!(k in n)) continue
                     split("", a1); split("", a2); split("", a3)
