@@ -976,7 +976,7 @@ def reference_order(seqs, msgs):
     return {x: i for i, x in enumerate(order)}, cyclic
 
 
-def bounds(x, members, room, idx_of, start, end, reach=2000):
+def bounds(x, members, idx_of, start, end, reach=2000):
     """Where line x can be in a member's stream (indices in `idx_of`, the
     member's own lines of the room) in any order the other members'
     sequences allow: after the last line it received that came before x in
@@ -1116,7 +1116,7 @@ def check(c):
                 # Only the members' own sequences bound where x can be.
                 if idx_of is None:
                     idx_of = {text: i for i, _, text in mine}
-                lo, hi = bounds(x, members, s.room, idx_of, s.start, end)
+                lo, hi = bounds(x, members, idx_of, s.start, end)
                 if any(lo < g < hi for g in gaps):
                     continue
                 lost[(cl.cid, x)] = (f"sent by {msg.sender} at {rel(msg.sent)} (after this member's join at {rel(s.j)}), "
