@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use edgeloop::{Config, Framing, Handler, ListenOptions, OutputPolicy, OverLimit};
 use edgeloop_cli::access::{AccessList, Cidr};
-use edgeloop_cli::servers::chat::{self, redis::RedisUrl, Chat};
+use edgeloop_cli::servers::chat::{self, url::RedisUrl, Chat};
 use edgeloop_cli::servers::echo::Echo;
 
 #[derive(Parser)]
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
             let max_frame = config.max_frame;
             // Redis must answer before anything is served.
             let redis = match redis {
-                Some(url) => match chat::redis::probe(&url, Duration::from_secs(5)) {
+                Some(url) => match chat::url::probe(&url, Duration::from_secs(5)) {
                     Ok(addr) => Some((url, addr)),
                     Err(why) => return fail(format_args!("cannot reach Redis at {}: {why}", url.text)),
                 },

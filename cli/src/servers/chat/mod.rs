@@ -173,11 +173,11 @@
 //! - **An error reply** (OOM, `LOADING`) is answered to the member it was
 //!   for; the link stays ([`link`]).
 //! - **Credentials**: `redis://[USER]:PASSWORD@…`, `AUTH` on every
-//!   connection; the password is masked in every message ([`redis::RedisUrl`]).
+//!   connection; the password is masked in every message ([`url::RedisUrl`]).
 //! - **Failover with Sentinel** (`redis-sentinel://…/MASTER`): the master
 //!   is asked for at every reconnection, off the reactor's thread, and
 //!   checked with `ROLE`; `READONLY` means it was failed over: the link
-//!   is dropped and found again ([`redis::locate`], and `Bus::connect` in [`redis`]).
+//!   is dropped and found again ([`url::locate`], and `Bus::connect` in [`redis`]).
 //!
 //! - **Exactly once**: a server's script calls are numbered and each runs
 //!   only after the one before it, so calls sent again after a script
@@ -202,12 +202,14 @@ pub mod lua;
 pub mod redis;
 pub mod resp;
 pub mod shared;
+pub mod url;
 pub mod web;
 
 use batch::Batches;
 use command::Command;
 use flood::Bucket;
-use redis::{Bus, RedisUrl};
+use redis::Bus;
+use url::RedisUrl;
 
 /// The room every client joins on connect.
 pub const LOBBY: &str = "lobby";
@@ -520,7 +522,7 @@ impl Chat {
 
     /// A chat server sharing its rooms, nicknames and `/who` with every
     /// chat server on the Redis at `addr` (see "Across servers");
-    /// `max_frame` is the reactor's. [`redis::probe`] checks the URL and
+    /// `max_frame` is the reactor's. [`url::probe`] checks the URL and
     /// finds the address.
     pub fn with_redis(rate: u32, url: RedisUrl, addr: SocketAddr, max_frame: usize) -> Chat {
         let bus = Bus::new(url, addr, max_frame, std::time::Instant::now());

@@ -69,7 +69,10 @@
 //! script (see [`super::redis`], "Liveness"). A server that was paused or
 //! cut off longer than that has lost its lease before anyone could reap
 //! it (it checks, see [`super::link`]); when it comes back, members the
-//! others were told had left are announced `* NICK joined` again.
+//! others were told had left are announced `* NICK joined` again — and a
+//! member whose name was taken meanwhile, announced under a fresh
+//! `guestN`, hears `* NICK is now guestN` in that place instead (its
+//! event's tag, `A.SERVER.CONN.SERIAL.NICK`, says whose it is).
 
 use std::fmt::Write;
 
