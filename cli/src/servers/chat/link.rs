@@ -549,7 +549,10 @@ impl Chat {
     /// them; so each sender gets its own lines back, here, just before the
     /// room's gap notice — the place where the others either got them or
     /// are told lines may have been lost. (Where the history is whole, the
-    /// replay gives back the lines that ran, and the rest did not run.)
+    /// replay gives back the lines that ran, and the rest did not run. A
+    /// member with one of its lines in what is left is taken to have lost
+    /// none: lines that ran and were trimmed from a 10 000-event history
+    /// while the server was away, beside one that was not, are refused.)
     fn forgotten(&mut self, ctx: &mut Ctx<'_>, name: &str, replay: &[Reply]) {
         let Some(server) = self.bus.as_ref().map(|b| b.server.clone()) else { return };
         let tags: Vec<&[u8]> = (replay.iter().skip(1).filter_map(Reply::text))
