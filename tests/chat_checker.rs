@@ -13,9 +13,7 @@ use std::process::Command;
 
 #[test]
 fn the_checker_passes_a_clean_run_and_catches_every_tampering() {
-    if common::find_program("redis-server").is_none() {
-        assert!(std::env::var_os("CI").is_none(), "redis-server is not installed; CI must run this test");
-        eprintln!("note: redis-server is not installed; skipping this test");
+    if !common::installed(common::find_program("redis-server").is_some(), "redis-server") {
         return;
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -146,7 +146,7 @@ fn flood_control_delays_a_websocket_member_without_dropping_lines() {
 
 #[test]
 fn python_websockets_member_talks_with_a_tcp_member() {
-    let Some(script) = python_ws_check() else { return };
+    let Some(script) = common::ws::python_ws_check() else { return };
     let (server, web) = chat_with_ws(&[]);
     let mut tcp = TcpMember::join(&server);
     let mut py = Command::new("python3")
@@ -198,17 +198,4 @@ fn sorted(names: &[&str]) -> String {
     let mut v = names.to_vec();
     v.sort_unstable();
     v.join(" ")
-}
-
-/// `scripts/lib/ws_check.py`, if python3 and `websockets` are there
-/// (under CI they must be).
-fn python_ws_check() -> Option<std::path::PathBuf> {
-    let script = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("scripts/lib/ws_check.py");
-    let ok = Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "python3 with websockets is not installed; CI must run this test");
-        eprintln!("note: python3 websockets is not installed; skipping this test");
-        return None;
-    }
-    Some(script)
 }

@@ -5,29 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::metrics::{metric, scrape, start_with_metrics};
-
-/// `scripts/lib/ws_check.py`, if python3 and `websockets` are there.
-pub fn ws_check() -> Option<PathBuf> {
-    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("scripts/lib/ws_check.py");
-    let ok = Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with websockets is not installed (pip install websockets); CI must run this test"
-        );
-        eprintln!("note: python3 websockets is not installed; skipping this test");
-        return None;
-    }
-    Some(script)
-}
+use common::ws::python_ws_check;
 
 #[test]
 fn python_websockets_client_against_echo_with_workers_metrics_and_limits() {
-    let Some(script) = ws_check() else { return };
+    let Some(script) = python_ws_check() else { return };
     let (server, metrics) = start_with_metrics(&["echo", "--framing", "ws", "--workers", "2", "--max-frame", "400000"]);
     let url = format!("ws://{}/some/path", server.addr);
     let out = Command::new("python3").arg(&script).args(["echo", &url, "--max-frame", "400000"]).output().unwrap();

@@ -288,6 +288,18 @@ pub fn assert_not_spinning(server: &Server, situation: &str) {
 
 // ---- a real Redis
 
+/// Whether an outside dependency of a test (`what`, with how to install
+/// it) is `found`. Without it the test is skipped with a note, unless `CI`
+/// is set: CI installs every dependency (`.ci/run`), so there a missing
+/// one fails the test instead of passing it unseen.
+pub fn installed(found: bool, what: &str) -> bool {
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{what} is not installed; CI must run this test");
+        eprintln!("note: {what} is not installed; skipping this test");
+    }
+    found
+}
+
 /// A program on the `PATH`, if installed.
 pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -306,14 +318,11 @@ impl Redis {
     /// `None` (after a note) when `redis-server` is not installed, unless
     /// `CI` is set: then the test fails.
     pub fn start() -> Option<Redis> {
-        let Some(binary) = find_program("redis-server") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed (Debian: apt-get install redis-server); CI must run this test"
-            );
-            eprintln!("note: redis-server is not installed; skipping this test");
+        let binary = find_program("redis-server");
+        if !installed(binary.is_some(), "redis-server (Debian: apt-get install redis-server)") {
             return None;
-        };
+        }
+        let binary = binary?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = Redis { child: None, binary, port };
         redis.spawn();

@@ -4,7 +4,18 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
+
+/// `scripts/lib/ws_check.py` (an independent client: Python's
+/// `websockets`), if python3 and `websockets` are there (see
+/// [`super::installed`]).
+pub fn python_ws_check() -> Option<PathBuf> {
+    let found = Command::new("python3").args(["-c", "import websockets"]).status().is_ok_and(|s| s.success());
+    super::installed(found, "python3 with websockets (pip install websockets)")
+        .then(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join("scripts/lib/ws_check.py"))
+}
 
 /// The key of RFC 6455's own example, and the answer it must get.
 pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

@@ -508,19 +508,22 @@ impl Chat {
         };
         let top: u64 = items.first().and_then(Reply::text).and_then(|t| t.parse().ok()).unwrap_or(0);
         let first = items.get(1).and_then(Reply::text).and_then(|e| split_event(e.as_bytes()));
-        if top.saturating_add(1) != from && first.is_none() {
-            // Nothing to replay, yet the room is not where we left it:
-            // gone (Redis restarted empty, or the room was emptied), gone
-            // back (a failover lost writes), or past its history.
+        // Nothing to replay, yet the room is not where we left it: gone
+        // (Redis restarted empty, or the room was emptied), gone back (a
+        // failover lost writes), or past its history.
+        let gone = top.saturating_add(1) != from && first.is_none();
+        if gone {
             warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
             room.next_seq = if top == 0 { 0 } else { top + 1 };
+        }
+        // Or the history starts after a gap (Redis restarted empty and
+        // numbers from a new epoch, or the gap is older than the history):
+        // `deliver` tells the members at its first event.
+        if gone || first.is_some_and(|(seq, _, _)| seq > from) {
             self.forgotten(ctx, name, &items);
+        }
+        if gone {
             self.batches.push_line(ctx, name, GAP.as_bytes());
-        } else if first.is_some_and(|(seq, _, _)| seq > from) {
-            // The history starts after the gap (Redis restarted empty and
-            // numbers from a new epoch, or the gap is older than the
-            // history): `deliver` says so at its first event.
-            self.forgotten(ctx, name, &items);
         }
         let mut whole = true;
         for item in items.iter().skip(1) {
