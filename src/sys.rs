@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::epoll::{self, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::resource::{self, Resource, UsageWho};
@@ -182,6 +183,23 @@ fn stream_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
 /// Accepted sockets inherit it from their listener.
 pub fn set_oob_inline(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(socket::setsockopt(&fd, sockopt::OobInline, &true)?)
+}
+
+/// Prepare a socket bound elsewhere for the reactor's accept loop: it must
+/// be listening (`SO_ACCEPTCONN`, else `InvalidInput`), and it is made
+/// non-blocking — `std::net::TcpListener` is blocking, and an accept loop
+/// that runs until `EAGAIN` would otherwise block the reactor in its last
+/// `accept` until the next client came. `SO_OOBINLINE` is set too (see
+/// [`set_oob_inline`]): its connections inherit it.
+pub fn adopt_listener(fd: BorrowedFd<'_>) -> io::Result<()> {
+    if !socket::getsockopt(&fd, sockopt::AcceptConn)? {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a listening socket"));
+    }
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    set_oob_inline(fd)
 }
 
 /// A non-blocking, close-on-exec listening socket bound to `addr`, with

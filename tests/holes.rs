@@ -52,9 +52,9 @@ impl Served {
             let mut reactor = Reactor::new(config)?;
             // The handler is built once the address is known (it may want it).
             let addr = {
+                // Blocking, as std makes it: add_listener makes it
+                // non-blocking (see `a_blocking_listener_never_blocks_the_reactor`).
                 let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-                // The reactor's accept loop must never block.
-                listener.set_nonblocking(true)?;
                 let addr = listener.local_addr()?;
                 let handler = reactor.add_handler(make(addr));
                 let options = ListenOptions { framing, ..ListenOptions::default() };
@@ -367,4 +367,47 @@ fn connect_inside_on_close_gets_a_new_id() {
     // The closed id names nothing; the new one its connection.
     let (old_addr, new_addr) = server.ask(move |ctx| (ctx.local_addr(closed).is_ok(), ctx.local_addr(new).is_ok()));
     assert_eq!((old_addr, new_addr), (false, true));
+}
+
+// ---------------------------------------------------------------------------
+// 8. A listener bound elsewhere
+// ---------------------------------------------------------------------------
+
+/// Echoes every frame.
+struct Echo;
+
+impl Handler for Echo {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, frame: &[u8]) {
+        ctx.send(id, frame).unwrap();
+    }
+}
+
+/// A `std::net::TcpListener` is blocking. The accept loop runs until
+/// `EAGAIN`, so before `add_listener` made the socket non-blocking the
+/// reactor sat in its second `accept` until another client came: the
+/// first client was never answered.
+#[test]
+fn a_blocking_listener_never_blocks_the_reactor() {
+    let server = Served::start(Config::default(), Framing::Line, |_| Echo);
+    let mut client = server.connect();
+    client.write_all(b"hello\n").unwrap();
+    let mut line = String::new();
+    if let Err(e) = BufReader::new(&client).read_line(&mut line) {
+        // The reactor is stuck in accept: stopping it would wait forever.
+        std::mem::forget(server);
+        panic!("no echo before a second client came: {e}");
+    }
+    assert_eq!(line, "hello\n");
+}
+
+/// A socket that is not listening is refused, not polled for connections
+/// that can never come.
+#[test]
+fn add_listener_refuses_a_socket_that_is_not_listening() {
+    let mut reactor = Reactor::new(Config::default()).unwrap();
+    let handler = reactor.add_handler(Quiet);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connected = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let err = reactor.add_listener(connected.into(), handler, ListenOptions::default()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
 }

@@ -326,7 +326,9 @@ impl Reactor {
     }
 
     /// Serve a socket that is already listening (bound before the threads
-    /// started, say), for `handler`; returns its address.
+    /// started, say), for `handler`; returns its address. It is made
+    /// non-blocking (a `std::net::TcpListener` is blocking); a socket that
+    /// is not listening is refused with `InvalidInput`.
     pub fn add_listener(&mut self, fd: OwnedFd, handler: HandlerId, options: ListenOptions) -> io::Result<SocketAddr> {
         if handler.0 as usize >= self.handlers.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such handler"));
@@ -334,9 +336,8 @@ impl Reactor {
         if self.core.listeners.len() as u64 >= MAX_LISTENERS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many listeners on one reactor"));
         }
+        sys::adopt_listener(fd.as_fd())?;
         let local = sys::local_addr(fd.as_fd())?;
-        // A socket bound elsewhere may lack it; its connections inherit it.
-        sys::set_oob_inline(fd.as_fd())?;
         let token = LISTENER_TOKEN - self.core.listeners.len() as u64;
         self.core.epoll.add(fd.as_fd(), token, sys::EPOLLIN | sys::EPOLLET)?;
         self.core.listeners.push(Listener { fd, handler: handler.0, options, pending: false });
