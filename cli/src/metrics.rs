@@ -8,13 +8,11 @@
 //! left out of `--max-conns` and of the service's figures
 //! ([`ListenOptions::counted`]), and bounded on their own:
 //!
-//! - **Memory.** The listener has a frame limit of its own
-//!   ([`ListenOptions::max_frame`]): [`MAX_HEAD`], not `--max-frame` (a
-//!   megabyte). A head over [`MAX_HEAD`] is answered `431 Request Header
-//!   Fields Too Large`; a single line over it is cut by the reactor
-//!   before the handler sees it (closed without an answer: the line was
-//!   never whole). Either way a connection buffers at most one line of
-//!   8 KiB and a head of 8 KiB.
+//! - **Memory.** The listener reads in `raw` framing and the handler
+//!   gathers the head itself, up to [`MAX_HEAD`] (not `--max-frame`, a
+//!   megabyte): a head that would pass it — however it is cut into
+//!   lines, one line of 9 KiB included — is answered `431 Request Header
+//!   Fields Too Large`. A connection holds at most 8 KiB.
 //! - **Descriptors.** At most [`MAX_CONNECTIONS`] metrics connections are
 //!   open at once; more are refused at once (reset as soon as they are
 //!   accepted), so unfinished requests cannot take the descriptors the
@@ -22,8 +20,8 @@
 //!   `--stats`, `edgeloop_metrics_connections` and
 //!   `edgeloop_metrics_refused_total` here.
 //!
-//! A request is read in `line` framing, its head gathered until the empty
-//! line that ends it, and parsed with `httparse`. `GET /metrics` gets 200
+//! A request's head is gathered until the empty line that ends it, and
+//! parsed with `httparse`. `GET /metrics` gets 200
 //! with the exposition; another path 404; another method 405; anything
 //! that is not HTTP 400 (as soon as the parser says so); a head too large
 //! 431; a client that has not sent a whole head within
@@ -68,16 +66,10 @@ impl Metrics {
         Metrics { workers, heads: Vec::new(), admitted: Vec::new(), open: 0 }
     }
 
-    /// How the metrics listener listens: lines of at most [`MAX_HEAD`],
-    /// uncounted.
+    /// How the metrics listener listens: raw bytes (the handler bounds the
+    /// head), uncounted.
     pub fn listen_options() -> ListenOptions {
-        ListenOptions {
-            framing: Framing::Line,
-            backlog: 128,
-            counted: false,
-            max_frame: Some(MAX_HEAD),
-            ..ListenOptions::default()
-        }
+        ListenOptions { framing: Framing::Raw, backlog: 128, counted: false, ..ListenOptions::default() }
     }
 
     fn answer(&mut self, ctx: &mut Ctx<'_>, id: ConnId, status: &str, body: &str) {
@@ -114,9 +106,10 @@ impl Handler for Metrics {
         ctx.set_timer(id, REQUEST_TIMEOUT);
     }
 
-    fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, line: &[u8]) {
+    fn on_frame(&mut self, ctx: &mut Ctx<'_>, id: ConnId, bytes: &[u8]) {
+        // After the answer (a pipelined request, a body) bytes are ignored.
         let Some(head) = self.heads.get_mut(id.index()).and_then(Option::as_mut) else { return };
-        let (status, body) = match take_line(head, line) {
+        let (status, body) = match take_bytes(head, bytes) {
             Request::Incomplete => return,
             Request::Metrics => ("200 OK", render(&sum(&self.workers), &self.workers)),
             Request::NotFound => ("404 Not Found", "not found; try /metrics\n".into()),
@@ -162,13 +155,12 @@ pub enum Request {
     Bad(String),
 }
 
-/// Add one line (as `line` framing delivers it) to the request head
-/// gathered so far, and judge the head with `httparse`.
-pub fn take_line(head: &mut Vec<u8>, line: &[u8]) -> Request {
-    if head.len() + line.len() > MAX_HEAD {
-        return Request::TooLarge;
-    }
-    head.extend_from_slice(line);
+/// Add the bytes of one read to the request head gathered so far (never
+/// past [`MAX_HEAD`]), and judge the head with `httparse`.
+pub fn take_bytes(head: &mut Vec<u8>, bytes: &[u8]) -> Request {
+    let room = MAX_HEAD - head.len();
+    let overflow = bytes.len() > room;
+    head.extend_from_slice(&bytes[..bytes.len().min(room)]);
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -180,12 +172,20 @@ pub fn take_line(head: &mut Vec<u8>, line: &[u8]) -> Request {
                 _ => Request::NotAllowed,
             }
         }
-        // The empty line that ends a head, and the head still incomplete:
-        // not HTTP either.
-        Ok(httparse::Status::Partial) if line == b"\r\n" || line == b"\n" => Request::Bad("not an HTTP request".into()),
+        // Full, and still no end: it could only grow past the limit.
+        Ok(httparse::Status::Partial) if overflow || head.len() == MAX_HEAD => Request::TooLarge,
+        // An empty line, which ends any head, and the head still
+        // incomplete: not HTTP either.
+        Ok(httparse::Status::Partial) if has_empty_line(head) => Request::Bad("not an HTTP request".into()),
         Ok(httparse::Status::Partial) => Request::Incomplete,
         Err(e) => Request::Bad(format!("not an HTTP request: {e}")),
     }
+}
+
+/// Whether `head` holds a line with nothing on it (`\n` or `\r\n`) after
+/// its first.
+fn has_empty_line(head: &[u8]) -> bool {
+    memchr::memmem::find(head, b"\n\n").is_some() || memchr::memmem::find(head, b"\n\r\n").is_some()
 }
 
 /// The exposition: every metric with `# HELP` and `# TYPE`.

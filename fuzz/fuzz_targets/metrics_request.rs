@@ -1,20 +1,21 @@
-//! The `/metrics` request handling, fed arbitrary bytes cut into lines as
-//! the listener's `line` framing cuts them: never a panic, the head never
-//! grows past its limit, and a blank line always ends the wait (an
-//! answer, never "incomplete").
+//! The `/metrics` request handling, fed arbitrary bytes cut into reads at
+//! arbitrary places (the first byte picks the read size): never a panic,
+//! the head never grows past its limit, and once it holds an empty line
+//! the wait ends (an answer, never "incomplete").
 
 #![no_main]
 
-use edgeloop_cli::metrics::{take_line, Request, MAX_HEAD};
+use edgeloop_cli::metrics::{take_bytes, Request, MAX_HEAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
+    let Some((&size, input)) = input.split_first() else { return };
     let mut head = Vec::new();
-    for line in input.split_inclusive(|&b| b == b'\n') {
-        let outcome = take_line(&mut head, line);
+    for read in input.chunks(usize::from(size).max(1)) {
+        let outcome = take_bytes(&mut head, read);
         assert!(head.len() <= MAX_HEAD);
-        if line == b"\n" || line == b"\r\n" {
-            assert_ne!(outcome, Request::Incomplete, "a blank line left the request waiting");
+        if head.windows(2).any(|w| w == b"\n\n") || head.windows(3).any(|w| w == b"\n\r\n") {
+            assert_ne!(outcome, Request::Incomplete, "an empty line left the request waiting");
         }
         if outcome != Request::Incomplete {
             return; // the server answers and closes
