@@ -126,7 +126,10 @@ pub enum Closing {
     Local,
     /// The reactor is shutting down.
     Shutdown,
-    /// A protocol error (a WebSocket violation, answered with its status).
+    /// A WebSocket message or handshake too large (answered 1009 or 431).
+    TooLarge,
+    /// Another protocol error (a WebSocket violation, answered with its
+    /// status).
     Protocol,
 }
 
@@ -136,7 +139,8 @@ impl From<Closing> for CloseReason {
             Closing::PeerClosed => CloseReason::PeerClosed,
             Closing::Local => CloseReason::Local,
             Closing::Shutdown => CloseReason::Shutdown,
-            Closing::Protocol => CloseReason::FrameTooLarge,
+            Closing::TooLarge => CloseReason::FrameTooLarge,
+            Closing::Protocol => CloseReason::ProtocolError,
         }
     }
 }
@@ -237,10 +241,11 @@ impl Conn {
 
     /// How a graceful close in progress will be reported.
     pub fn closing(&self) -> Closing {
-        match (self.flags >> CLOSING_SHIFT) & 0b11 {
+        match (self.flags >> CLOSING_SHIFT) & 0b111 {
             0 => Closing::PeerClosed,
             1 => Closing::Local,
             2 => Closing::Shutdown,
+            3 => Closing::TooLarge,
             _ => Closing::Protocol,
         }
     }
@@ -251,9 +256,10 @@ impl Conn {
             Closing::PeerClosed => 0,
             Closing::Local => 1,
             Closing::Shutdown => 2,
-            Closing::Protocol => 3,
+            Closing::TooLarge => 3,
+            Closing::Protocol => 4,
         };
-        self.flags = self.flags & !(0b11 << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
+        self.flags = self.flags & !(0b111 << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
     }
 
     /// Whether reading from the socket is allowed now. A closing connection

@@ -86,8 +86,8 @@ pub enum CloseReason {
     /// `EPIPE`, `ETIMEDOUT` from keepalive, ...). gen_tcp's
     /// `show_econnreset`, always on.
     Error(Errno),
-    /// A frame over `max_frame`, or another protocol error (a WebSocket
-    /// violation: see [`crate::ws`]).
+    /// A frame over `max_frame` (a WebSocket message too, closed 1009; or
+    /// a handshake head over [`crate::ws::MAX_HEAD`], answered 431).
     FrameTooLarge,
     /// Pending output made no progress for `send_timeout`; `unsent` bytes
     /// were still queued.
@@ -108,12 +108,16 @@ pub enum CloseReason {
     /// A callback about this connection panicked; the connection was
     /// aborted (see [`Handler`] on crash isolation).
     Panic,
+    /// The peer broke the protocol in another way than size (a WebSocket
+    /// violation: a refused handshake, an unmasked frame, invalid UTF-8,
+    /// ...), answered with its status (see [`crate::ws`]).
+    ProtocolError,
 }
 
 impl CloseReason {
     /// The names of the kinds of reason, in the order of
     /// [`CloseReason::index`]: labels for counters and metrics.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "peer_closed",
         "local",
         "aborted",
@@ -125,6 +129,7 @@ impl CloseReason {
         "shutdown",
         "connect_failed",
         "panic",
+        "protocol_error",
     ];
 
     /// The kind of reason as a small index (data aside), for counters.
@@ -141,6 +146,7 @@ impl CloseReason {
             CloseReason::Shutdown => 8,
             CloseReason::ConnectFailed(_) => 9,
             CloseReason::Panic => 10,
+            CloseReason::ProtocolError => 11,
         }
     }
 

@@ -231,7 +231,7 @@ fn the_close_handshake_returns_the_status() {
 /// Each violation of SPEC closes with its status, the others unaffected.
 #[test]
 fn every_violation_closes_with_its_status() {
-    let server = echo(&["--max-frame", "1000"]);
+    let server = echo(&["--max-frame", "1000", "--stats", "1"]);
     let mut bystander = Client::connect(server.addr, "/");
     let mut rsv = ws::frame(true, TEXT, b"a");
     rsv[0] |= 0x40;
@@ -273,6 +273,8 @@ fn every_violation_closes_with_its_status() {
         ("one frame over --max-frame", ws::frame(true, BINARY, &[1; 1001]), 1009),
         ("a message over --max-frame in two fragments", over_two, 1009),
     ];
+    let too_big = cases.iter().filter(|(_, _, status)| *status == 1009).count();
+    let other = cases.len() - too_big;
     for (what, wire, status) in cases {
         let mut c = Client::connect(server.addr, "/");
         c.send(true, TEXT, b"before");
@@ -287,6 +289,12 @@ fn every_violation_closes_with_its_status() {
     // A message exactly at the limit is fine.
     bystander.send(true, BINARY, &[9; 1000]);
     assert_eq!(bystander.recv(), (BINARY, vec![9; 1000]));
+    // Monitoring tells a message too large from a broken client.
+    let counted = format!(" closed_frame_too_large={too_big} ");
+    let broken = format!(" closed_protocol_error={other}");
+    common::wait_until(Duration::from_secs(5), "the closes counted by kind in --stats", || {
+        server.stderr_text().lines().any(|l| l.contains(&counted) && l.contains(&broken))
+    });
 }
 
 /// A 1009 is decided by the header: the payload is never awaited.

@@ -96,7 +96,16 @@ fn the_exposition_parses_with_help_and_type_for_every_metric() {
         assert!(ok, "{name} parsed as {:?}", sample.value);
     }
     assert_eq!(metric(&s, "edgeloop_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
-    for reason in ["peer_closed", "local", "error", "frame_too_large", "send_timeout", "idle_timeout", "outbuf_full"] {
+    for reason in [
+        "peer_closed",
+        "local",
+        "error",
+        "frame_too_large",
+        "send_timeout",
+        "idle_timeout",
+        "outbuf_full",
+        "protocol_error",
+    ] {
         metric(&s, "edgeloop_connections_closed_total", Some(("reason", reason)));
     }
     for reason in ["shutdown", "panic"] {

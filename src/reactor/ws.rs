@@ -11,8 +11,9 @@
 //!   peer's FIN is awaited (RFC 6455 section 7.1.1: the server closes the
 //!   TCP connection first);
 //! - **a violation**: its status (an HTTP answer before the upgrade, a
-//!   close frame after), flushed, then the same close
-//!   ([`CloseReason::FrameTooLarge`], the reactor's protocol error);
+//!   close frame after), flushed, then the same close (reported as
+//!   [`CloseReason::FrameTooLarge`] for 431 and 1009, as
+//!   [`CloseReason::ProtocolError`] for the others);
 //! - **the application closes** ([`Ctx::close`], or a shutdown): a close
 //!   frame 1000 (1001 at shutdown) goes out before the FIN;
 //! - **the handshake's deadline**: [`ws::HANDSHAKE_TIMEOUT`] from the
@@ -151,14 +152,21 @@ impl Core {
         if let Some(d) = self.conns[key].extra().ws.as_mut() {
             d.finish();
         }
-        match violation {
-            Violation::Http(status) => self.queue_control(key, &[handshake::refusal(status).as_bytes()]),
-            Violation::Close(status, _) => self.queue_control(key, &[&encode::close(status)]),
-        }
+        let status = match violation {
+            Violation::Http(status) => {
+                self.queue_control(key, &[handshake::refusal(status).as_bytes()]);
+                status
+            }
+            Violation::Close(status, _) => {
+                self.queue_control(key, &[&encode::close(status)]);
+                status
+            }
+        };
         if self.conns[key].has(flag::DEAD) {
             return;
         }
-        self.close_gracefully(key, Closing::Protocol);
+        let too_large = status == 431 || status == ws::status::TOO_BIG;
+        self.close_gracefully(key, if too_large { Closing::TooLarge } else { Closing::Protocol });
     }
 
     /// The connection is about to close gracefully: an open WebSocket
@@ -168,7 +176,7 @@ impl Core {
         let status = match closing {
             Closing::Local => ws::status::NORMAL,
             Closing::Shutdown => ws::status::GOING_AWAY,
-            Closing::PeerClosed | Closing::Protocol => return,
+            Closing::PeerClosed | Closing::TooLarge | Closing::Protocol => return,
         };
         let Some(d) = conn.extra.as_mut().and_then(|e| e.ws.as_mut()).filter(|d| d.is_open()) else { return };
         d.finish();
