@@ -152,16 +152,11 @@ impl Core {
         if let Some(d) = self.conns[key].extra().ws.as_mut() {
             d.finish();
         }
-        let status = match violation {
-            Violation::Http(status) => {
-                self.queue_control(key, &[handshake::refusal(status).as_bytes()]);
-                status
-            }
-            Violation::Close(status, _) => {
-                self.queue_control(key, &[&encode::close(status)]);
-                status
-            }
-        };
+        let (Violation::Http(status) | Violation::Close(status, _)) = violation;
+        match violation {
+            Violation::Http(_) => self.queue_control(key, &[handshake::refusal(status).as_bytes()]),
+            Violation::Close(..) => self.queue_control(key, &[&encode::close(status)]),
+        }
         if self.conns[key].has(flag::DEAD) {
             return;
         }
