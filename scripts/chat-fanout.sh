@@ -62,8 +62,9 @@
 # the kernel's TCP receive work for the driver's sockets mostly runs on the
 # sending (server's) CPU and counts as the server's system time. Run as
 # root, it raises net.core.netdev_max_backlog (see DESIGN-NOTES) and prints
-# the values in force. Every run is bounded by `timeout`; the whole script
-# takes about a minute per REPEAT (three with REDIS=1).
+# the values in force. Every run is bounded by `timeout`; a row takes
+# 10-20 s (the own-line phase takes at least 1 000 lines: about 10 s at
+# M = 1 000), so about a minute per REPEAT, three with PEERS=1 or REDIS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
