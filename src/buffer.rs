@@ -112,7 +112,7 @@ impl ReadBuf {
     }
 
     /// The bytes not yet delivered, mutably: a WebSocket message is
-    /// unmasked and reassembled where it lies (see [`crate::ws`]).
+    /// unmasked and reassembled where it lies (see the `ws` module).
     pub fn unread_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start as usize..]
     }

@@ -21,7 +21,7 @@
 //! `ws` is RFC 6455 (the `ws` cargo feature): the frame a handler gets is
 //! a whole message's payload, however many fragments it came in; its
 //! header, masking and control frames are the library's. The bit-level
-//! diagram of a frame, and the rules, are in [`crate::ws`].
+//! diagram of a frame, and the rules, are in the `ws` module (feature `ws`).
 //!
 //! `Exact(n)` is gen_tcp's `recv(Socket, N)` on a `{packet, raw}` socket:
 //! "the next n bytes as one frame", for a protocol that announces a length

@@ -87,7 +87,7 @@ pub enum CloseReason {
     /// `show_econnreset`, always on.
     Error(Errno),
     /// A frame over `max_frame` (a WebSocket message too, closed 1009; or
-    /// a handshake head over [`crate::ws::MAX_HEAD`], answered 431).
+    /// a handshake head over 8 KiB, answered 431).
     FrameTooLarge,
     /// Pending output made no progress for `send_timeout`; `unsent` bytes
     /// were still queued.
@@ -110,7 +110,7 @@ pub enum CloseReason {
     Panic,
     /// The peer broke the protocol in another way than size (a WebSocket
     /// violation: a refused handshake, an unmasked frame, invalid UTF-8,
-    /// ...), answered with its status (see [`crate::ws`]).
+    /// ...), answered with its status (see the `ws` module).
     ProtocolError,
 }
 
