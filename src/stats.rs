@@ -1,74 +1,38 @@
 //! Counters: plain integers on the reactor, printed by `--stats`.
 //!
-//! A server's figures are its workers' added up ([`Counters::add`]), with
-//! one exception: a chat room with members on two workers is one room of
-//! the server, not two. So each worker also publishes which rooms it has
-//! (hashes of their names, [`ChatCounters::room_keys`]), and the sum
-//! counts the rooms two workers share once (the edge case "rooms across
-//! workers").
+//! A server's figures are its workers' added up ([`Counters::add`]). An
+//! application keeps figures of its own beside the reactor's
+//! ([`Counters::app`], an [`AppCounters`]): they are published and summed
+//! with them, and printed on the same `--stats` line, without the
+//! library knowing what they are (the chat's rooms and members, say, whose
+//! sum has a rule of its own: a room on two workers is one room).
 
-use std::fmt::Write;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::any::Any;
+use std::fmt::{self, Write};
 
 use crate::handler::CloseReason;
 
-/// The chat server's figures, kept on its reactor's [`Counters`].
-#[derive(Clone, Debug, Default)]
-pub struct ChatCounters {
-    /// Rooms with a member on this reactor (a gauge); in a sum over
-    /// workers, rooms with a member on any of them, each once.
-    pub rooms: u64,
-    /// Members connected to this reactor (a gauge).
-    pub members: u64,
-    /// Message lines handled (sent to a room) from this reactor's members.
-    pub messages: u64,
-    /// Times a client was paused for exceeding `--chat-rate`.
-    pub throttled: u64,
-    /// With `--redis`: Redis is reachable now (always true without it).
-    pub backend_up: bool,
-    /// The rooms counted in `rooms`, as [`room_key`]s, sorted (`None`:
-    /// not published — a single worker needs none). In a sum, the union.
-    pub room_keys: Option<Arc<[u64]>>,
+/// An application's own figures, kept on its reactor's [`Counters`]
+/// (`ctx.counters_mut().app`) and published with them.
+pub trait AppCounters: Any + Send + fmt::Debug {
+    /// Add another worker's figures of the same application to these (its
+    /// own rule: counters add up, a set is a union, ...). `other` is of
+    /// the same type.
+    fn add(&mut self, other: &dyn AppCounters);
+    /// Append ` key=value` pairs to a `--stats` line.
+    fn write_stats(&self, line: &mut String);
+    /// A copy, for publishing.
+    fn clone_box(&self) -> Box<dyn AppCounters>;
+    /// For a downcast to the application's type.
+    fn as_any(&self) -> &dyn Any;
+    /// For a downcast to the application's type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-/// A room's name as a key for [`ChatCounters::room_keys`]: a 64-bit hash,
-/// the same on every thread (`DefaultHasher::new` has fixed keys). Two
-/// names colliding would make two rooms count as one, with odds of about
-/// one in 2^64 per pair.
-pub fn room_key(name: &str) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// How many keys two sorted lists share, and their union.
-fn overlap(a: &[u64], b: &[u64]) -> (u64, Vec<u64>) {
-    let (mut i, mut j, mut shared, mut union) = (0, 0, 0, Vec::with_capacity(a.len().max(b.len())));
-    while i < a.len() || j < b.len() {
-        let (x, y) = (a.get(i), b.get(j));
-        match (x, y) {
-            (Some(x), Some(y)) if x == y => {
-                shared += 1;
-                union.push(*x);
-                (i, j) = (i + 1, j + 1);
-            }
-            (Some(x), Some(y)) if x < y => {
-                union.push(*x);
-                i += 1;
-            }
-            (Some(x), None) => {
-                union.push(*x);
-                i += 1;
-            }
-            (_, Some(y)) => {
-                union.push(*y);
-                j += 1;
-            }
-            (None, None) => break,
-        }
+impl Clone for Box<dyn AppCounters> {
+    fn clone(&self) -> Self {
+        self.clone_box()
     }
-    (shared, union)
 }
 
 /// What one reactor counts: plain integers, touched only by its own
@@ -88,8 +52,8 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
-    /// The chat server's own figures (`None` for other applications).
-    pub chat: Option<ChatCounters>,
+    /// The application's own figures, if it keeps any.
+    pub app: Option<Box<dyn AppCounters>>,
     /// Counted connections open now (a gauge, updated when published).
     pub connections: usize,
     /// Bytes waiting in output queues (a gauge, updated when published).
@@ -142,22 +106,10 @@ impl Counters {
         self.outq_high_water = self.outq_high_water.max(other.outq_high_water);
         self.metrics_connections += other.metrics_connections;
         self.metrics_refused += other.metrics_refused;
-        if let Some(theirs) = &other.chat {
-            let mine = self.chat.get_or_insert_with(|| ChatCounters { backend_up: true, ..ChatCounters::default() });
-            // Rooms both have are one room each (see the module docs).
-            let (shared, keys) = match (mine.room_keys.as_deref(), theirs.room_keys.as_deref()) {
-                (Some(a), Some(b)) => {
-                    let (shared, union) = overlap(a, b);
-                    (shared, Some(union.into()))
-                }
-                _ => (0, mine.room_keys.clone().or_else(|| theirs.room_keys.clone())),
-            };
-            mine.room_keys = keys;
-            mine.rooms = (mine.rooms + theirs.rooms).saturating_sub(shared);
-            mine.members += theirs.members;
-            mine.messages += theirs.messages;
-            mine.throttled += theirs.throttled;
-            mine.backend_up &= theirs.backend_up;
+        match (&mut self.app, &other.app) {
+            (Some(mine), Some(theirs)) => mine.add(theirs.as_ref()),
+            (None, Some(theirs)) => self.app = Some(theirs.clone()),
+            _ => {}
         }
     }
 
@@ -189,43 +141,12 @@ impl Counters {
             self.metrics_connections,
             self.metrics_refused,
         );
-        if let Some(chat) = &self.chat {
-            let _ = write!(
-                s,
-                " rooms={} members={} messages={} throttled={} backend_up={}",
-                chat.rooms, chat.members, chat.messages, chat.throttled, chat.backend_up as u8
-            );
+        if let Some(app) = &self.app {
+            app.write_stats(&mut s);
         }
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn worker(rooms: &[&str]) -> Counters {
-        let mut keys: Vec<u64> = rooms.iter().map(|r| room_key(r)).collect();
-        keys.sort_unstable();
-        let chat = ChatCounters { rooms: rooms.len() as u64, room_keys: Some(keys.into()), ..ChatCounters::default() };
-        Counters { chat: Some(chat), ..Counters::default() }
-    }
-
-    /// A room with members on two workers is one room of the server.
-    #[test]
-    fn rooms_shared_by_workers_count_once() {
-        let mut total = Counters::default();
-        for w in [worker(&["lobby", "rust"]), worker(&["lobby", "go"]), worker(&["go", "lobby", "zig"])] {
-            total.add(&w);
-        }
-        assert_eq!(total.chat.as_ref().map(|c| c.rooms), Some(4));
-        // Without keys (one worker, no Redis) the count is the worker's.
-        let mut alone = Counters::default();
-        let one = ChatCounters { rooms: 3, ..ChatCounters::default() };
-        alone.add(&Counters { chat: Some(one), ..Counters::default() });
-        assert_eq!(alone.chat.map(|c| c.rooms), Some(3));
     }
 }

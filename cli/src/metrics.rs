@@ -37,6 +37,7 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::servers::chat::ChatCounters;
 use crate::workers::sum;
 use edgeloop::handler::CloseReason;
 use edgeloop::stats::Counters;
@@ -261,7 +262,7 @@ pub fn render(total: &Counters, workers: &[Arc<Mutex<Counters>>]) -> String {
         "Metrics connections refused at once because 64 were open.",
         &one(total.metrics_refused),
     );
-    if let Some(chat) = &total.chat {
+    if let Some(chat) = ChatCounters::in_counters(total) {
         metric("edgeloop_chat_rooms", "gauge", "Chat rooms with members on this server.", &one(chat.rooms));
         metric("edgeloop_chat_members", "gauge", "Chat members on this server.", &one(chat.members));
         metric("edgeloop_chat_messages_total", "counter", "Chat messages handled.", &one(chat.messages));

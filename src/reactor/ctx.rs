@@ -398,8 +398,8 @@ impl Ctx<'_> {
         &self.core.counters
     }
 
-    /// The reactor's counters, for an application's own figures (the
-    /// chat's `throttled`).
+    /// The reactor's counters, for an application's own figures
+    /// ([`Counters::app`]: the chat's rooms, members, `throttled`).
     pub fn counters_mut(&mut self) -> &mut Counters {
         &mut self.core.counters
     }

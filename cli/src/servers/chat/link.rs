@@ -66,7 +66,7 @@ use super::redis::{
 };
 use super::resp::{Item, Reply, Value};
 use super::shared::{channel, split_event, tag, GAP, UNAVAILABLE};
-use super::{figures, Chat, Later, Reg, Sub, LOBBY};
+use super::{Chat, ChatCounters, Later, Reg, Sub, LOBBY};
 use edgeloop::{Active, CloseReason, ConnId, Ctx};
 
 impl Chat {
@@ -624,7 +624,7 @@ impl Chat {
         let Some(bus) = self.bus.as_deref_mut() else { return };
         bus.up(ctx.now());
         info!("Redis at {}: connected", bus.url.text);
-        figures(ctx).backend_up = true;
+        ChatCounters::of(ctx).backend_up = true;
         self.outage = false;
         for i in 0..self.members.len() {
             let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
@@ -682,7 +682,7 @@ impl Chat {
         let congested = if self.congested { in_flight > IN_FLIGHT_LOW } else { in_flight > IN_FLIGHT_HIGH };
         if congested != self.congested {
             self.congested = congested;
-            figures(ctx).throttled += u64::from(congested);
+            ChatCounters::of(ctx).throttled += u64::from(congested);
             for i in 0..self.members.len() {
                 let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
                 if congested {
@@ -706,7 +706,7 @@ impl Chat {
         // What was in flight is dropped; each member's own counts say what
         // it was waiting for.
         drop(bus.reset(ctx));
-        figures(ctx).backend_up = false;
+        ChatCounters::of(ctx).backend_up = false;
         for i in 0..self.members.len() {
             let Some(id) = self.members[i].as_ref().map(|m| m.id) else { continue };
             let list = self.local_names(id);

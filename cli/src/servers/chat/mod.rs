@@ -192,10 +192,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
-use edgeloop::{Active, ChatCounters, CloseReason, Config, ConnId, Ctx, Handler};
+use edgeloop::{Active, CloseReason, Config, ConnId, Ctx, Handler};
 
 pub mod batch;
 pub mod command;
+pub mod figures;
 pub mod flood;
 pub mod link;
 pub mod lua;
@@ -207,6 +208,7 @@ pub mod web;
 
 use batch::Batches;
 use command::Command;
+pub use figures::ChatCounters;
 use flood::Bucket;
 use redis::Bus;
 use url::RedisUrl;
@@ -371,10 +373,10 @@ impl Room {
 impl Handler for Chat {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
         if self.bus.is_some() {
-            figures(ctx).backend_up = false;
+            ChatCounters::of(ctx).backend_up = false;
             self.link_tick(ctx);
         } else {
-            figures(ctx).backend_up = true;
+            ChatCounters::of(ctx).backend_up = true;
         }
     }
 
@@ -446,7 +448,7 @@ impl Handler for Chat {
                     return;
                 };
                 self.batches.push(ctx, &member.room, &[&member.nick, ": ", text]);
-                figures(ctx).messages += 1;
+                ChatCounters::of(ctx).messages += 1;
             }
             Ok(Command::Nick(name)) => self.nick(ctx, id, name),
             Ok(Command::Join(room)) => self.join(ctx, id, room),
@@ -549,7 +551,7 @@ impl Chat {
             member.throttled = true;
             ctx.set_active(id, Active::Off);
             ctx.set_timer(id, wait);
-            figures(ctx).throttled += 1;
+            ChatCounters::of(ctx).throttled += 1;
         }
     }
 
@@ -645,7 +647,7 @@ impl Chat {
 
     /// Rooms and members now, for `--stats` and metrics.
     fn gauges(&self, ctx: &mut Ctx<'_>) {
-        let figures = figures(ctx);
+        let figures = ChatCounters::of(ctx);
         figures.rooms = self.rooms.len() as u64;
         figures.members = self.population as u64;
     }
@@ -653,12 +655,12 @@ impl Chat {
     /// With Redis (and so perhaps `--workers`): which rooms this worker
     /// has, as hashes of their names, for the server's sum to count a room
     /// with members on two workers once (see
-    /// [`edgeloop::stats::ChatCounters::room_keys`]). Once a tick: the count
+    /// [`ChatCounters::room_keys`]). Once a tick: the count
     /// itself is exact at once, the overlap at most a tick late.
     fn room_keys(&self, ctx: &mut Ctx<'_>) {
-        let mut keys: Vec<u64> = self.rooms.keys().map(|name| edgeloop::stats::room_key(name)).collect();
+        let mut keys: Vec<u64> = self.rooms.keys().map(|name| figures::room_key(name)).collect();
         keys.sort_unstable();
-        let figures = figures(ctx);
+        let figures = ChatCounters::of(ctx);
         // The count with its keys, so that the sum subtracts the overlap
         // from counts that agree with it.
         figures.rooms = keys.len() as u64;
@@ -714,11 +716,6 @@ impl Chat {
         assemble(&mut self.scratch, parts);
         fan_out(ctx, self.rooms.get(room), &self.scratch);
     }
-}
-
-/// The chat's figures on the reactor's counters.
-fn figures<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut ChatCounters {
-    ctx.counters_mut().chat.get_or_insert_with(ChatCounters::default)
 }
 
 /// `line` to every member of `room` (see [`batch::send_to_all`]).

@@ -82,7 +82,7 @@ use memchr::memchr;
 use super::batch::send_to_all;
 use super::lua::Script;
 use super::redis::{Link, Op, WHO_MAX};
-use super::{figures, Chat, Later, Member, Reg, Sub, LOBBY};
+use super::{Chat, ChatCounters, Later, Member, Reg, Sub, LOBBY};
 use edgeloop::{Active, ConnId, Ctx};
 
 /// The answer to what cannot be done while Redis is lost.
@@ -265,7 +265,7 @@ impl Chat {
             member.sent += 1;
             member.in_flight.push_back(scratch.clone());
         }
-        figures(ctx).messages += 1;
+        ChatCounters::of(ctx).messages += 1;
     }
 
     /// A line for `id` alone, in order with its own lines still on their
