@@ -183,8 +183,7 @@ pub fn take_bytes(head: &mut Vec<u8>, bytes: &[u8]) -> Request {
     }
 }
 
-/// Whether `head` holds a line with nothing on it (`\n` or `\r\n`) after
-/// its first.
+/// Whether `head` holds an empty line (a line end right after another).
 fn has_empty_line(head: &[u8]) -> bool {
     memchr::memmem::find(head, b"\n\n").is_some() || memchr::memmem::find(head, b"\n\r\n").is_some()
 }
