@@ -88,7 +88,7 @@ out=target/chat-fanout
 mkdir -p "$out"
 echo "building..." >&2
 cargo build --release --quiet
-${CC:-cc} -O2 -Wall -Wextra -o "$out/fanout" scripts/chat/fanout.c
+${CC:-cc} -O3 -Wall -Wextra -o "$out/fanout" scripts/chat/fanout.c
 bin=target/release/edgeloop
 peers_bin=scripts/peers/bin
 if [[ $PEERS == 1 ]]; then

@@ -171,12 +171,21 @@ static void scan_own(int s, const char *buf, size_t n) {
 }
 
 /* Read everything a member has; count its lines. */
+/* The line ends in a read. A plain loop, which the compiler vectorizes
+ * (-O3): a memchr call per 41-byte line cost the driver more than the
+ * read itself at tens of millions of lines a second, and where the
+ * driver is the limit that is what a server's figures would measure. */
+static long long count_lines(const char *buf, ssize_t n) {
+    long long count = 0;
+    for (ssize_t k = 0; k < n; k++) count += buf[k] == '\n';
+    return count;
+}
+
 static void drain(int i) {
     for (;;) {
         ssize_t n = read(fds[i], rbuf, READ_SIZE);
         if (n > 0) {
-            long long count = 0;
-            for (char *p = rbuf, *end = rbuf + n; (p = memchr(p, '\n', end - p)); p++) count++;
+            long long count = count_lines(rbuf, n);
             lines[i] += count;
             delivered += count;
             if (i < senders) scan_own(i, rbuf, n);
