@@ -1,32 +1,34 @@
 //! Counters: plain integers on the reactor, printed by `--stats`.
 //!
-//! A server's figures are its workers' added up ([`Counters::add`]). An
-//! application keeps figures of its own beside the reactor's
-//! ([`Counters::app`], an [`AppCounters`]): they are published and summed
-//! with them, and printed on the same `--stats` line, without the
-//! library knowing what they are (the chat's rooms and members, say, whose
-//! sum has a rule of its own: a room on two workers is one room).
+//! A server's figures are its workers' added up ([`Counters::add`]). The
+//! handlers of an application keep figures of their own beside the
+//! reactor's ([`Counters::app_mut`], each an [`AppCounters`] of its own
+//! type): they are published and summed with them, and printed on the same
+//! `--stats` line, without the library knowing what they are (the chat's
+//! rooms and members, say, whose sum has a rule of its own: a room on two
+//! workers is one room; or a `/metrics` endpoint's connections).
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt::{self, Write};
 
 use crate::handler::CloseReason;
 
 /// An application's own figures, kept on its reactor's [`Counters`]
-/// (`ctx.counters_mut().app`) and published with them.
+/// ([`Counters::app_mut`]) and published with them.
 pub trait AppCounters: Any + Send + fmt::Debug {
-    /// Add another worker's figures of the same application to these (its
-    /// own rule: counters add up, a set is a union, ...). `other` is of
-    /// the same type.
+    /// Add another worker's figures of the same type to these (its own
+    /// rule: counters add up, a set is a union, ...).
     fn add(&mut self, other: &dyn AppCounters);
     /// Append ` key=value` pairs to a `--stats` line.
     fn write_stats(&self, line: &mut String);
     /// A copy, for publishing.
     fn clone_box(&self) -> Box<dyn AppCounters>;
-    /// For a downcast to the application's type.
-    fn as_any(&self) -> &dyn Any;
-    /// For a downcast to the application's type.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The concrete type behind `figures` (through `dyn Any`: asked of a
+/// `Box` itself, `type_id` would name the box).
+fn type_of(figures: &dyn AppCounters) -> TypeId {
+    (figures as &dyn Any).type_id()
 }
 
 impl Clone for Box<dyn AppCounters> {
@@ -52,8 +54,9 @@ pub struct Counters {
     pub closed: [u64; CloseReason::NAMES.len()],
     /// Callbacks that panicked (each aborted its connection, if any).
     pub panics: u64,
-    /// The application's own figures, if it keeps any.
-    pub app: Option<Box<dyn AppCounters>>,
+    /// The application's own figures, at most one of each type, in the
+    /// order they were first used.
+    pub app: Vec<Box<dyn AppCounters>>,
     /// Counted connections open now (a gauge, updated when published).
     pub connections: usize,
     /// Bytes waiting in output queues (a gauge, updated when published).
@@ -74,11 +77,6 @@ pub struct Counters {
     pub flow_pauses: u64,
     /// The largest output queue seen on any connection, in bytes.
     pub outq_high_water: usize,
-    /// Connections to the `/metrics` endpoint open now (a gauge; they
-    /// are not among `connections`).
-    pub metrics_connections: usize,
-    /// Metrics connections refused because too many were open.
-    pub metrics_refused: u64,
 }
 
 impl Counters {
@@ -104,13 +102,30 @@ impl Counters {
         self.waits += other.waits;
         self.flow_pauses += other.flow_pauses;
         self.outq_high_water = self.outq_high_water.max(other.outq_high_water);
-        self.metrics_connections += other.metrics_connections;
-        self.metrics_refused += other.metrics_refused;
-        match (&mut self.app, &other.app) {
-            (Some(mine), Some(theirs)) => mine.add(theirs.as_ref()),
-            (None, Some(theirs)) => self.app = Some(theirs.clone()),
-            _ => {}
+        for theirs in &other.app {
+            let kind = type_of(theirs.as_ref());
+            match self.app.iter_mut().find(|mine| type_of(mine.as_ref()) == kind) {
+                Some(mine) => mine.add(theirs.as_ref()),
+                None => self.app.push(theirs.clone()),
+            }
         }
+    }
+
+    /// The application's figures of type `T`, if it keeps any.
+    pub fn app<T: AppCounters>(&self) -> Option<&T> {
+        self.app.iter().find_map(|a| (a.as_ref() as &dyn Any).downcast_ref())
+    }
+
+    /// The application's figures of type `T`, created on first use.
+    pub fn app_mut<T: AppCounters + Default>(&mut self) -> &mut T {
+        let at = match self.app.iter().position(|a| type_of(a.as_ref()) == TypeId::of::<T>()) {
+            Some(at) => at,
+            None => {
+                self.app.push(Box::new(T::default()));
+                self.app.len() - 1
+            }
+        };
+        (self.app[at].as_mut() as &mut dyn Any).downcast_mut().expect("found by its type")
     }
 
     /// Connections closed for this kind of reason (data aside).
@@ -123,7 +138,7 @@ impl Counters {
         let mut s = format!(
             "stats live={} accepted={} refused_full={} refused_denied={} accept_exhausted={} \
              bytes_in={} bytes_out={} frames_in={} reads={} writes={} waits={} flow_pauses={} outq_high_water={} \
-             panics={} metrics_live={} metrics_refused={}",
+             panics={}",
             self.connections,
             self.accepted,
             self.refused_full,
@@ -138,15 +153,56 @@ impl Counters {
             self.flow_pauses,
             self.outq_high_water,
             self.panics,
-            self.metrics_connections,
-            self.metrics_refused,
         );
-        if let Some(app) = &self.app {
+        for app in &self.app {
             app.write_stats(&mut s);
         }
         for (name, count) in CloseReason::NAMES.iter().zip(self.closed) {
             let _ = write!(s, " closed_{name}={count}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Figures that add up, named for the line.
+    #[derive(Clone, Debug, Default)]
+    struct Tally<const NAME: char>(u64);
+
+    impl<const NAME: char> AppCounters for Tally<NAME> {
+        fn add(&mut self, other: &dyn AppCounters) {
+            if let Some(theirs) = (other as &dyn Any).downcast_ref::<Self>() {
+                self.0 += theirs.0;
+            }
+        }
+        fn write_stats(&self, line: &mut String) {
+            let _ = write!(line, " {NAME}={}", self.0);
+        }
+        fn clone_box(&self) -> Box<dyn AppCounters> {
+            Box::new(self.clone())
+        }
+    }
+
+    /// Each type of figures is summed with its own kind only, and printed
+    /// in the order of first use, before the closes.
+    #[test]
+    fn application_figures_sum_by_type() {
+        let mut first = Counters::default();
+        first.app_mut::<Tally<'a'>>().0 = 1;
+        first.app_mut::<Tally<'b'>>().0 = 10;
+        let mut second = Counters::default();
+        second.app_mut::<Tally<'b'>>().0 = 20;
+        second.app_mut::<Tally<'a'>>().0 += 2;
+        let mut total = Counters::default();
+        for worker in [&first, &second, &Counters::default()] {
+            total.add(worker);
+        }
+        assert_eq!(total.app::<Tally<'a'>>().map(|t| t.0), Some(3));
+        assert_eq!(total.app::<Tally<'b'>>().map(|t| t.0), Some(30));
+        assert_eq!(total.app.len(), 2);
+        assert!(total.line().contains(" panics=0 a=3 b=30 closed_"), "{}", total.line());
     }
 }

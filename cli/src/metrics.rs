@@ -33,6 +33,7 @@
 //! old, and free for the hot path, which only ever touches its own
 //! reactor's plain integers.
 
+use std::any::Any;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,7 +42,7 @@ use crate::servers::chat::ChatCounters;
 use crate::workers::sum;
 use edgeloop::handler::CloseReason;
 use edgeloop::stats::Counters;
-use edgeloop::{ConnId, Ctx, Framing, Handler, ListenOptions};
+use edgeloop::{AppCounters, ConnId, Ctx, Framing, Handler, ListenOptions};
 
 /// The most a request head may hold.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -49,6 +50,33 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most metrics connections open at once; more are refused.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// The endpoint's own figures, on worker 0's counters.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsCounters {
+    /// Metrics connections open now (a gauge; they are not among the
+    /// service's connections).
+    pub live: usize,
+    /// Metrics connections refused because [`MAX_CONNECTIONS`] were open.
+    pub refused: u64,
+}
+
+impl AppCounters for MetricsCounters {
+    fn add(&mut self, other: &dyn AppCounters) {
+        if let Some(theirs) = (other as &dyn Any).downcast_ref::<MetricsCounters>() {
+            self.live += theirs.live;
+            self.refused += theirs.refused;
+        }
+    }
+
+    fn write_stats(&self, line: &mut String) {
+        let _ = write!(line, " metrics_live={} metrics_refused={}", self.live, self.refused);
+    }
+
+    fn clone_box(&self) -> Box<dyn AppCounters> {
+        Box::new(self.clone())
+    }
+}
 
 /// The `/metrics` handler.
 pub struct Metrics {
@@ -87,6 +115,11 @@ impl Metrics {
 }
 
 impl Handler for Metrics {
+    /// The figures are on the `--stats` line from the start.
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.counters_mut().app_mut::<MetricsCounters>();
+    }
+
     fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
         if self.heads.len() <= id.index() {
             self.heads.resize_with(id.index() + 1, || None);
@@ -96,12 +129,12 @@ impl Handler for Metrics {
             // Refused at once: a reset, and the descriptor is free at the
             // end of this iteration (a graceful close would hold it while
             // lingering).
-            ctx.counters_mut().metrics_refused += 1;
+            ctx.counters_mut().app_mut::<MetricsCounters>().refused += 1;
             ctx.abort(id);
             return;
         }
         self.open += 1;
-        ctx.counters_mut().metrics_connections = self.open;
+        ctx.counters_mut().app_mut::<MetricsCounters>().live = self.open;
         self.admitted[id.index()] = true;
         self.heads[id.index()] = Some(Vec::new());
         ctx.set_timer(id, REQUEST_TIMEOUT);
@@ -134,7 +167,7 @@ impl Handler for Metrics {
         if self.admitted.get(id.index()).copied().unwrap_or(false) {
             self.admitted[id.index()] = false;
             self.open -= 1;
-            ctx.counters_mut().metrics_connections = self.open;
+            ctx.counters_mut().app_mut::<MetricsCounters>().live = self.open;
         }
     }
 }
@@ -249,19 +282,20 @@ pub fn render(total: &Counters, workers: &[Arc<Mutex<Counters>>]) -> String {
         &one(total.accept_exhausted),
     );
     metric("edgeloop_panics_total", "counter", "Handler callbacks that panicked.", &one(total.panics));
+    let metrics = total.app::<MetricsCounters>().cloned().unwrap_or_default();
     metric(
         "edgeloop_metrics_connections",
         "gauge",
         "Connections to this metrics endpoint open now (scrapes included).",
-        &one(total.metrics_connections as u64),
+        &one(metrics.live as u64),
     );
     metric(
         "edgeloop_metrics_refused_total",
         "counter",
         "Metrics connections refused at once because 64 were open.",
-        &one(total.metrics_refused),
+        &one(metrics.refused),
     );
-    if let Some(chat) = ChatCounters::in_counters(total) {
+    if let Some(chat) = total.app::<ChatCounters>() {
         metric("edgeloop_chat_rooms", "gauge", "Chat rooms with members on this server.", &one(chat.rooms));
         metric("edgeloop_chat_members", "gauge", "Chat members on this server.", &one(chat.members));
         metric("edgeloop_chat_messages_total", "counter", "Chat messages handled.", &one(chat.messages));

@@ -399,7 +399,7 @@ impl Ctx<'_> {
     }
 
     /// The reactor's counters, for an application's own figures
-    /// ([`Counters::app`]: the chat's rooms, members, `throttled`).
+    /// ([`Counters::app_mut`]: the chat's rooms, members, `throttled`).
     pub fn counters_mut(&mut self) -> &mut Counters {
         &mut self.core.counters
     }

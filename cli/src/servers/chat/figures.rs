@@ -12,7 +12,7 @@ use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use edgeloop::{AppCounters, Counters, Ctx};
+use edgeloop::{AppCounters, Ctx};
 
 /// The chat server's figures.
 #[derive(Clone, Debug)]
@@ -42,19 +42,13 @@ impl Default for ChatCounters {
 impl ChatCounters {
     /// This reactor's chat figures, created on first use.
     pub fn of<'a>(ctx: &'a mut Ctx<'_>) -> &'a mut ChatCounters {
-        let app = ctx.counters_mut().app.get_or_insert_with(|| Box::new(ChatCounters::default()));
-        app.as_any_mut().downcast_mut().expect("the chat's reactor keeps only the chat's figures")
-    }
-
-    /// The chat figures in a server's counters, if it is a chat server.
-    pub fn in_counters(counters: &Counters) -> Option<&ChatCounters> {
-        counters.app.as_ref()?.as_any().downcast_ref()
+        ctx.counters_mut().app_mut()
     }
 }
 
 impl AppCounters for ChatCounters {
     fn add(&mut self, other: &dyn AppCounters) {
-        let Some(theirs) = other.as_any().downcast_ref::<ChatCounters>() else { return };
+        let Some(theirs) = (other as &dyn Any).downcast_ref::<ChatCounters>() else { return };
         // Rooms both have are one room each (see the module docs).
         let (shared, keys) = match (self.room_keys.as_deref(), theirs.room_keys.as_deref()) {
             (Some(a), Some(b)) => {
@@ -81,14 +75,6 @@ impl AppCounters for ChatCounters {
 
     fn clone_box(&self) -> Box<dyn AppCounters> {
         Box::new(self.clone())
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -134,11 +120,13 @@ fn overlap(a: &[u64], b: &[u64]) -> (u64, Vec<u64>) {
 mod tests {
     use super::*;
 
+    use edgeloop::Counters;
+
     fn worker(rooms: &[&str]) -> Counters {
         let mut keys: Vec<u64> = rooms.iter().map(|r| room_key(r)).collect();
         keys.sort_unstable();
         let chat = ChatCounters { rooms: rooms.len() as u64, room_keys: Some(keys.into()), ..ChatCounters::default() };
-        Counters { app: Some(Box::new(chat)), ..Counters::default() }
+        Counters { app: vec![Box::new(chat)], ..Counters::default() }
     }
 
     /// A room with members on two workers is one room of the server.
@@ -148,12 +136,12 @@ mod tests {
         for w in [worker(&["lobby", "rust"]), worker(&["lobby", "go"]), worker(&["go", "lobby", "zig"])] {
             total.add(&w);
         }
-        assert_eq!(ChatCounters::in_counters(&total).map(|c| c.rooms), Some(4));
+        assert_eq!(total.app::<ChatCounters>().map(|c| c.rooms), Some(4));
         // Without keys (one worker, no Redis) the count is the worker's.
         let mut alone = Counters::default();
         let one = ChatCounters { rooms: 3, ..ChatCounters::default() };
-        alone.add(&Counters { app: Some(Box::new(one)), ..Counters::default() });
-        assert_eq!(ChatCounters::in_counters(&alone).map(|c| c.rooms), Some(3));
+        alone.add(&Counters { app: vec![Box::new(one)], ..Counters::default() });
+        assert_eq!(alone.app::<ChatCounters>().map(|c| c.rooms), Some(3));
     }
 
     /// The figures sit on the `--stats` line where the chat's always were,
@@ -161,10 +149,7 @@ mod tests {
     #[test]
     fn the_stats_line_carries_the_chat_figures() {
         let chat = ChatCounters { rooms: 2, members: 5, messages: 7, throttled: 1, ..ChatCounters::default() };
-        let line = Counters { app: Some(Box::new(chat)), ..Counters::default() }.line();
-        assert!(
-            line.contains(" metrics_refused=0 rooms=2 members=5 messages=7 throttled=1 backend_up=1 closed_"),
-            "{line}"
-        );
+        let line = Counters { app: vec![Box::new(chat)], ..Counters::default() }.line();
+        assert!(line.contains(" panics=0 rooms=2 members=5 messages=7 throttled=1 backend_up=1 closed_"), "{line}");
     }
 }
