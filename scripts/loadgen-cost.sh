@@ -9,8 +9,9 @@
 #     included) and divided by the messages offered (rate x (1 s warm-up +
 #     DURATION)).
 #
-#     With TCPKALI=/path/to/tcpkali (built by hand; nothing here fetches or
-#     builds it), tcpkali runs the same work against the same server,
+#     With TCPKALI=/path/to/tcpkali (`TCPKALI=1 scripts/peers/build.sh`
+#     builds scripts/peers/bin/tcpkali, the default when it exists),
+#     tcpkali runs the same work against the same server,
 #     alternating with edgeloop (each repetition: edgeloop's windows, then
 #     tcpkali, per rate), measured the same way:
 #
@@ -58,7 +59,9 @@ DURATION=${DURATION:-10}
 HIGH_RATE=${HIGH_RATE:-50000}
 HIGH_CONNS=${HIGH_CONNS:-50}
 REPS=${REPS:-3}
-TCPKALI=${TCPKALI:-}
+default_tcpkali=scripts/peers/bin/tcpkali
+[[ -x $default_tcpkali ]] || default_tcpkali=
+TCPKALI=${TCPKALI:-$default_tcpkali}
 
 BENCH_OUT=target/bench/loadgen-cost
 # shellcheck source=lib/bench.sh

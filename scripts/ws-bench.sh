@@ -7,7 +7,8 @@
 #   TCPKALI=... REPS=1 DURATION=5 SIZES=64 scripts/ws-bench.sh     # quick
 #
 # Environment:
-#   TCPKALI   path of a tcpkali binary (required; not built here)
+#   TCPKALI   path of a tcpkali binary (default scripts/peers/bin/tcpkali,
+#             which `TCPKALI=1 scripts/peers/build.sh` builds)
 #   CONNS     connections (default 50)
 #   SIZES     message sizes in bytes (default "64 16384")
 #   DURATION  seconds of each tcpkali run (default 10)
@@ -47,7 +48,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-: "${TCPKALI:?set TCPKALI to a tcpkali binary}"
+TCPKALI=${TCPKALI:-scripts/peers/bin/tcpkali}
+[[ -x $TCPKALI ]] || { echo "no tcpkali at $TCPKALI: TCPKALI=1 scripts/peers/build.sh builds one" >&2; exit 1; }
 CONNS=${CONNS:-50}
 SIZES=${SIZES:-"64 16384"}
 DURATION=${DURATION:-10}

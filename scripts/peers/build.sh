@@ -19,6 +19,11 @@
 #   bin/erlang-chat    one room process owning the sockets, port_command nosuspend (escript)
 # Tools: bin/pingpong (closed-loop echo client), check.py (echo conformance
 # check), check_chat.py (chat conformance check).
+# With TCPKALI=1, also bin/tcpkali (the load generator scripts/loadgen-cost.sh
+# and scripts/ws-bench.sh compare with; Debian has no package): cloned from
+# TCPKALI_SRC (default https://github.com/satori-com/tcpkali, or a local
+# clone) and built with autotools (INSTALL_PEERS=1 installs autoconf,
+# automake, libtool, bison and flex).
 set -uo pipefail
 cd "$(dirname "$0")"
 mkdir -p bin
@@ -26,9 +31,11 @@ mkdir -p bin
 if [[ "${INSTALL_PEERS:-0}" == 1 ]]; then
     if [[ $(id -u) == 0 ]]; then
         export DEBIAN_FRONTEND=noninteractive
+        tools=()
+        [[ ${TCPKALI:-0} == 1 ]] && tools=(autoconf automake libtool bison flex)
         { apt-get update -qq && apt-get install -y -qq golang-go erlang-base \
-            golang-github-gorilla-websocket-dev >/dev/null; } ||
-            echo "warning: apt-get install golang-go erlang-base golang-github-gorilla-websocket-dev failed" >&2
+            golang-github-gorilla-websocket-dev "${tools[@]}" >/dev/null; } ||
+            echo "warning: apt-get install golang-go erlang-base golang-github-gorilla-websocket-dev ${tools[*]} failed" >&2
     else
         echo "warning: INSTALL_PEERS=1 needs root; not installing" >&2
     fi
@@ -108,6 +115,25 @@ for p in erlang-echo erlang-chat; do
         failed+=($p)
     fi
 done
+
+if [[ ${TCPKALI:-0} == 1 ]]; then
+    # Out of the source tree's way, in the workspace's target directory.
+    src=../../target/tcpkali-src
+    if ! command -v autoreconf >/dev/null; then
+        skipped+=("tcpkali (no autoreconf; INSTALL_PEERS=1 installs autotools)")
+    # glibc 2.32 dropped <sys/sysctl.h>, which tcpkali includes and does
+    # not use on Linux: an empty one in compat/ stands in for it.
+    elif { [[ -d $src ]] || git clone -q "${TCPKALI_SRC:-https://github.com/satori-com/tcpkali}" "$src"; } &&
+        (cd "$src" && mkdir -p compat/sys && touch compat/sys/sysctl.h &&
+            { [[ -x configure ]] || autoreconf -i >/dev/null 2>&1; } &&
+            { [[ -f Makefile ]] || ./configure -q >/dev/null; } &&
+            make -s -j"$(nproc)" CPPFLAGS="-I$PWD/compat" >/dev/null 2>&1) &&
+        cp -f "$src/src/tcpkali" bin/tcpkali; then
+        built+=(tcpkali)
+    else
+        failed+=(tcpkali)
+    fi
+fi
 
 echo "built:   ${built[*]:-none}  (in $(pwd)/bin)"
 ((${#skipped[@]})) && printf 'skipped: %s\n' "${skipped[@]}"
