@@ -388,6 +388,44 @@ fn a_stall_shows_in_the_open_loop_and_hides_in_the_closed_one() {
     assert!(f(&o["send_lag_us"]["p99"]) < 100_000.0, "{o}");
 }
 
+/// A real server paused (SIGSTOP) for one second in the middle of an
+/// open-loop run, then resumed: the generator keeps its schedule, so the
+/// messages due during the pause are timed from when they were due — the
+/// pause is in the percentiles, not hidden as one slow sample — and
+/// nothing is lost: every message is answered, byte for byte, after the
+/// resume. The rate was still met, so the verdict is `ok` (the load was
+/// what was asked), or `server_behind` when the burst of answers at the
+/// resume held sends back past the 1 ms the verdict allows.
+#[test]
+fn a_paused_server_shows_in_the_percentiles_and_loses_nothing() {
+    let _alone = alone();
+    let server = Server::start(&["echo"]);
+    let run = thread::scope(|scope| {
+        scope.spawn(|| {
+            thread::sleep(Duration::from_millis(1500));
+            server.signal(libc::SIGSTOP);
+            thread::sleep(Duration::from_secs(1));
+            server.signal(libc::SIGCONT);
+        });
+        load(server.addr, &["--rate", "1000", "--conns", "10", "--duration", "4", "--warmup", "0", "--json"])
+    });
+    let v = run.json();
+    eprintln!("{v}");
+    let verdict = (run.status.code(), v["verdict"].as_str());
+    assert!(matches!(verdict, (Some(0), Some("ok")) | (Some(3), Some("server_behind"))), "{verdict:?}: {v}");
+    assert_eq!(v["unanswered"], 0, "{v}");
+    for error in ["connect_failed", "reset", "closed", "mismatch"] {
+        assert_eq!(v["errors"][error], 0, "{error}: {v}");
+    }
+    assert!(f(&v["messages"]) >= 3990.0, "{v}");
+    // A quarter of the messages were due during the pause, waiting up to
+    // a second each.
+    let latency = &v["latency_us"];
+    assert!(f(&latency["max"]) >= 900_000.0, "{latency}");
+    assert!(f(&latency["p90"]) >= 300_000.0, "{latency}");
+    assert!(f(&latency["p50"]) < 100_000.0, "{latency}");
+}
+
 /// Echoes at most `rate` 64-byte messages per second over all connections.
 fn slow_server(rate: u32) -> SocketAddr {
     let gap = Duration::from_secs(1) / rate;
