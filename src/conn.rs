@@ -160,8 +160,9 @@ pub struct Extra {
     pub ws: Option<crate::ws::Decoder>,
 }
 
-/// Where [`Conn::closing`] is kept in [`Conn::flags`] (two bits).
+/// Where [`Conn::closing`] is kept in [`Conn::flags`], and its bits.
 const CLOSING_SHIFT: u32 = 20;
+const CLOSING_MASK: u32 = 0b111;
 /// Where [`Conn::handler`] is kept in [`Conn::flags`] (the top byte).
 const HANDLER_SHIFT: u32 = 24;
 
@@ -241,7 +242,7 @@ impl Conn {
 
     /// How a graceful close in progress will be reported.
     pub fn closing(&self) -> Closing {
-        match (self.flags >> CLOSING_SHIFT) & 0b111 {
+        match (self.flags >> CLOSING_SHIFT) & CLOSING_MASK {
             0 => Closing::PeerClosed,
             1 => Closing::Local,
             2 => Closing::Shutdown,
@@ -259,7 +260,7 @@ impl Conn {
             Closing::TooLarge => 3,
             Closing::Protocol => 4,
         };
-        self.flags = self.flags & !(0b111 << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
+        self.flags = self.flags & !(CLOSING_MASK << CLOSING_SHIFT) | bits << CLOSING_SHIFT;
     }
 
     /// Whether reading from the socket is allowed now. A closing connection

@@ -195,4 +195,4 @@ pub use options::{
     AcceptFilter, Active, Config, ConnectOptions, Keepalive, ListenOptions, OutputPolicy, OverLimit, SocketOptions,
 };
 pub use reactor::{Ctx, Handle, Reactor};
-pub use stats::{AppCounters, Counters};
+pub use stats::{AppCounters, CloneAppCounters, Counters};

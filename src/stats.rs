@@ -14,15 +14,27 @@ use std::fmt::{self, Write};
 use crate::handler::CloseReason;
 
 /// An application's own figures, kept on its reactor's [`Counters`]
-/// ([`Counters::app_mut`]) and published with them.
-pub trait AppCounters: Any + Send + fmt::Debug {
+/// ([`Counters::app_mut`]) and published with them. `Clone` is all the
+/// copy for publishing needs ([`CloneAppCounters`] follows from it).
+pub trait AppCounters: Any + Send + fmt::Debug + CloneAppCounters {
     /// Add another worker's figures of the same type to these (its own
     /// rule: counters add up, a set is a union, ...).
     fn add(&mut self, other: &dyn AppCounters);
     /// Append ` key=value` pairs to a `--stats` line.
     fn write_stats(&self, line: &mut String);
+}
+
+/// A boxed copy of any [`AppCounters`] that is `Clone` (implemented for
+/// all of them): how a reactor publishes its counters.
+pub trait CloneAppCounters {
     /// A copy, for publishing.
     fn clone_box(&self) -> Box<dyn AppCounters>;
+}
+
+impl<T: AppCounters + Clone> CloneAppCounters for T {
+    fn clone_box(&self) -> Box<dyn AppCounters> {
+        Box::new(self.clone())
+    }
 }
 
 /// The concrete type behind `figures` (through `dyn Any`: asked of a
@@ -180,9 +192,6 @@ mod tests {
         }
         fn write_stats(&self, line: &mut String) {
             let _ = write!(line, " {NAME}={}", self.0);
-        }
-        fn clone_box(&self) -> Box<dyn AppCounters> {
-            Box::new(self.clone())
         }
     }
 

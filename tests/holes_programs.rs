@@ -195,6 +195,39 @@ fn the_65th_metrics_connection_is_refused_and_counted() {
     });
 }
 
+/// A metrics client that never finishes its request — silent, or a
+/// slowloris trickling a byte a second, which would hold a slot forever
+/// if activity pushed the deadline back — is cut 10 s after it connected.
+#[test]
+fn an_unfinished_metrics_request_is_cut_after_10_s() {
+    let (_server, metrics) = common::metrics::start_with_metrics(&["echo"]);
+    let start = Instant::now();
+    let silent = TcpStream::connect(metrics).unwrap();
+    let mut trickle = TcpStream::connect(metrics).unwrap();
+    let cut = |mut s: &TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+            Ok(_) => panic!("an answer to an unfinished request"),
+        }
+    };
+    let (mut silent_cut, mut trickle_cut) = (None, None);
+    for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle() {
+        assert!(start.elapsed() < Duration::from_secs(20), "not cut within 20 s");
+        if trickle_cut.is_none() {
+            let _ = trickle.write_all(&[*byte]);
+        }
+        silent_cut = silent_cut.or_else(|| cut(&silent).then(|| start.elapsed()));
+        trickle_cut = trickle_cut.or_else(|| cut(&trickle).then(|| start.elapsed()));
+        if let (Some(a), Some(b)) = (silent_cut, trickle_cut) {
+            assert!(a >= Duration::from_secs(9) && b >= Duration::from_secs(9), "cut early: {a:?} {b:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+}
+
 /// One request line over 8 KiB is answered 431 too (it used to be cut
 /// without an answer: the line framing's limit closed the connection
 /// before the handler saw it).

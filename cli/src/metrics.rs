@@ -72,10 +72,6 @@ impl AppCounters for MetricsCounters {
     fn write_stats(&self, line: &mut String) {
         let _ = write!(line, " metrics_live={} metrics_refused={}", self.live, self.refused);
     }
-
-    fn clone_box(&self) -> Box<dyn AppCounters> {
-        Box::new(self.clone())
-    }
 }
 
 /// The `/metrics` handler.

@@ -8,6 +8,10 @@
 //! for many queued connections, so each listener is accepted from until
 //! `EAGAIN` or a budget; a listener with connections left waiting stays
 //! `pending` and is served again before the next `epoll_wait` sleeps.
+//! Accepting until `EAGAIN` needs a non-blocking socket: on a blocking
+//! one the last `accept4` waits for the next client, and the whole reactor
+//! with it. [`crate::Reactor::add_listener`] makes a socket bound elsewhere
+//! (a `std::net::TcpListener` is blocking) non-blocking for that reason.
 //!
 //! # Running out of descriptors
 //!

@@ -72,10 +72,6 @@ impl AppCounters for ChatCounters {
             self.rooms, self.members, self.messages, self.throttled, self.backend_up as u8
         );
     }
-
-    fn clone_box(&self) -> Box<dyn AppCounters> {
-        Box::new(self.clone())
-    }
 }
 
 /// A room's name as a key for [`ChatCounters::room_keys`]: a 64-bit hash,

@@ -518,12 +518,13 @@ impl Chat {
         }
         // Or the history starts after a gap (Redis restarted empty and
         // numbers from a new epoch, or the gap is older than the history):
-        // `deliver` tells the members at its first event.
+        // `deliver` tells the members at its first event. Either way the
+        // lines whose fate was forgotten go back first.
         if gone || first.is_some_and(|(seq, _, _)| seq > from) {
             self.forgotten(ctx, name, &items);
-        }
-        if gone {
-            self.batches.push_line(ctx, name, GAP.as_bytes());
+            if gone {
+                self.batches.push_line(ctx, name, GAP.as_bytes());
+            }
         }
         let mut whole = true;
         for item in items.iter().skip(1) {

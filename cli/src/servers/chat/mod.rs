@@ -647,9 +647,9 @@ impl Chat {
 
     /// Rooms and members now, for `--stats` and metrics.
     fn gauges(&self, ctx: &mut Ctx<'_>) {
-        let figures = ChatCounters::of(ctx);
-        figures.rooms = self.rooms.len() as u64;
-        figures.members = self.population as u64;
+        let counters = ChatCounters::of(ctx);
+        counters.rooms = self.rooms.len() as u64;
+        counters.members = self.population as u64;
     }
 
     /// With Redis (and so perhaps `--workers`): which rooms this worker
@@ -660,11 +660,11 @@ impl Chat {
     fn room_keys(&self, ctx: &mut Ctx<'_>) {
         let mut keys: Vec<u64> = self.rooms.keys().map(|name| figures::room_key(name)).collect();
         keys.sort_unstable();
-        let figures = ChatCounters::of(ctx);
+        let counters = ChatCounters::of(ctx);
         // The count with its keys, so that the sum subtracts the overlap
         // from counts that agree with it.
-        figures.rooms = keys.len() as u64;
-        figures.room_keys = Some(keys.into());
+        counters.rooms = keys.len() as u64;
+        counters.room_keys = Some(keys.into());
     }
 
     /// Take `id` out of `room`; an empty room ceases to exist (without
