@@ -41,7 +41,8 @@
 #   own p50/p99    how long a sender waits to see its own line come back,
 #                  in microseconds (queueing under this load included)
 #   drv CPU        the driver's CPU use: near 100% means the driver, not the
-#                  server, was the limit
+#                  server, was the limit (under load it counts lines without
+#                  reading them, see its header; FANOUT_READ_ALL=1 reads them)
 #
 # PEERS=1 also runs, for every M, each chat peer that scripts/peers/build.sh
 # built (bin/go-chat, bin/tokio-chat: one room, the subset of the chat the
