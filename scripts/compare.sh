@@ -43,8 +43,8 @@
 #     Go and Erlang size their schedulers from the CPU affinity, so pinned
 #     they run one scheduler (GOMAXPROCS=1, +S 1), like the others.
 #   - Runs alternate: for each repetition, for each scenario, every server in
-#     turn (A B C A B C ...), so slow drifts of a shared machine hit all
-#     servers alike. The table gives medians over repetitions; the ratios are
+#     turn (A B C, then B C A in the next repetition, ...), so slow drifts of
+#     a shared machine hit all servers alike and none always runs first. The table gives medians over repetitions; the ratios are
 #     paired (peer ÷ the first of SERVERS within the same repetition, then
 #     the median).
 #   - msg/s, MB/s (one direction) and latency come from `edgeloop load
@@ -103,10 +103,16 @@ started=$(date +%s)
 n_servers=$(wc -w <<<"$SERVERS")
 total_runs=$((REPS * ${#load_scenarios[@]} * n_servers)) run_no=0
 
+read -r -a servers <<<"$SERVERS"
 for rep in $(seq "$REPS"); do
+    # Each repetition starts with the next server: whoever runs first in a
+    # scenario inherits the previous one's leftovers (sockets in TIME_WAIT,
+    # a warm or cold cache), and no server should always be that one.
+    shift_by=$(((rep - 1) % n_servers))
+    order=("${servers[@]:shift_by}" "${servers[@]:0:shift_by}")
     for sc in "${load_scenarios[@]}"; do
         read -r conns depth size <<<"$(scenario_args "$sc")"
-        for srv in $SERVERS; do
+        for srv in "${order[@]}"; do
             run_no=$((run_no + 1))
             tag="$sc-$srv-$rep"
             note=""
