@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::{clients, Client};
 use common::{Redis, Server};
+use edgeloop_cli::servers::chat::lua::Script;
 
 /// A chat server on `redis`, with `extra` options.
 fn chat(redis: &Redis, extra: &[&str]) -> Server {
@@ -720,4 +721,54 @@ fn rooms_visited_and_left_leave_no_keys() {
     assert!(size <= 14, "{size} keys after {ROOMS} rooms visited and left");
     let seqs = redis.command(&["KEYS", "edgeloop:seq:r*"]).expect("KEYS");
     assert_eq!(seqs.trim(), "*0", "{seqs}");
+}
+
+/// The bulk strings of a RESP reply given as text (events end with `\n`,
+/// never `\r\n`, so lines split cleanly).
+fn bulk_strings(reply: &str) -> Vec<String> {
+    let mut lines = reply.split("\r\n");
+    let mut out = Vec::new();
+    while let Some(line) = lines.next() {
+        if line.starts_with('$') && line != "$-1" {
+            out.push(lines.next().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+/// A `Message` call's lines are one history entry (one `XADD` per call
+/// and room, not per line: most of what batching saves Redis), and a
+/// replay from any number, even one inside an entry, gives exactly the
+/// events from there on, oldest first; `max` keeps the newest.
+#[test]
+fn a_turns_lines_are_one_history_entry_and_replay_from_inside_it() {
+    let Some(redis) = Redis::start() else { return };
+    let eval = |script: Script, args: &[&str]| {
+        let body = script.body_for(0);
+        redis.command(&[&["EVAL", body.as_str(), "0"][..], args].concat()).expect("EVAL")
+    };
+    eval(Script::Register, &["t", "1", "60000", "0"]);
+    let calls: [&[&str]; 3] = [&["a\n", "b\n", "c\n"], &["d\n"], &["e\n", "f\n", "g\n"]];
+    for (number, lines) in (1..).zip(calls) {
+        let number = number.to_string();
+        let mut args = vec!["t", "1", number.as_str(), "r"];
+        for line in lines {
+            args.extend(["-", line]);
+        }
+        assert_eq!(eval(Script::Message, &args), format!(":{}\r\n", lines.len()));
+    }
+    assert_eq!(redis.command(&["XLEN", "edgeloop:hist:r"]).unwrap(), ":3\r\n");
+    let top: u64 = bulk_strings(&redis.command(&["GET", "edgeloop:seq:r"]).unwrap())[0].parse().unwrap();
+    let event = |seq: u64| format!("{seq} - {}\n", (b'a' + (seq + 6 - top) as u8) as char);
+    let replay =
+        |from: u64, max: usize| bulk_strings(&eval(Script::Replay, &["r", &from.to_string(), &max.to_string()]));
+    let everything: Vec<String> = (top - 6..=top).map(event).collect();
+    assert_eq!(replay(top - 6, 100)[1..], everything[..]);
+    // From inside the first entry, and inside the last.
+    assert_eq!(replay(top - 5, 100), [&[top.to_string()][..], &everything[1..]].concat());
+    assert_eq!(replay(top - 1, 100)[1..], everything[5..]);
+    // At most `max`, the newest: the last entry cut.
+    assert_eq!(replay(top - 6, 2)[1..], everything[5..]);
+    // Nothing new: the top alone.
+    assert_eq!(replay(top + 1, 100), [top.to_string()]);
 }

@@ -15,7 +15,7 @@
 //! | `nick:NAME` | string | the owner of nickname NAME: `SERVER SERIAL` |
 //! | `room:ROOM` | set | the nicknames in ROOM, on every server (`/who`) |
 //! | `seq:ROOM` | counter | the sequence number of ROOM's last event |
-//! | `hist:ROOM` | stream | ROOM's recent events, `e` = `SEQ TAG LINE` |
+//! | `hist:ROOM` | stream | ROOM's recent events, `e` = `SEQ TAG LINE`, one or more per entry |
 //! | `members:SERVER` | hash | SERIAL → `ROOM NICK`, for each member of SERVER |
 //! | `servers` | set | the servers that have registered |
 //! | `alive:SERVER` | string with a TTL | SERVER's lease: its current generation, present while SERVER is alive |
@@ -39,9 +39,13 @@
 //! across lives: a room deleted and created again, or a Redis restarted
 //! empty, starts far above any number of an earlier life — this is
 //! Centrifugo's offset plus epoch in one number. The history is a stream
-//! trimmed (every 128 events) to the last [`HIST_MIN`] events or the last
-//! [`HIST_AGE_MS`], whichever holds more: entries older than the age are
-//! dropped only while more than `HIST_MIN` remain (`XTRIM MINID ~ … LIMIT`).
+//! with an entry per script call: one event, or all the messages of a
+//! [`Script::Message`] call (a room's lines of one loop turn) — one
+//! `XADD` per call, not per line, is most of what batching saves Redis.
+//! It is trimmed (every 128 events) to the last [`HIST_MIN`] entries or
+//! the last [`HIST_AGE_MS`], whichever holds more: entries older than the
+//! age are dropped only while more than `HIST_MIN` remain (`XTRIM MINID ~
+//! … LIMIT`).
 //! [`Script::Replay`] returns the events from a sequence number on, as far
 //! as the history still has them; the server compares numbers to find a
 //! gap.
@@ -89,7 +93,7 @@
 //! (names are checked to be `A-Z a-z 0-9 _ -` before they get here), so
 //! they are meant for one Redis, not for Redis Cluster.
 
-/// Events a room's history keeps at least.
+/// Entries a room's history keeps at least (so at least as many events).
 pub const HIST_MIN: u64 = 10_000;
 /// Age (milliseconds) of the events a room's history keeps at least.
 pub const HIST_AGE_MS: u64 = 300_000;
@@ -124,22 +128,30 @@ local function trim(h)
     redis.call('XTRIM', h, 'MINID', '~', num(cut), 'LIMIT', num(n - 10000))
   end
 end
-local function record(room, tag, line)
+-- Number the events given as tag, line, tag, line, ... (at least one),
+-- keep them in the history as one entry, and return them one after the
+-- other: one INCRBY and one XADD however many there are.
+local function record(room, items)
   local k = P .. 'seq:' .. room
-  local seq = redis.call('INCR', k)
-  if seq == 1 then
+  local n = #items / 2
+  local last = redis.call('INCRBY', k, n)
+  if last == n then
     local t = redis.call('TIME')
-    seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', k, num(seq))
+    last = tonumber(t[1]) * 1000000 + tonumber(t[2]) + n - 1
+    redis.call('SET', k, num(last))
   end
-  local ev = num(seq) .. ' ' .. tag .. ' ' .. line
+  local events = {}
+  for i = 1, n do
+    events[i] = num(last - n + i) .. ' ' .. items[2 * i - 1] .. ' ' .. items[2 * i]
+  end
+  local all = table.concat(events)
   local h = P .. 'hist:' .. room
-  redis.call('XADD', h, '*', 'e', ev)
-  if seq % 128 == 0 then trim(h) end
-  return ev
+  redis.call('XADD', h, '*', 'e', all)
+  if math.floor(last / 128) ~= math.floor((last - n) / 128) then trim(h) end
+  return all
 end
 local function publish(room, tag, line)
-  redis.call('PUBLISH', CHAN .. room, record(room, tag, line))
+  redis.call('PUBLISH', CHAN .. room, record(room, {tag, line}))
 end
 local function vacate(room)
   if redis.call('EXISTS', P .. 'room:' .. room) == 0 then
@@ -198,9 +210,9 @@ pub enum Script {
     Connect,
     /// A room's message lines of one loop turn (see `Bus::message`):
     /// ARGV: server, gen, room, then a tag and a line for each. Each line
-    /// is an event of its own (its sequence number, its history entry);
-    /// they are published together, the events one after the other in one
-    /// payload (each ends with its line's `\n`): one call and one
+    /// is an event of its own (its sequence number); they are kept in one
+    /// history entry and published together, the events one after the
+    /// other (each ends with its line's `\n`): one call, one entry and one
     /// publication per room and turn, however many lines. Returns how
     /// many.
     Message,
@@ -326,12 +338,14 @@ return nick
                 r#"
 local refused = admit()
 if refused then return refused end
-local room, events = ARGV[3], {}
+local room, items = ARGV[3], {}
 for i = 4, #ARGV - 1, 2 do
-  events[#events + 1] = record(room, ARGV[i], ARGV[i + 1])
+  items[#items + 1] = ARGV[i]
+  items[#items + 1] = ARGV[i + 1]
 end
-redis.call('PUBLISH', CHAN .. room, table.concat(events))
-return #events
+if #items == 0 then return 0 end
+redis.call('PUBLISH', CHAN .. room, record(room, items))
+return #items / 2
 "#
             ),
             Script::Nick => concat!(
@@ -497,8 +511,18 @@ local out = {num(top)}
 if top < from then return out end
 local n = top - from + 1
 if n > max then n = max end
+-- The newest n events: an entry holds one or more, so n entries hold
+-- them all (if the history still has them).
 local got = redis.call('XREVRANGE', P .. 'hist:' .. room, '+', '-', 'COUNT', num(n))
-for i = #got, 1, -1 do out[#out + 1] = got[i][2][2] end
+local newest = {}
+for i = 1, #got do
+  local events = {}
+  for ev in string.gmatch(got[i][2][2], '[^\n]*\n') do events[#events + 1] = ev end
+  for j = #events, 1, -1 do
+    if #newest < n then newest[#newest + 1] = events[j] end
+  end
+end
+for i = #newest, 1, -1 do out[#out + 1] = newest[i] end
 return out
 "#
             ),
