@@ -44,9 +44,10 @@
 #     they run one scheduler (GOMAXPROCS=1, +S 1), like the others.
 #   - Runs alternate: for each repetition, for each scenario, every server in
 #     turn (A B C, then B C A in the next repetition, ...), so slow drifts of
-#     a shared machine hit all servers alike and none always runs first. The table gives medians over repetitions; the ratios are
-#     paired (peer ÷ the first of SERVERS within the same repetition, then
-#     the median).
+#     a shared machine hit all servers alike and none always runs first.
+#     The table gives medians over repetitions; the ratios are paired
+#     (peer ÷ the first of SERVERS within the same repetition, then the
+#     median).
 #   - msg/s, MB/s (one direction) and latency come from `edgeloop load
 #     --json` and cover its measured window only (the warm-up is excluded).
 #   - Server CPU: the ns on CPU of all the server's threads

@@ -15,7 +15,9 @@
  *      has arrived (member i receives MEMBERS - i of them);
  *   2. one second of warm-up load, then SECONDS of measured load.
  * The senders (members 0..K-1) take turns writing bursts of 16 messages of
- * TEXT_BYTES (default 32) bytes. At most WINDOW (default 1024) messages are
+ * TEXT_BYTES (default 32) bytes, plus the difference where a sender's
+ * nickname is shorter than another's (every line a member receives then
+ * has one length). At most WINDOW (default 1024) messages are
  * in flight: sent but not yet received by every member, counted as
  * sent * MEMBERS - delivered. That keeps every member's queue on the
  * server far below --max-outbuf, so nobody is disconnected as a slow
@@ -113,6 +115,9 @@ struct sender {
     int match;       /* bytes of the prefix matched at this line's start */
     int skip;        /* inside a line already classified */
     double *sent_at; /* ring of write times of its messages in flight */
+    char *burst;     /* BURST messages, "msg xxx...\n" of line_len bytes each */
+    int line_len;
+    size_t burst_len;
     long head, tail, cap;
 };
 
@@ -289,28 +294,37 @@ int main(int argc, char **argv) {
     for (int i = 0; i < members; i++) lines[i] = 0;
 
     /* One burst of BURST messages per write, the same bytes every time: the
-     * server prefixes the sender's nickname; only line counts matter. */
-    int line_len = text_bytes + 1;
-    char *burst = malloc((size_t)BURST * line_len);
-    for (int b = 0; b < BURST; b++) {
-        char *l = burst + (size_t)b * line_len;
-        memset(l, 'x', text_bytes);
-        memcpy(l, "msg ", 4);
-        l[text_bytes] = '\n';
+     * server prefixes the sender's nickname; only line counts matter. A
+     * sender with a shorter nickname sends a text longer by the
+     * difference (guest9 against guest10: TEXT_BYTES + 1), so that every
+     * line the members receive, "NICK: TEXT\n", has the same length. */
+    int longest = 0, known = 1;
+    for (int k = 0; k < senders; k++) {
+        if (snd[k].plen > longest) longest = snd[k].plen;
+        if (snd[k].plen == 0) known = 0;
     }
-    size_t burst_len = (size_t)BURST * line_len;
+    for (int k = 0; k < senders; k++) {
+        struct sender *S = &snd[k];
+        S->line_len = text_bytes + (known ? longest - S->plen : 0) + 1;
+        S->burst_len = (size_t)BURST * S->line_len;
+        S->burst = malloc(S->burst_len);
+        for (int b = 0; b < BURST; b++) {
+            char *l = S->burst + (size_t)b * S->line_len;
+            memset(l, 'x', S->line_len - 1);
+            memcpy(l, "msg ", 4);
+            l[S->line_len - 1] = '\n';
+        }
+    }
     size_t *partial = calloc(senders, sizeof *partial); /* bytes of the current burst written */
 
     /* Every member is at a line boundary now (all joins arrived, nothing
-     * sent yet): from here lines can be counted by their length, if all
-     * the senders' nicknames have the same length. Copying and scanning
-     * tens of millions of 41-byte lines a second cost the driver more
-     * than the sending cost a server: reading them, the driver was the
-     * limit below 1 000 members, and a server that waits for a busy
-     * driver writes smaller batches. FANOUT_READ_ALL=1 reads them. */
-    discard_len = getenv("FANOUT_READ_ALL") ? 0 : snd[0].plen + line_len;
-    for (int k = 1; k < senders; k++)
-        if (snd[k].plen != snd[0].plen || snd[k].plen == 0) discard_len = 0;
+     * sent yet): from here lines can be counted by their length. Copying
+     * and scanning tens of millions of 41-byte lines a second cost the
+     * driver more than the sending cost a server: reading them, the
+     * driver was the limit below 1 000 members, and a server that waits
+     * for a busy driver writes smaller batches. FANOUT_READ_ALL=1 reads
+     * them. */
+    discard_len = getenv("FANOUT_READ_ALL") || !known ? 0 : longest + text_bytes + 1;
 
     long long sent = 0; /* whole messages written */
     double start = now_s(), measure_from = start + 1, until = measure_from + seconds;
@@ -332,16 +346,17 @@ int main(int argc, char **argv) {
             int s = turn;
             turn = (turn + 1) % senders;
             if (fds[s] < 0) continue;
-            ssize_t n = write(fds[s], burst + partial[s], burst_len - partial[s]);
+            struct sender *S = &snd[s];
+            ssize_t n = write(fds[s], S->burst + partial[s], S->burst_len - partial[s]);
             if (n < 0) continue; /* EAGAIN: its send buffer is full */
-            size_t before = partial[s] / line_len;
+            size_t before = partial[s] / S->line_len;
             partial[s] += n;
-            size_t whole = partial[s] / line_len - before;
+            size_t whole = partial[s] / S->line_len - before;
             sent += whole;
             double at = now_s();
             for (size_t w = 0; w < whole && snd[s].tail - snd[s].head < snd[s].cap; w++)
                 snd[s].sent_at[snd[s].tail++ % snd[s].cap] = at;
-            if (partial[s] == burst_len) partial[s] = 0;
+            if (partial[s] == S->burst_len) partial[s] = 0;
             wrote = 1;
         }
         int n = epoll_wait(ep, events, 1024, wrote ? 0 : 1);
@@ -359,15 +374,16 @@ int main(int argc, char **argv) {
     double give_up3 = now_s() + 20;
     for (int k = 0; k < senders; k++) {
         while (fds[k] >= 0 && partial[k] != 0 && now_s() < give_up3) {
-            ssize_t n = write(fds[k], burst + partial[k], burst_len - partial[k]);
+            struct sender *S = &snd[k];
+            ssize_t n = write(fds[k], S->burst + partial[k], S->burst_len - partial[k]);
             if (n > 0) {
-                size_t before = partial[k] / line_len;
+                size_t before = partial[k] / S->line_len;
                 partial[k] += n;
-                size_t whole = partial[k] / line_len - before;
+                size_t whole = partial[k] / S->line_len - before;
                 sent += whole;
                 for (size_t w = 0; w < whole && snd[k].tail - snd[k].head < snd[k].cap; w++)
                     snd[k].sent_at[snd[k].tail++ % snd[k].cap] = now_s();
-                if (partial[k] == burst_len) partial[k] = 0;
+                if (partial[k] == S->burst_len) partial[k] = 0;
             }
             int m = epoll_wait(ep, events, 1024, 1);
             for (int e = 0; e < m; e++) drain(events[e].data.u32);
@@ -390,7 +406,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < 2000 && fds[0] >= 0 && now_s() < lat_until && (k < 1000 || now_s() < lat_from + 2); k++) {
         long want = snd[0].head + 1;
         long long everyone = delivered + members - closed;
-        if (write(fds[0], burst, line_len) != line_len) break; /* an empty send buffer takes it whole */
+        if (write(fds[0], snd[0].burst, snd[0].line_len) != snd[0].line_len) break; /* an empty send buffer takes it whole */
         snd[0].sent_at[snd[0].tail++ % snd[0].cap] = now_s();
         while (snd[0].head < want && now_s() < lat_until + 1) {
             int m = epoll_wait(ep, events, 1024, 10);
@@ -419,7 +435,7 @@ int main(int argc, char **argv) {
     /* The bytes of one delivered line: "NICK: " + text + "\n", averaged
      * over the senders. */
     double wire = 0;
-    for (int k = 0; k < senders; k++) wire += (double)(snd[k].plen + line_len) / senders;
+    for (int k = 0; k < senders; k++) wire += (double)(snd[k].plen + snd[k].line_len) / senders;
     double server_cpu = (double)(c1 - c0) / sysconf(_SC_CLK_TCK);
     printf("members=%d senders=%d seconds=%.2f messages=%lld deliveries=%lld deliveries_per_s=%.0f "
            "server_cpu_s=%.2f server_ns_per_delivery=%.1f driver_cpu_pct=%.0f closed=%lld "
@@ -427,6 +443,6 @@ int main(int argc, char **argv) {
            "own_p99_us=%.0f own_over_1s=%lld other_cpu_s=%.2f wire_bytes=%.1f\n",
            members, senders, elapsed, sent - s0, deliveries, deliveries / elapsed, server_cpu,
            deliveries ? server_cpu * 1e9 / deliveries : 0.0, 100 * (self1 - self0) / elapsed, closed, w0, w1,
-           line_len, own_samples, p50, p99, own_over, (double)(o1 - o0) / sysconf(_SC_CLK_TCK), wire);
+           text_bytes + 1, own_samples, p50, p99, own_over, (double)(o1 - o0) / sysconf(_SC_CLK_TCK), wire);
     return closed ? 1 : 0;
 }
