@@ -393,7 +393,7 @@ fn a_stall_shows_in_the_open_loop_and_hides_in_the_closed_one() {
 /// messages due during the pause are timed from when they were due — the
 /// pause is in the percentiles, not hidden as one slow sample — and
 /// nothing is lost: every message is answered, byte for byte, after the
-/// resume. The rate was still met, so the verdict is `ok` (the load was
+/// resume (but those still on their way when the window closes). The rate was still met, so the verdict is `ok` (the load was
 /// what was asked), or `server_behind` when the burst of answers at the
 /// resume held sends back past the 1 ms the verdict allows.
 #[test]
@@ -413,7 +413,12 @@ fn a_paused_server_shows_in_the_percentiles_and_loses_nothing() {
     eprintln!("{v}");
     let verdict = (run.status.code(), v["verdict"].as_str());
     assert!(matches!(verdict, (Some(0), Some("ok")) | (Some(3), Some("server_behind"))), "{verdict:?}: {v}");
-    assert_eq!(v["unanswered"], 0, "{v}");
+    // The window closes on time, not when the last echo is in: a message
+    // sent in its last ~100 µs is still on its way then (CI caught one),
+    // one per connection at most with the server long resumed. A message
+    // the server lost would instead shift every later echo of its
+    // connection (a mismatch).
+    assert!(v["unanswered"].as_u64().is_some_and(|n| n <= 10), "{v}");
     for error in ["connect_failed", "reset", "closed", "mismatch"] {
         assert_eq!(v["errors"][error], 0, "{error}: {v}");
     }
