@@ -134,6 +134,14 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its servers logged (the harness prints
+        // a test's captured output only when it fails).
+        if thread::panicking() {
+            let text = self.stderr_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("--- server {} stderr, last {} lines ---\n{tail}", self.addr, lines.len().min(40));
+        }
     }
 }
 
