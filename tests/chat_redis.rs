@@ -772,3 +772,29 @@ fn a_turns_lines_are_one_history_entry_and_replay_from_inside_it() {
     // Nothing new: the top alone.
     assert_eq!(replay(top + 1, 100), [top.to_string()]);
 }
+
+/// SPEC: a room's history is bounded, keeping at least the last 10 000
+/// events (or 5 minutes, whichever is more). With 10 300 entries older
+/// than 5 minutes (put there by hand, with ids from 1970), the next call
+/// that crosses a multiple of 128 events trims the old ones down towards
+/// 10 000 and keeps its own.
+#[test]
+fn a_rooms_history_is_trimmed_to_its_bound() {
+    let Some(redis) = Redis::start() else { return };
+    let eval = |body: &str, args: &[&str]| redis.command(&[&["EVAL", body, "0"][..], args].concat()).expect("EVAL");
+    let old = "for i = 1, 10300 do redis.call('XADD', 'edgeloop:hist:r', '1-' .. i, 'e', 'old') end";
+    eval(old, &[]);
+    eval(&Script::Register.body_for(0), &["t", "1", "60000", "0"]);
+    // 128 lines in one call: its numbers cross a multiple of 128.
+    let mut args = vec!["t", "1", "1", "r"];
+    for _ in 0..128 {
+        args.extend(["-", "x\n"]);
+    }
+    assert_eq!(eval(&Script::Message.body_for(0), &args), ":128\r\n");
+    let len: usize =
+        redis.command(&["XLEN", "edgeloop:hist:r"]).unwrap().trim().trim_start_matches(':').parse().unwrap();
+    assert!((10_000..10_301).contains(&len), "{len} entries after trimming 10 301");
+    // The newest entry is the call's own, whole.
+    let newest = redis.command(&["XREVRANGE", "edgeloop:hist:r", "+", "-", "COUNT", "1"]).unwrap();
+    assert_eq!(newest.matches(" - x\n").count(), 128, "{newest}");
+}

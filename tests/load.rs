@@ -393,9 +393,10 @@ fn a_stall_shows_in_the_open_loop_and_hides_in_the_closed_one() {
 /// messages due during the pause are timed from when they were due — the
 /// pause is in the percentiles, not hidden as one slow sample — and
 /// nothing is lost: every message is answered, byte for byte, after the
-/// resume (but those still on their way when the window closes). The rate was still met, so the verdict is `ok` (the load was
-/// what was asked), or `server_behind` when the burst of answers at the
-/// resume held sends back past the 1 ms the verdict allows.
+/// resume (except those still on their way when the window closes). The
+/// rate was still met, so the verdict is `ok` (the load was what was
+/// asked), or `server_behind` when the burst of answers at the resume held
+/// sends back past the 1 ms the verdict allows.
 #[test]
 fn a_paused_server_shows_in_the_percentiles_and_loses_nothing() {
     let _alone = alone();

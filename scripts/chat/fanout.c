@@ -125,7 +125,6 @@ static int members, senders, measuring;
 static struct sender *snd;
 static long long *hist, own_samples, own_over;
 static int *fds;
-static long long *lines; /* per member */
 static long long delivered, closed;
 static char *rbuf;
 /* Under load (phase 2) every member discards what it receives unread
@@ -210,7 +209,6 @@ static void drain(int i) {
                 count = count_lines(rbuf, n);
                 if (i < senders) scan_own(i, rbuf, n);
             }
-            lines[i] += count;
             delivered += count;
             if (n < READ_SIZE) return;
             continue;
@@ -257,7 +255,6 @@ int main(int argc, char **argv) {
     }
     hist = calloc(HIST_US, sizeof *hist);
     fds = calloc(members, sizeof *fds);
-    lines = calloc(members, sizeof *lines);
     discarded = calloc(members, sizeof *discarded);
     rbuf = malloc(READ_SIZE);
     int ep = epoll_create1(0);
@@ -291,7 +288,6 @@ int main(int argc, char **argv) {
         for (int e = 0; e < n; e++) drain(events[e].data.u32);
     }
     delivered = 0;
-    for (int i = 0; i < members; i++) lines[i] = 0;
 
     /* One burst of BURST messages per write, the same bytes every time: the
      * server prefixes the sender's nickname; only line counts matter. A
