@@ -98,17 +98,21 @@ fn a_websocket_member_is_a_member_like_any_other() {
 }
 
 /// A room's lines of one loop turn go to each member as one piece (the
-/// chat's fan-out); a WebSocket member still gets one message per line.
+/// chat's fan-out); a WebSocket member still gets one message per line,
+/// from a small batch (written at once at the turn's end) and from a large
+/// one (shared by reference).
 #[test]
 fn lines_gathered_in_one_turn_reach_a_websocket_member_one_message_each() {
     let (server, web) = chat_with_ws(&[]);
     let mut tcp = TcpMember::join(&server);
     let (mut w, nick) = join(web);
     tcp.expect(&format!("* {nick} joined"));
-    let lines: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
-    tcp.send(&lines.join("\n"));
-    for line in &lines {
-        assert_eq!(text(&mut w), format!("{}: {line}", tcp.nick));
+    for count in [3, 200] {
+        let lines: Vec<String> = (0..count).map(|i| format!("line {i} of {count}")).collect();
+        tcp.send(&lines.join("\n"));
+        for line in &lines {
+            assert_eq!(text(&mut w), format!("{}: {line}", tcp.nick));
+        }
     }
 }
 

@@ -113,10 +113,12 @@ impl Ctx<'_> {
     pub fn send_now(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
         let conn = writable(&mut core.conns, id)?;
-        let f = header(conn, payload)?;
-        if !conn.bufs.output_is_empty() || conn.has(flag::CONNECTING) {
+        // Lines for a WebSocket in line mode go out one message each:
+        // `send` splits them.
+        if !conn.bufs.output_is_empty() || conn.has(flag::CONNECTING) || several_lines(conn, payload) {
             return self.send(id, payload);
         }
+        let f = header(conn, payload)?;
         let (head, payload) = (&f.header[..f.n], &payload[..f.body]);
         let result = if head.is_empty() {
             sys::send(conn.fd.as_fd(), payload)

@@ -61,17 +61,20 @@
 //! - **Formatting: once.** `NICK: TEXT\n` is appended to its room's batch
 //!   for this loop turn (see [`batch`]); the batch's buffer is reused, so
 //!   a warm server allocates nothing per message.
-//! - **Queuing: one copy per member per turn.** When the turn ends
+//! - **Queuing: at most one copy per member per turn.** When the turn ends
 //!   ([`edgeloop::Handler::on_turn_end`]), each room's batch — every line
-//!   its senders' reads carried in this turn — is copied once into each
-//!   member's contiguous output ([`Ctx::send`]); a batch of
+//!   its senders' reads carried in this turn — goes to each member in the
+//!   room's order: written at once where the member has nothing queued
+//!   ([`Ctx::send_now`], no copy), else copied once into its contiguous
+//!   output ([`Ctx::send`]); a batch of
 //!   [`edgeloop::reactor::ctx::SHARE_MIN`] bytes or more is shared by
 //!   reference instead ([`Ctx::send_shared`]). A 41-byte line shared by
 //!   reference cost a reference count, a queue entry and an iovec per
 //!   member; a copy of the whole batch costs one `memcpy`.
-//! - **Writing: one system call per member per turn.** The reactor flushes
-//!   each dirty connection once, just before `epoll_wait`, with one
-//!   `sendmsg` over its pending 4 KiB chunks (up to 64 of them).
+//! - **Writing: one system call per member per turn.** A member written
+//!   at once costs its `send`; the reactor flushes every other dirty
+//!   connection once, just before `epoll_wait`, with one `sendmsg` over
+//!   its pending 4 KiB chunks (up to 64 of them).
 //!
 //! Measured with `scripts/chat-fanout.sh` (100 members, 4 senders, 32-byte
 //! texts, one noisy run): 232 ns of server CPU per delivery with a
@@ -206,7 +209,7 @@ pub mod shared;
 pub mod url;
 pub mod web;
 
-use batch::Batches;
+use batch::{Batches, Flush};
 use command::Command;
 pub use figures::ChatCounters;
 use flood::Bucket;
@@ -496,7 +499,8 @@ impl Handler for Chat {
         if let Some(bus) = self.bus.as_deref_mut() {
             bus.flush_messages(ctx);
         }
-        self.flush_lines(ctx);
+        let rooms = &self.rooms;
+        self.batches.flush(ctx, Flush::TurnEnd, |room| rooms.get(room).map(|r| r.members.as_slice()));
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
@@ -708,7 +712,7 @@ impl Chat {
     /// Queue the lines of this turn waiting in [`Chat::batches`].
     fn flush_lines(&mut self, ctx: &mut Ctx<'_>) {
         let rooms = &self.rooms;
-        self.batches.flush(ctx, |room| rooms.get(room).map(|r| r.members.as_slice()));
+        self.batches.flush(ctx, Flush::MidTurn, |room| rooms.get(room).map(|r| r.members.as_slice()));
     }
 
     /// One line to every member of `room`.
