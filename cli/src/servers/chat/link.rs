@@ -476,17 +476,29 @@ impl Chat {
 
     /// Ask each room's history for what its members missed; the live
     /// events are held meanwhile.
+    ///
+    /// A room this server has seen no event of yet is asked too when a
+    /// member of ours in limbo is in it: its join (a `/join`, or the
+    /// `Connect` of a newcomer) ran, but its own `* NICK joined` had not
+    /// come back when the link was lost. The room's newest events hold it;
+    /// `deliver` puts the member on the room's list at its own join, so it
+    /// gets that line — its outcome — and everything after, nothing before.
     fn replay_rooms(&mut self, ctx: &mut Ctx<'_>) {
-        let Chat { bus: Some(bus), rooms, .. } = self else { return };
+        let Chat { bus: Some(bus), rooms, members, .. } = self else { return };
         bus.link = Link::Replaying;
         let max = MAX_REPLAY.to_string();
         for (name, room) in rooms.iter_mut() {
             room.sub = Sub::On;
-            if room.next_seq == 0 || room.members.is_empty() {
+            let ask = match room.next_seq {
+                0 => members.iter().flatten().any(|m| m.limbo && m.room == *name),
+                _ => !room.members.is_empty(),
+            };
+            if !ask {
                 continue;
             }
             room.replay = Some(Vec::new());
-            let from = room.next_seq.to_string();
+            // From 1: the newest events, as many as a replay takes.
+            let from = room.next_seq.max(1).to_string();
             let args = [name.as_bytes(), from.as_bytes(), max.as_bytes()];
             bus.eval(ctx, Script::Replay, &args, Op::Replay { room: name.clone() });
             bus.replays_due += 1;
@@ -510,8 +522,10 @@ impl Chat {
         let first = items.get(1).and_then(Reply::text).and_then(|e| split_event(e.as_bytes()));
         // Nothing to replay, yet the room is not where we left it: gone
         // (Redis restarted empty, or the room was emptied), gone back (a
-        // failover lost writes), or past its history.
-        let gone = top.saturating_add(1) != from && first.is_none();
+        // failover lost writes), or past its history. (A room never seen,
+        // `from` 0, was left nowhere: no gap there.)
+        let seen = from != 0;
+        let gone = seen && top.saturating_add(1) != from && first.is_none();
         if gone {
             warn!("room {name}: expected event {from}, Redis is at {top}; the members were told");
             room.next_seq = if top == 0 { 0 } else { top + 1 };
@@ -520,7 +534,7 @@ impl Chat {
         // numbers from a new epoch, or the gap is older than the history):
         // `deliver` tells the members at its first event. Either way the
         // lines whose fate was forgotten go back first.
-        if gone || first.is_some_and(|(seq, _, _)| seq > from) {
+        if gone || (seen && first.is_some_and(|(seq, _, _)| seq > from)) {
             self.forgotten(ctx, name, &items);
             if gone {
                 self.batches.push_line(ctx, name, GAP.as_bytes());
