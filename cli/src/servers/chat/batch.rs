@@ -5,7 +5,7 @@
 //! ([`edgeloop::Handler::on_turn_end`]) each room's batch goes to each
 //! member with one send, however many lines the senders' reads carried: a
 //! small batch is written to each member at once, in the room's order
-//! (see [`Flush`]), a large one shared by reference. That is what the
+//! (see `Flush`), a large one shared by reference. That is what the
 //! fastest Go and tokio chat servers do, and it is where the cost per
 //! delivery went from ~80 ns (a copy per line per member) toward that of
 //! one `memcpy` (BENCHMARKS.md, "Chat fan-out").
