@@ -390,6 +390,38 @@ fn a_join_in_flight_at_a_loss_is_done_or_refused_never_both() {
     }
 }
 
+/// A newcomer whose registration is in flight when the connections are
+/// killed learns its name once, at any moment: `* guestN joined` comes,
+/// in the outage's bracket or without one. The newcomer is alone, so the
+/// server has seen nothing of the lobby when its `Connect` ran and the
+/// join line may be lost with the subscription: the replay must bring it.
+#[test]
+fn a_newcomer_at_a_loss_learns_its_name_once() {
+    let Some(redis) = Redis::start() else { return };
+    let a = chat_at(&redis.url(), &[]);
+    for round in 0..12 {
+        let mut c = Client::connect(&a);
+        let kinds = if round % 2 == 0 { ["pubsub", "normal"] } else { ["normal", "pubsub"] };
+        for kind in kinds {
+            let _ = redis.command(&["CLIENT", "KILL", "TYPE", kind]);
+        }
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Until its name and, if it was told of the outage, its end.
+        loop {
+            assert!(Instant::now() < deadline, "round {round}: {seen:?}");
+            seen.push(c.line());
+            let joined = seen.iter().filter(|l| l.starts_with("* guest") && l.ends_with(" joined")).count();
+            let told = seen.iter().any(|l| l == "* chat backend unavailable");
+            let restored = seen.iter().any(|l| l == "* chat backend restored");
+            assert!(joined <= 1, "round {round}: {seen:?}");
+            if joined == 1 && (restored || !told) {
+                break;
+            }
+        }
+    }
+}
+
 /// The room a member of the join test is in before round `round`.
 fn current_room(round: usize) -> String {
     if round == 0 {

@@ -109,7 +109,9 @@ impl Ctx<'_> {
     /// per call: for one reply per read (echo in `raw` mode) it saves the
     /// copy; for many replies per read, [`Ctx::send`] coalesces them into
     /// one write instead. Framed like [`Ctx::send`]: a header goes out
-    /// with the payload in one vectored write, neither copied.
+    /// with the payload in one vectored write, neither copied; several
+    /// lines to a WebSocket in line mode are one message each, queued by
+    /// `send`.
     pub fn send_now(&mut self, id: ConnId, payload: &[u8]) -> Result<(), SendError> {
         let core = &mut *self.core;
         let conn = writable(&mut core.conns, id)?;
