@@ -499,8 +499,7 @@ impl Handler for Chat {
         if let Some(bus) = self.bus.as_deref_mut() {
             bus.flush_messages(ctx);
         }
-        let rooms = &self.rooms;
-        self.batches.flush(ctx, Flush::TurnEnd, |room| rooms.get(room).map(|r| r.members.as_slice()));
+        self.send_batches(ctx, Flush::TurnEnd);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
@@ -711,8 +710,13 @@ impl Chat {
 
     /// Queue the lines of this turn waiting in [`Chat::batches`].
     fn flush_lines(&mut self, ctx: &mut Ctx<'_>) {
+        self.send_batches(ctx, Flush::MidTurn);
+    }
+
+    /// Send the lines waiting in [`Chat::batches`] to their rooms' members.
+    fn send_batches(&mut self, ctx: &mut Ctx<'_>, when: Flush) {
         let rooms = &self.rooms;
-        self.batches.flush(ctx, Flush::MidTurn, |room| rooms.get(room).map(|r| r.members.as_slice()));
+        self.batches.flush(ctx, when, |room| rooms.get(room).map(|r| r.members.as_slice()));
     }
 
     /// One line to every member of `room`.
