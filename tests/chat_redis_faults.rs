@@ -355,10 +355,7 @@ fn a_join_in_flight_at_a_loss_is_done_or_refused_never_both() {
         if round % 3 == 0 {
             thread::sleep(Duration::from_micros(100 * round as u64));
         }
-        let kinds = if round % 2 == 0 { ["normal", "pubsub"] } else { ["pubsub", "normal"] };
-        for kind in kinds {
-            let _ = redis.command(&["CLIENT", "KILL", "TYPE", kind]);
-        }
+        kill_links(&redis, round % 2 == 1);
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(15);
         // Until the outcome and the end of the outage.
@@ -401,10 +398,7 @@ fn a_newcomer_at_a_loss_learns_its_name_once() {
     let a = chat_at(&redis.url(), &[]);
     for round in 0..12 {
         let mut c = Client::connect(&a);
-        let kinds = if round % 2 == 0 { ["pubsub", "normal"] } else { ["normal", "pubsub"] };
-        for kind in kinds {
-            let _ = redis.command(&["CLIENT", "KILL", "TYPE", kind]);
-        }
+        kill_links(&redis, round % 2 == 0);
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(15);
         // Until its name and, if it was told of the outage, its end.
@@ -419,6 +413,15 @@ fn a_newcomer_at_a_loss_learns_its_name_once() {
                 break;
             }
         }
+    }
+}
+
+/// Kill every command and every pub/sub connection Redis has, the
+/// subscriptions first or second.
+fn kill_links(redis: &Redis, pubsub_first: bool) {
+    let kinds = if pubsub_first { ["pubsub", "normal"] } else { ["normal", "pubsub"] };
+    for kind in kinds {
+        let _ = redis.command(&["CLIENT", "KILL", "TYPE", kind]);
     }
 }
 
