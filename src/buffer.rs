@@ -402,6 +402,12 @@ impl Buffers {
         }
     }
 
+    /// Nothing read is waiting to be delivered.
+    #[inline]
+    pub fn input_is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|h| h.input.is_empty())
+    }
+
     /// Bytes of heap memory the read buffer holds.
     pub fn input_capacity(&self) -> usize {
         self.0.as_ref().map_or(0, |h| h.input.capacity())

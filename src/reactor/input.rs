@@ -60,8 +60,13 @@ use crate::sys;
 impl Reactor {
     /// Read until drained (or budget), delivering frames as they complete.
     pub(super) fn handle_input(&mut self, key: usize) {
-        // Frames left buffered by a pause or a framing switch go first.
-        let mut need = self.deliver(key);
+        // Frames left buffered by a pause or a framing switch go first (and
+        // what `deliver` owes a closing or finished stream). Usually there
+        // is nothing: the check spares each wake-up a pass over an empty
+        // buffer.
+        let leftover =
+            self.core.conns.get(key).is_some_and(|c| !c.bufs.input_is_empty() || c.has(flag::READ_EOF | flag::CLOSING));
+        let mut need = if leftover { self.deliver(key) } else { 0 };
         let mut budget = self.core.config.read_budget;
         loop {
             let core = &mut self.core;

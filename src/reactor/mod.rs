@@ -848,6 +848,11 @@ impl Core {
     /// Activity: push the idle deadline back.
     fn touch(&mut self, key: usize) {
         let conn = &mut self.conns[key];
+        // No idle timeout and no deadline of the handshake's to lift: the
+        // common case of every frame, spared the clock and the heap.
+        if self.config.idle_timeout.is_zero() && conn.idle_deadline == 0 {
+            return;
+        }
         #[cfg(feature = "ws")]
         if ws::handshaking(conn) {
             return; // the handshake's deadline stands
