@@ -283,6 +283,40 @@ fn a_panicking_handler_costs_one_connection() {
     assert!(server.stderr_text().contains("panicked"), "{}", server.stderr_text());
 }
 
+/// `edgeloop_chat_messages_total` counts each message line once (the
+/// chat adds up a turn's lines at its end): not the commands, the empty
+/// line or the refused ones sent with them in one write, and text that is
+/// not plain ASCII as well as text that is.
+#[test]
+fn chat_messages_are_counted_once_each() {
+    let (server, metrics) = start_with_metrics(&["chat", "--chat-rate", "0"]);
+    let mut sender = connect(&server);
+    let mut listener = BufReader::new(connect(&server));
+    let mut line = String::new();
+    listener.read_line(&mut line).unwrap(); // its own joined notice
+    let mut write = String::new();
+    for i in 0..60 {
+        write.push_str(&format!("plain {i}\n"));
+        write.push_str(match i % 4 {
+            0 => "/who\n",
+            1 => "\n",
+            2 => "bad \0 byte\n",
+            _ => "",
+        });
+        write.push_str(&format!("héllo {i}\n"));
+    }
+    sender.write_all(write.as_bytes()).unwrap();
+    let mut said = 0;
+    while said < 120 {
+        line.clear();
+        assert!(listener.read_line(&mut line).unwrap() > 0, "closed after {said} lines");
+        said += usize::from(line.contains(": plain ") || line.contains(": héllo "));
+    }
+    wait_until(Duration::from_secs(5), "120 messages in the metrics", || {
+        metric(&scrape(metrics), "edgeloop_chat_messages_total", None) == 120.0
+    });
+}
+
 /// Chat across workers needs Redis: refused with a usage error.
 #[test]
 fn chat_with_two_workers_needs_redis() {

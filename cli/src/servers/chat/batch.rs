@@ -42,10 +42,10 @@ pub(super) struct Batches {
 
 impl Batches {
     /// Append `parts` and `\n` to `room`'s batch.
-    pub(super) fn push(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&str]) {
+    pub(super) fn push(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&[u8]]) {
         let buf = self.batch(ctx, room);
         for part in parts {
-            buf.extend_from_slice(part.as_bytes());
+            buf.extend_from_slice(part);
         }
         buf.push(b'\n');
     }

@@ -262,6 +262,10 @@ pub struct Chat {
     outage: bool,
     /// Message lines of this turn, per room (see [`batch`]).
     batches: Batches,
+    /// Message lines handled this turn, added to the `messages` counter
+    /// at its end: looking the counters up for every line cost 8 % of the
+    /// CPU at 10 members (BENCHMARKS.md, "Chat fan-out").
+    said: u64,
     /// With `--redis`: too many commands in flight to Redis; the members
     /// are not read until it catches up (backpressure).
     congested: bool,
@@ -450,8 +454,8 @@ impl Handler for Chat {
                 let Some(member) = self.members.get(id.index()).and_then(Option::as_ref) else {
                     return;
                 };
-                self.batches.push(ctx, &member.room, &[&member.nick, ": ", text]);
-                ChatCounters::of(ctx).messages += 1;
+                self.batches.push(ctx, &member.room, &[member.nick.as_bytes(), b": ", text]);
+                self.said += 1;
             }
             Ok(Command::Nick(name)) => self.nick(ctx, id, name),
             Ok(Command::Join(room)) => self.join(ctx, id, room),
@@ -500,6 +504,7 @@ impl Handler for Chat {
             bus.flush_messages(ctx);
         }
         self.send_batches(ctx, Flush::TurnEnd);
+        ChatCounters::of(ctx).messages += std::mem::take(&mut self.said);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_>) {
@@ -734,10 +739,10 @@ fn fan_out(ctx: &mut Ctx<'_>, room: Option<&Room>, line: &[u8]) {
 }
 
 /// `parts` joined, plus `\n`, into `buf`.
-fn assemble(buf: &mut Vec<u8>, parts: &[&str]) {
+fn assemble<P: AsRef<[u8]>>(buf: &mut Vec<u8>, parts: &[P]) {
     buf.clear();
     for part in parts {
-        buf.extend_from_slice(part.as_bytes());
+        buf.extend_from_slice(part.as_ref());
     }
     buf.push(b'\n');
 }
