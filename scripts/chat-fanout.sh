@@ -268,7 +268,8 @@ for m in "${runs[@]}"; do
 done
 
 # Per M and server: the range over the repetitions; with peers, edgeloop's
-# median deliveries per CPU-second over the best peer's.
+# median deliveries per CPU-second over the best peer's (EDGELOOP_BEFORE's
+# build is not a peer: edgeloop's median over its own is a line apart).
 if [[ $PEERS == 1 || $REPEAT -gt 1 ]]; then
     echo
     echo "# summary: min-max over $REPEAT repetition(s); ratio = edgeloop median M deliv/CPU-s / best peer median"
@@ -292,7 +293,7 @@ if [[ $PEERS == 1 || $REPEAT -gt 1 ]]; then
             printf "%-11s %-6s %6s %18s %16s %12s\n", "server", "mode", "M", "M deliveries/s", "M deliv/CPU-s", "own p99 us"
             ns = split(order, srv, " ")
             for (mi = 1; mi <= nm; mi++) {
-                m = ms[mi]; best = 0; ours = 0
+                m = ms[mi]; best = 0; ours = 0; before = 0
                 split("single redis1 redis", modes, " ")
                 for (si = 1; si <= ns; si++) for (mode_i = 1; mode_i <= 3; mode_i++) {
                     mode = modes[mode_i]
@@ -302,9 +303,13 @@ if [[ $PEERS == 1 || $REPEAT -gt 1 ]]; then
                     for (i = 1; i <= n[k]; i++) { a1[i] = sprintf("%.1f", d[k, i]) + 0; a2[i] = c[k, i] + 0; a3[i] = p[k, i] + 0 }
                     printf "%-11s %-6s %6s %18s %16s %12s\n", srv[si], mode, m, range(a1, n[k]), range(a2, n[k]), range(a3, n[k])
                     med = median(a2, n[k])
-                    if (mode == "single") { if (srv[si] == "edgeloop") ours = med; else if (med > best) best = med }
+                    if (mode != "single") continue
+                    if (srv[si] == "edgeloop") ours = med
+                    else if (srv[si] == "before") before = med # another build, not a peer
+                    else if (med > best) best = med
                 }
                 if (peers == 1 && best > 0 && ours > 0) printf "%-11s %-6s %6s %18s %16.2f\n", "ratio", "", m, "", ours / best
+                if (before > 0 && ours > 0) printf "%-11s %-6s %6s %18s %16.2f\n", "÷ before", "", m, "", ours / before
             }
         }' "$out/rows.tsv"
 fi

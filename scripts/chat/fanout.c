@@ -14,10 +14,12 @@
  *   1. connect MEMBERS sockets; wait until every `* guestN joined` notice
  *      has arrived (member i receives MEMBERS - i of them);
  *   2. one second of warm-up load, then SECONDS of measured load.
- * The senders (members 0..K-1) take turns writing bursts of 16 messages of
- * TEXT_BYTES (default 32) bytes, plus the difference where a sender's
+ * The senders (members 0..K-1) take turns writing bursts of 64 messages
+ * of TEXT_BYTES (default 32) bytes, plus the difference where a sender's
  * nickname is shorter than another's (every line a member receives then
- * has one length). At most WINDOW (default 1024) messages are
+ * has one length). FANOUT_BURST (environment) sets the burst; with 16,
+ * at 10 members the driver's own writes, not the server, were the limit
+ * (BENCHMARKS.md, "Chat fan-out"). At most WINDOW (default 1024) messages are
  * in flight: sent but not yet received by every member, counted as
  * sent * MEMBERS - delivered. That keeps every member's queue on the
  * server far below --max-outbuf, so nobody is disconnected as a slow
@@ -62,7 +64,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BURST 16
+/* Messages per write of a sender (FANOUT_BURST in the environment). */
+static int burst_msgs = 64;
 #define READ_SIZE (256 * 1024)
 
 static double now_s(void) {
@@ -116,7 +119,7 @@ struct sender {
     int match;       /* bytes of the prefix matched at this line's start */
     int skip;        /* inside a line already classified */
     double *sent_at; /* ring of write times of its messages in flight */
-    char *burst;     /* BURST messages, "msg xxx...\n" of line_len bytes each */
+    char *burst;     /* burst_msgs messages, "msg xxx...\n" of line_len bytes each */
     int line_len;
     size_t burst_len;
     long head, tail, cap;
@@ -237,9 +240,10 @@ int main(int argc, char **argv) {
     senders = atoi(argv[4]);
     double seconds = atof(argv[5]);
     int other_pid = getenv("FANOUT_OTHER_PID") ? atoi(getenv("FANOUT_OTHER_PID")) : 0;
+    if (getenv("FANOUT_BURST")) burst_msgs = atoi(getenv("FANOUT_BURST"));
     int text_bytes = argc > 7 ? atoi(argv[7]) : 32;
     long long window = argc > 8 ? atoll(argv[8]) : 1024;
-    if (members < 1 || senders < 1 || senders > members || text_bytes < 8 || nports < 1 || npids < 1) {
+    if (members < 1 || senders < 1 || senders > members || text_bytes < 8 || nports < 1 || npids < 1 || burst_msgs < 1) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
@@ -251,7 +255,7 @@ int main(int argc, char **argv) {
     }
     snd = calloc(senders, sizeof *snd);
     for (int s = 0; s < senders; s++) {
-        snd[s].cap = window + 4 * BURST;
+        snd[s].cap = window + 4 * burst_msgs;
         snd[s].sent_at = calloc(snd[s].cap, sizeof(double));
     }
     hist = calloc(HIST_US, sizeof *hist);
@@ -290,7 +294,7 @@ int main(int argc, char **argv) {
     }
     delivered = 0;
 
-    /* One burst of BURST messages per write, the same bytes every time: the
+    /* One burst of burst_msgs messages per write, the same bytes every time: the
      * server prefixes the sender's nickname; only line counts matter. A
      * sender with a shorter nickname sends a text longer by the
      * difference (guest9 against guest10: TEXT_BYTES + 1), so that every
@@ -303,9 +307,9 @@ int main(int argc, char **argv) {
     for (int k = 0; k < senders; k++) {
         struct sender *S = &snd[k];
         S->line_len = text_bytes + (known ? longest - S->plen : 0) + 1;
-        S->burst_len = (size_t)BURST * S->line_len;
+        S->burst_len = (size_t)burst_msgs * S->line_len;
         S->burst = malloc(S->burst_len);
-        for (int b = 0; b < BURST; b++) {
+        for (int b = 0; b < burst_msgs; b++) {
             char *l = S->burst + (size_t)b * S->line_len;
             memset(l, 'x', S->line_len - 1);
             memcpy(l, "msg ", 4);

@@ -44,6 +44,7 @@ impl Batches {
     /// Append `parts` and `\n` to `room`'s batch.
     pub(super) fn push(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&[u8]]) {
         let buf = self.batch(ctx, room);
+        buf.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
         for part in parts {
             buf.extend_from_slice(part);
         }
@@ -58,7 +59,9 @@ impl Batches {
     /// `room`'s batch; the first of a turn asks the reactor for the end of
     /// the turn.
     fn batch(&mut self, ctx: &mut Ctx<'_>, room: &str) -> &mut Vec<u8> {
-        let at = match self.pending.iter().position(|(r, _)| r == room) {
+        // The last room first: in a busy turn, the same room's lines follow
+        // each other.
+        let at = match self.pending.iter().rposition(|(r, _)| r == room) {
             Some(at) => at,
             None => {
                 if self.pending.is_empty() {

@@ -689,7 +689,14 @@ impl Chat {
 
     /// After a callback: if something found Redis lost, act on it now;
     /// and stop or start reading the members as Redis keeps up.
+    #[inline]
     pub(super) fn after(&mut self, ctx: &mut Ctx<'_>) {
+        if self.bus.is_some() {
+            self.after_redis(ctx);
+        }
+    }
+
+    fn after_redis(&mut self, ctx: &mut Ctx<'_>) {
         if let Some(why) = self.bus.as_mut().and_then(|b| b.failed.take()) {
             self.lost(ctx, &why);
         }
