@@ -1500,23 +1500,47 @@ def self_test(logs, t0):
         return {cid: by[cid][:i] + [("r", by[cid][i][1], "what is this")] + by[cid][i:]}
 
     def name_shared():
-        # c2 is given c1's name while c1 still uses it: c2's own lines come
-        # back under that name.
-        a, b = "c1", "c2"
-        spans = []  # (length, start, end, name) of c1's runs of own lines under one name
-        for e in by[a]:
-            if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(a + "-"):
-                if spans and spans[-1][3] == m[1]:
-                    spans[-1][2] = e[1]
-                else:
-                    spans.append([0, e[1], e[1], m[1]])
-        _, first, last, taken = max((x[2] - x[1], x[1], x[2], x[3]) for x in spans)
+        # b is given a's name while a still uses it: b's own lines come back
+        # under that name. The checker sees only names held for certain (from
+        # one piece of evidence to the next), so the history must give some:
+        # a a run of its own lines under one name, b an own line inside that
+        # run (where the rename goes) and another one back under the taken
+        # name before b's next rename. c1 and c2 first, as it always was.
+        def own_runs(a):
+            runs = []  # [start, end, name] of a's runs of own lines under one name
+            for e in by[a]:
+                if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(a + "-"):
+                    if runs and runs[-1][2] == m[1]:
+                        runs[-1][1] = e[1]
+                    else:
+                        runs.append([e[1], e[1], m[1]])
+            return sorted(runs, key=lambda r: r[0] - r[1])  # the longest first
+
+        def own(b, e):
+            return e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(b + "-") and m[1]
+
+        def rename_point(b, first, last, taken):
+            ev = by[b]
+            for i, e in enumerate(ev):
+                mine = own(b, e)
+                if not mine or mine == taken or not first < e[1] <= (first + last) / 2:
+                    continue
+                for later in ev[i + 1:]:
+                    if later[1] >= last or (later[0] == "r" and (r := RE_RENAME.match(later[2])) and r[1] == mine):
+                        break
+                    if own(b, later) == mine:
+                        return i
+            return None
+
+        clients = sorted(by)
+        found = next(((b, i, taken) for a in ["c1"] + clients if a in by for first, last, taken in own_runs(a)
+                      for b in ["c2"] + clients if b in by and b != a
+                      if (i := rename_point(b, first, last, taken)) is not None), None)
+        if found is None:
+            raise RuntimeError("no time when one client keeps a name while another speaks twice")
+        b, i, taken = found
         ev_b = by[b]
-        i = next(k for k, e in enumerate(ev_b) if e[0] == "r" and e[1] > first and (m := RE_MSG.match(e[2]))
-                 and m[2].startswith(b + "-") and m[1] != taken)
         t = ev_b[i][1]
-        if t > (first + last) / 2:
-            raise RuntimeError("no time when c1 keeps one name long enough")
         mine = RE_MSG.match(ev_b[i][2])[1]
         new = ev_b[:i + 1] + [("s", t, "nick", taken, f"/nick {taken}"), ("r", t, f"* {mine} is now {taken}")]
         rest = ev_b[i + 1:]
