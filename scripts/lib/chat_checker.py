@@ -1410,6 +1410,9 @@ def self_test(logs, t0):
     servers = {cid: server for cid, server, _ in logs}
     rng = random.Random(7)
 
+    def own_nick(cid, e):  # the name cid's own line came back under, if e is one
+        return e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(cid + "-") and m[1]
+
     def build(changed):
         return [(cid, servers[cid], changed.get(cid, by[cid])) for cid in by]
 
@@ -1503,32 +1506,30 @@ def self_test(logs, t0):
         # b is given a's name while a still uses it: b's own lines come back
         # under that name. The checker sees only names held for certain (from
         # one piece of evidence to the next), so the history must give some:
-        # a a run of its own lines under one name, b an own line inside that
-        # run (where the rename goes) and another one back under the taken
-        # name before b's next rename. c1 and c2 first, as it always was.
+        # from a, a run of its own lines under one name; from b, an own line
+        # inside that run (where the rename goes) and another one back under
+        # the taken name before b's next rename. c1 and c2 first, as it
+        # always was.
         def own_runs(a):
             runs = []  # [start, end, name] of a's runs of own lines under one name
             for e in by[a]:
-                if e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(a + "-"):
-                    if runs and runs[-1][2] == m[1]:
+                if nick := own_nick(a, e):
+                    if runs and runs[-1][2] == nick:
                         runs[-1][1] = e[1]
                     else:
-                        runs.append([e[1], e[1], m[1]])
+                        runs.append([e[1], e[1], nick])
             return sorted(runs, key=lambda r: r[0] - r[1])  # the longest first
-
-        def own(b, e):
-            return e[0] == "r" and (m := RE_MSG.match(e[2])) and m[2].startswith(b + "-") and m[1]
 
         def rename_point(b, first, last, taken):
             ev = by[b]
             for i, e in enumerate(ev):
-                mine = own(b, e)
+                mine = own_nick(b, e)
                 if not mine or mine == taken or not first < e[1] <= (first + last) / 2:
                     continue
                 for later in ev[i + 1:]:
                     if later[1] >= last or (later[0] == "r" and (r := RE_RENAME.match(later[2])) and r[1] == mine):
                         break
-                    if own(b, later) == mine:
+                    if own_nick(b, later) == mine:
                         return i
             return None
 
@@ -1574,7 +1575,7 @@ def self_test(logs, t0):
         # member held near then (names are reused), so no such join or
         # leave may fall in the window.
         def names_of(m):
-            names = {mm[1] for e in by[m] if e[0] == "r" and (mm := RE_MSG.match(e[2])) and mm[2].startswith(m + "-")}
+            names = {nick for e in by[m] if (nick := own_nick(m, e))}
             for e in by[m]:
                 if e[0] == "r" and (r := RE_RENAME.match(e[2])) and (r[1] in names or r[2] in names):
                     names |= {r[1], r[2]}
@@ -1605,8 +1606,7 @@ def self_test(logs, t0):
         room = room_of(win[0][1][3])
         t1, t2 = ta - 1e-4, after[1] - 1e-4
         own = {x[1][3] for x in win}
-        name = next(mm[1] for e in reversed(ev[:win[0][0]])
-                    if e[0] == "r" and (mm := RE_MSG.match(e[2])) and mm[2].startswith(m + "-"))
+        name = next(nick for e in reversed(ev[:win[0][0]]) if (nick := own_nick(m, e)))
         def line_of(e):
             return (mm := RE_MSG.match(e[2])) and mm[2] if e[0] == "r" else None
 

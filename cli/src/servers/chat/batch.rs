@@ -43,12 +43,7 @@ pub(super) struct Batches {
 impl Batches {
     /// Append `parts` and `\n` to `room`'s batch.
     pub(super) fn push(&mut self, ctx: &mut Ctx<'_>, room: &str, parts: &[&[u8]]) {
-        let buf = self.batch(ctx, room);
-        buf.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
-        for part in parts {
-            buf.extend_from_slice(part);
-        }
-        buf.push(b'\n');
+        super::append_line(self.batch(ctx, room), parts);
     }
 
     /// Append `line` (with its `\n`) to `room`'s batch.

@@ -689,15 +689,10 @@ impl Chat {
 
     /// After a callback: if something found Redis lost, act on it now;
     /// and stop or start reading the members as Redis keeps up.
-    #[inline]
     pub(super) fn after(&mut self, ctx: &mut Ctx<'_>) {
-        if self.bus.is_some() {
-            self.after_redis(ctx);
-        }
-    }
-
-    fn after_redis(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(why) = self.bus.as_mut().and_then(|b| b.failed.take()) {
+        // Without Redis there is nothing to do, and this runs for every line.
+        let Some(bus) = self.bus.as_mut() else { return };
+        if let Some(why) = bus.failed.take() {
             self.lost(ctx, &why);
         }
         let in_flight = self.bus.as_ref().map_or(0, |b| b.in_flight());

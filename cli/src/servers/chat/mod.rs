@@ -741,6 +741,12 @@ fn fan_out(ctx: &mut Ctx<'_>, room: Option<&Room>, line: &[u8]) {
 /// `parts` joined, plus `\n`, into `buf`.
 fn assemble<P: AsRef<[u8]>>(buf: &mut Vec<u8>, parts: &[P]) {
     buf.clear();
+    append_line(buf, parts);
+}
+
+/// `parts` joined, plus `\n`, added to `buf`.
+fn append_line<P: AsRef<[u8]>>(buf: &mut Vec<u8>, parts: &[P]) {
+    buf.reserve(parts.iter().map(|p| p.as_ref().len()).sum::<usize>() + 1);
     for part in parts {
         buf.extend_from_slice(part.as_ref());
     }
